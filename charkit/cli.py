@@ -1,0 +1,71 @@
+"""The click layer: thin wrappers over the library. Subcommands load lazily so that
+``charkit verify`` does not pay for importing diffusers."""
+
+from __future__ import annotations
+
+import importlib
+import click
+
+from . import __version__
+from .errors import CharkitError
+
+# command name -> "module:attribute" (each module owns its click command)
+COMMANDS = {
+    "character": "charkit.character_cli:character",
+    "verify": "charkit.identity.cli:verify",
+    "tiny-model": "charkit.families.cli:tiny_model",
+    "render": "charkit.render.cli:render",
+    "prep": "charkit.dataset.cli:prep",
+    "train": "charkit.train.cli:train",
+    "demo": "charkit.demo:demo",
+}
+
+
+class UserError(click.ClickException):
+    """A :class:`CharkitError` as click shows it: ``Error: <one line>``, exit code 2."""
+
+    exit_code = 2
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(n for n in COMMANDS if self._spec_exists(n))
+
+    @staticmethod
+    def _spec_exists(name: str) -> bool:
+        module = COMMANDS[name].split(":")[0]
+        return importlib.util.find_spec(module) is not None
+
+    def invoke(self, ctx):
+        # User errors anywhere below become one line on stderr and exit code 2 (also under CliRunner).
+        try:
+            return super().invoke(ctx)
+        except CharkitError as e:
+            raise UserError(str(e)) from None
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not self._spec_exists(name):
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="charkit")
+def cli():
+    """charkit: consistent characters, measured.
+
+    \b
+    prep -> train -> render -> verify:
+      charkit character init alice --refs ~/photos/alice
+      charkit verify renders/ --character characters/alice
+    """
+
+
+def main(argv=None):
+    """Console entry point."""
+    cli.main(args=argv, prog_name="charkit")
+
+
+if __name__ == "__main__":
+    main()

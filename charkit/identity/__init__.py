@@ -1,0 +1,72 @@
+"""The identity engine: is this the same person?
+
+    backend = get_backend("auto")                  # insightface when a pack is present, else dlib
+    alice = build_profile("alice", refs, backend)  # centroid + leave-one-out baseline
+    score = score_image("s01.png", [alice], backend)
+
+``verify`` (in :mod:`charkit.identity.verify`) runs this over folders and writes the reports.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import CharkitError, MissingModelError
+from .analyze import AnalyzedImage, analyze_array, analyze_file
+from .base import BackendInfo, Face, FaceBackend
+from .cache import FaceCache
+from .profile import ReferenceProfile, build_profile, profile_for_character
+from .results import CharacterMatch, ImageScore, ProfileSummary, RunSummary, VerifyReport
+from .scoring import assign_faces, score_faces, score_image
+
+BACKENDS = ("auto", "dlib", "insightface")
+
+
+def get_backend(
+    name: str = "auto",
+    *,
+    face_models: str | os.PathLike | None = None,
+    providers: list[str] | None = None,
+    threshold: float | None = None,
+) -> FaceBackend:
+    """A face backend by name.
+
+    ``auto`` picks insightface when a pack is found (``face_models``, ``$CHARKIT_FACE_MODELS`` or
+    ``~/.insightface/models``), else the embedded dlib backend. Nothing is downloaded.
+    """
+    if name not in BACKENDS:
+        raise CharkitError(f"--backend {name!r}: unknown face backend; choose one of {', '.join(BACKENDS)}")
+    if name in ("auto", "insightface"):
+        try:
+            from .insightface_backend import InsightFaceBackend
+
+            return InsightFaceBackend(face_models, providers=providers, threshold=threshold)
+        except MissingModelError:
+            if name == "insightface":
+                raise
+    from .dlib_backend import DlibBackend
+
+    return DlibBackend(threshold=threshold)
+
+
+__all__ = [
+    "AnalyzedImage",
+    "BackendInfo",
+    "CharacterMatch",
+    "Face",
+    "FaceBackend",
+    "FaceCache",
+    "ImageScore",
+    "ProfileSummary",
+    "ReferenceProfile",
+    "RunSummary",
+    "VerifyReport",
+    "analyze_array",
+    "analyze_file",
+    "assign_faces",
+    "build_profile",
+    "get_backend",
+    "profile_for_character",
+    "score_faces",
+    "score_image",
+]

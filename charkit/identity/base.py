@@ -1,0 +1,122 @@
+"""The one interface every face backend implements.
+
+A backend turns an RGB image into :class:`Face` records (box, landmarks, detector
+score) and each face into an embedding vector, and says how to compare two vectors.
+Scores are always reported as a *similarity* where higher means more alike and
+``similarity >= threshold`` means "same person"; each backend maps its native metric
+onto that scale (dlib: ``1 - L2 distance``; ArcFace: cosine) and documents the data
+its threshold came from (docs/identity.md).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Face:
+    """One detected face. ``box`` is ``(x0, y0, x1, y1)`` in pixels of the intake image."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: list[tuple[float, float]] = field(default_factory=list)
+    embedding: np.ndarray | None = None
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    def to_dict(self, with_embedding: bool = False) -> dict:
+        d = {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+        }
+        if with_embedding and self.embedding is not None:
+            d["embedding"] = [float(v) for v in self.embedding]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Face":
+        emb = d.get("embedding")
+        return cls(
+            box=tuple(d["box"]),
+            score=float(d["score"]),
+            landmarks=[tuple(p) for p in d.get("landmarks", [])],
+            embedding=None if emb is None else np.asarray(emb, dtype=np.float32),
+        )
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What every score records about the model that produced it (evaluator independence)."""
+
+    name: str
+    model: str
+    model_hash: str
+    dim: int
+    metric: str
+    threshold: float
+    licence: str
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "model_hash": self.model_hash,
+            "dim": self.dim,
+            "metric": self.metric,
+            "threshold": self.threshold,
+            "licence": self.licence,
+        }
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name}-{self.model_hash[:16]}"
+
+
+class FaceBackend(abc.ABC):
+    """detect -> faces; embed -> vector; similarity on a common higher-is-closer scale."""
+
+    #: Short name used on the CLI (``--backend``) and in reports.
+    name: str = ""
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> BackendInfo:
+        """Backend name, model file hash, dimension, metric, calibrated threshold, licence."""
+
+    @abc.abstractmethod
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an RGB uint8 ``HxWx3`` array, largest first."""
+
+    @abc.abstractmethod
+    def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """The identity vector of ``face`` in ``image`` (float32, length ``info.dim``)."""
+
+    def analyze(self, image: np.ndarray) -> list[Face]:
+        """Detect and embed every face (backends that do both at once override this)."""
+        faces = self.detect(image)
+        for f in faces:
+            f.embedding = self.embed(image, f)
+        return faces
+
+    # -- comparison: the backend's native metric mapped to "similarity" -----------------
+    @abc.abstractmethod
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Higher is more alike; ``>= info.threshold`` means the same person."""
+
+    @abc.abstractmethod
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        """The backend's native distance (dlib: L2; ArcFace: 1 - cosine)."""
+
+    @abc.abstractmethod
+    def centroid(self, vectors: np.ndarray) -> np.ndarray:
+        """The reference centroid of ``N x dim`` vectors, in the backend's own space."""
+
+    def similarities(self, vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return np.asarray([self.similarity(v, target) for v in vectors], dtype=np.float64)

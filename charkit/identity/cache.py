@@ -1,0 +1,89 @@
+"""On-disk cache of faces and embeddings, keyed by backend, model hash and image hash.
+
+One SQLite file per cache folder (``$CHARKIT_CACHE_DIR``, else ``~/.cache/charkit``): a
+re-verify of an unchanged folder only hashes files and reads rows, and a changed image,
+a changed model file or another backend simply misses. SQLite gives atomic, concurrent-
+safe writes for free (several ``accelerate`` ranks may share it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .base import Face
+
+SCHEMA_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CHARKIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "charkit"
+
+
+@dataclass
+class CachedImage:
+    """What analysing one image produced; enough to report without decoding it again."""
+
+    faces: list[Face]
+    width: int
+    height: int
+    notes: list[str]
+    thumbnail: bytes | None
+
+
+class FaceCache:
+    """``get``/``put`` analysed images by (backend cache key, image sha256)."""
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        self.folder = Path(folder) if folder is not None else default_cache_dir()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / f"faces-v{SCHEMA_VERSION}.sqlite"
+        self._local = threading.local()
+        with self._conn() as c:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS faces (backend TEXT, image_sha TEXT, data TEXT, emb BLOB, thumb BLOB,"
+                " PRIMARY KEY (backend, image_sha))"
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    def get(self, backend_key: str, image_sha: str) -> CachedImage | None:
+        row = self._conn().execute(
+            "SELECT data, emb, thumb FROM faces WHERE backend=? AND image_sha=?", (backend_key, image_sha)
+        ).fetchone()
+        if row is None:
+            return None
+        data, emb, thumb = row
+        d = json.loads(data)
+        vecs = np.frombuffer(emb, dtype=np.float32).reshape(len(d["faces"]), -1) if d["faces"] else []
+        faces = []
+        for fd, v in zip(d["faces"], vecs):
+            f = Face.from_dict(fd)
+            f.embedding = np.array(v)
+            faces.append(f)
+        return CachedImage(faces=faces, width=d["width"], height=d["height"], notes=d["notes"], thumbnail=thumb)
+
+    def put(self, backend_key: str, image_sha: str, entry: CachedImage) -> None:
+        data = json.dumps(
+            {"faces": [f.to_dict() for f in entry.faces], "width": entry.width, "height": entry.height, "notes": entry.notes}
+        )
+        emb = b"".join(np.asarray(f.embedding, np.float32).tobytes() for f in entry.faces)
+        with self._conn() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?)", (backend_key, image_sha, data, emb, entry.thumbnail)
+            )

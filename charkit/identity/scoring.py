@@ -1,0 +1,157 @@
+"""Scoring: which face is which character, and how close each is to its reference centroid.
+
+Every face in the image is embedded. Faces are assigned to the expected characters with
+``scipy.optimize.linear_sum_assignment`` on the similarity matrix (one face per character,
+maximum total similarity), so a two-character scene is judged face by face. A character
+left without a face is *missing*; one whose face is below the threshold has *drifted*.
+A pair is *swapped* when each character's face looks more like the other character, or,
+when the scene declares its characters left to right (a render manifest does), when the
+assigned faces stand in the opposite order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from .analyze import AnalyzedImage, analyze_array, analyze_file
+from .base import Face, FaceBackend
+from .cache import FaceCache
+from .profile import ReferenceProfile
+from .results import CharacterMatch, ImageScore
+
+
+def assign_faces(
+    profiles: list[ReferenceProfile],
+    faces: list[Face],
+    backend: FaceBackend,
+    threshold: float,
+) -> list[CharacterMatch]:
+    """One :class:`CharacterMatch` per profile (in profile order), faces assigned optimally."""
+    if not faces:
+        return [CharacterMatch(p.name, None, None, None, None, "missing") for p in profiles]
+    sim = np.asarray([[backend.similarity(f.embedding, p.centroid) for f in faces] for p in profiles])
+    rows, cols = linear_sum_assignment(sim, maximize=True)
+    by_row = dict(zip(rows.tolist(), cols.tolist()))
+    out = []
+    for i, p in enumerate(profiles):
+        j = by_row.get(i)
+        if j is None:
+            out.append(CharacterMatch(p.name, None, None, None, None, "missing"))
+            continue
+        s = float(sim[i, j])
+        rel = s / p.baseline_mean if p.baseline_mean else None
+        out.append(
+            CharacterMatch(
+                character=p.name,
+                face=j,
+                similarity=s,
+                distance=backend.distance(faces[j].embedding, p.centroid),
+                relative=rel,
+                status="pass" if s >= threshold else "drift",
+            )
+        )
+    return out
+
+
+def find_swaps(
+    matches: list[CharacterMatch],
+    faces: list[Face],
+    profiles: list[ReferenceProfile],
+    backend: FaceBackend,
+    *,
+    left_to_right: bool,
+) -> list[list[str]]:
+    """Pairs of characters whose faces are exchanged (identity-wise, or position-wise when declared)."""
+    swaps: list[list[str]] = []
+    placed = [(m, p) for m, p in zip(matches, profiles) if m.face is not None]
+    for a in range(len(placed)):
+        for b in range(a + 1, len(placed)):
+            (ma, pa), (mb, pb) = placed[a], placed[b]
+            fa, fb = faces[ma.face].embedding, faces[mb.face].embedding
+            crossed = backend.similarity(fa, pb.centroid) > backend.similarity(fa, pa.centroid) and backend.similarity(
+                fb, pa.centroid
+            ) > backend.similarity(fb, pb.centroid)
+            misplaced = False
+            if left_to_right and ma.status == "pass" and mb.status == "pass":
+                xa = sum(faces[ma.face].box[::2]) / 2
+                xb = sum(faces[mb.face].box[::2]) / 2
+                misplaced = xa > xb  # declared a before b, drawn the other way round
+            if crossed or misplaced:
+                swaps.append([ma.character, mb.character])
+    return swaps
+
+
+def score_faces(
+    analyzed: AnalyzedImage,
+    profiles: list[ReferenceProfile],
+    backend: FaceBackend,
+    *,
+    threshold: float | None = None,
+    run: str = "",
+    left_to_right: bool = False,
+) -> ImageScore:
+    """Turn an analysed image into an :class:`ImageScore` against ``profiles`` (the expected characters)."""
+    threshold = backend.info.threshold if threshold is None else threshold
+    base = dict(
+        path=analyzed.path,
+        run=run,
+        faces=analyzed.faces,
+        expected=[p.name for p in profiles],
+        width=analyzed.width,
+        height=analyzed.height,
+        sha256=analyzed.sha256,
+        notes=list(analyzed.notes),
+    )
+    if analyzed.error:
+        return ImageScore(status="error", error=analyzed.error, **base)
+    if not analyzed.faces:
+        return ImageScore(status="no_face", missing=[p.name for p in profiles], **base)
+    matches = assign_faces(profiles, analyzed.faces, backend, threshold)
+    swapped = find_swaps(matches, analyzed.faces, profiles, backend, left_to_right=left_to_right)
+    missing = [m.character for m in matches if m.status == "missing"]
+    scored = [m for m in matches if m.similarity is not None]
+    worst = min(scored, key=lambda m: m.similarity) if scored else None
+    ok = not missing and not swapped and all(m.status == "pass" for m in matches)
+    return ImageScore(
+        status="pass" if ok else "drift",
+        similarity=worst.similarity if worst else None,
+        distance=worst.distance if worst else None,
+        relative=worst.relative if worst else None,
+        matches=matches,
+        missing=missing,
+        swapped=swapped,
+        **base,
+    )
+
+
+def score_image(
+    image: str | os.PathLike | Image.Image | np.ndarray,
+    profiles: list[ReferenceProfile],
+    backend: FaceBackend,
+    *,
+    threshold: float | None = None,
+    cache: FaceCache | None = None,
+    run: str = "",
+    left_to_right: bool = False,
+) -> ImageScore:
+    """Score a file or an in-memory image against the characters it should hold.
+
+    >>> s = score_image("out/s01.png", [alice], backend)  # doctest: +SKIP
+    >>> s.status, round(s.similarity, 2)
+    ('pass', 0.58)
+    """
+    if isinstance(image, (str, os.PathLike)):
+        analyzed = analyze_file(image, backend, cache, thumbnails=False)
+    else:
+        arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        analyzed = AnalyzedImage(
+            path="<memory>", sha256=None, faces=analyze_array(arr, backend), width=arr.shape[1], height=arr.shape[0]
+        )
+    return score_faces(analyzed, profiles, backend, threshold=threshold, run=run, left_to_right=left_to_right)
+
+

@@ -1,0 +1,277 @@
+"""``charkit verify``: score folders of images against characters and write drift reports.
+
+Lifecycle (each step a public function)::
+
+    check_inputs -> load_profiles -> collect -> score -> summarize -> record
+
+Runs: every positional path is one run (labelled by its folder name); ``--run LABEL=PATH``
+names a run explicitly, e.g. one per model or a folder of Midjourney downloads. A folder
+holding a charkit render ``manifest.json`` supplies scene order, model and the characters
+of each scene (declared left to right); images of several models in one manifest become
+one run per model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..character import load_character
+from ..errors import CharkitError
+from ..images import is_image_file, list_images
+from .analyze import analyze_file
+from .base import FaceBackend
+from .cache import FaceCache
+from .profile import ReferenceProfile, profile_for_character
+from .results import STATUSES, ImageScore, RunSummary, VerifyReport
+from .scoring import score_faces
+
+MANIFEST = "manifest.json"
+REPORT_FILES = ("report.json", "report.csv", "report.html")
+
+NONCOMMERCIAL_NOTE = (
+    "insightface's pretrained packs (buffalo_l, antelopev2) are licensed for non-commercial research only; "
+    "use a permissive insightface-format pack (e.g. AuraFace) or the dlib backend for commercial work."
+)
+
+
+@dataclass
+class ImageJob:
+    """One image to score: where it is, which run, and what the manifest says about it."""
+
+    path: Path
+    run: str
+    order: int
+    scene: str | None = None
+    model: str | None = None
+    characters: list[str] | None = None  # declared in a manifest, left to right
+
+
+@dataclass
+class VerifyInputs:
+    runs: "OrderedDict[str, Path]"
+    characters: list[Path]
+    jobs: list[ImageJob] = field(default_factory=list)
+    manifest_characters: dict[str, Path] = field(default_factory=dict)
+    default_names: list[str] = field(default_factory=list)  # --character names, in order
+
+
+def parse_run(spec: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` -> (label, path)."""
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise CharkitError(f"--run {spec!r}: expected LABEL=PATH, e.g. --run midjourney=downloads/mj")
+    return label, Path(path)
+
+
+def check_inputs(
+    paths: list[str | os.PathLike],
+    runs: list[str] | None = None,
+    characters: list[str | os.PathLike] | None = None,
+) -> VerifyInputs:
+    """Validate paths and run labels and list the images; nothing is written."""
+    named: "OrderedDict[str, Path]" = OrderedDict()
+    for spec in runs or []:
+        label, p = parse_run(spec)
+        if label in named:
+            raise CharkitError(f"--run {spec!r}: run label {label!r} is used twice; give each run its own label")
+        named[label] = p
+    for p in map(Path, paths):
+        label = p.stem if p.is_file() else (p.resolve().name or str(p))
+        base, i = label, 2
+        while label in named:
+            label, i = f"{base}-{i}", i + 1
+        named[label] = p
+    if not named:
+        raise CharkitError("no images given: pass image files or folders, or --run LABEL=PATH")
+    for label, p in named.items():
+        if not p.exists():
+            raise CharkitError(f"{p}: no such file or folder")
+        if p.is_file() and not is_image_file(p):
+            raise CharkitError(f"{p}: not an image file (png, jpg, webp, ...)")
+    inputs = VerifyInputs(runs=named, characters=[Path(c) for c in characters or []])
+    for label, p in named.items():
+        inputs.jobs.extend(collect(label, p, inputs.manifest_characters))
+    if not inputs.jobs:
+        raise CharkitError(f"no images found under {', '.join(str(p) for p in named.values())}")
+    if not inputs.characters and not inputs.manifest_characters:
+        raise CharkitError("no character to compare with: pass --character characters/NAME (or a folder with a render manifest.json)")
+    return inputs
+
+
+def _read_manifest(folder: Path) -> dict:
+    f = folder / MANIFEST
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CharkitError(f"{f}: not a readable render manifest ({e}); re-render or remove it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise CharkitError(f"{f}: field 'images' missing; this is not a charkit render manifest")
+    return data
+
+
+def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> list[ImageJob]:
+    """The images of one run, in scene order (manifest order, else sorted paths)."""
+    if path.is_file():
+        return [ImageJob(path=path, run=label, order=0, scene=path.stem)]
+    if (path / MANIFEST).is_file():
+        m = _read_manifest(path)
+        for name, folder in (m.get("characters") or {}).items():
+            fp = Path(folder)
+            manifest_characters.setdefault(name, fp if fp.is_absolute() else (path / fp))
+        images = m["images"]
+        models = {img.get("model") for img in images}
+        jobs = []
+        for i, img in enumerate(images):
+            try:
+                f = path / img["file"]
+            except (KeyError, TypeError):
+                raise CharkitError(f"{path / MANIFEST}: images[{i}]: field 'file' missing") from None
+            if not f.resolve().is_relative_to(path.resolve()):
+                raise CharkitError(f"{path / MANIFEST}: images[{i}].file {img['file']!r} points outside the folder")
+            run = label if len(models) <= 1 else f"{label}/{img.get('model')}"
+            jobs.append(
+                ImageJob(
+                    path=f,
+                    run=run,
+                    order=i,
+                    scene=img.get("scene"),
+                    model=img.get("model"),
+                    characters=list(img.get("characters") or []) or None,
+                )
+            )
+        # Keep scene order, but group images of one model together (matrix manifests interleave).
+        return sorted(jobs, key=lambda j: (j.run, j.order))
+    return [ImageJob(path=p, run=label, order=i, scene=p.stem) for i, p in enumerate(list_images(path))]
+
+
+def load_profiles(
+    inputs: VerifyInputs, backend: FaceBackend, *, cache: FaceCache | None, threshold: float
+) -> dict[str, ReferenceProfile]:
+    """One reference profile per character, from --character folders and manifests."""
+    profiles: dict[str, ReferenceProfile] = {}
+    for ref in list(inputs.characters) + [p for n, p in inputs.manifest_characters.items()]:
+        ch = load_character(ref)
+        if ref in inputs.characters and ch.name not in inputs.default_names:
+            inputs.default_names.append(ch.name)
+        if ch.name not in profiles:
+            profiles[ch.name] = profile_for_character(ch, backend, cache=cache, threshold=threshold)
+    for job in inputs.jobs:
+        for name in job.characters or []:
+            if name not in profiles:
+                raise CharkitError(
+                    f"{job.path}: the manifest names character {name!r} but no folder for it was given; "
+                    f"pass --character characters/{name}"
+                )
+    return profiles
+
+
+def score(
+    inputs: VerifyInputs,
+    profiles: dict[str, ReferenceProfile],
+    backend: FaceBackend,
+    *,
+    cache: FaceCache | None,
+    threshold: float,
+    progress: bool = True,
+) -> tuple[list[ImageScore], dict[str, bytes]]:
+    """Score every image; returns the scores and their thumbnails (JPEG bytes by path)."""
+    # Without a manifest, every image should hold the --character characters (else all known ones).
+    default = [profiles[n] for n in inputs.default_names] or list(profiles.values())
+    scores, thumbs = [], {}
+    for job in tqdm(inputs.jobs, desc="verify", unit="img", disable=not progress):
+        expected = [profiles[n] for n in job.characters] if job.characters else default
+        analyzed = analyze_file(job.path, backend, cache)
+        s = score_faces(analyzed, expected, backend, threshold=threshold, run=job.run, left_to_right=bool(job.characters))
+        s.order, s.scene, s.model = job.order, job.scene, job.model
+        scores.append(s)
+        if analyzed.thumbnail:
+            thumbs[s.path] = analyzed.thumbnail
+    return scores, thumbs
+
+
+def summarize(scores: list[ImageScore]) -> list[RunSummary]:
+    """Counts and similarity statistics per run, in first-seen run order."""
+    runs: "OrderedDict[str, list[ImageScore]]" = OrderedDict()
+    for s in scores:
+        runs.setdefault(s.run, []).append(s)
+    out = []
+    for run, items in runs.items():
+        counts = {st: sum(1 for s in items if s.status == st) for st in STATUSES}
+        sims = np.asarray([s.similarity for s in items if s.similarity is not None], dtype=np.float64)
+        with_face = counts["pass"] + counts["drift"]
+        out.append(
+            RunSummary(
+                run=run,
+                images=len(items),
+                passed=counts["pass"],
+                drift=counts["drift"],
+                no_face=counts["no_face"],
+                errors=counts["error"],
+                mean_similarity=float(sims.mean()) if len(sims) else None,
+                min_similarity=float(sims.min()) if len(sims) else None,
+                pass_rate=counts["pass"] / with_face if with_face else None,
+            )
+        )
+    return out
+
+
+def licence_note(backend: FaceBackend) -> str:
+    info = backend.info
+    note = f"Scored with {info.name} ({info.model}); model licence: {info.licence}."
+    if info.name == "insightface":
+        note += " " + NONCOMMERCIAL_NOTE
+    return note
+
+
+def record(report: VerifyReport, out: str | os.PathLike, thumbnails: dict[str, bytes]):
+    """Write report.json, report.csv and report.html into ``out`` (atomically)."""
+    from ..report import write_report
+
+    return write_report(report, Path(out), thumbnails=thumbnails)
+
+
+def verify(
+    paths: list[str | os.PathLike] = (),
+    *,
+    characters: list[str | os.PathLike] = (),
+    runs: list[str] | None = None,
+    backend: FaceBackend | None = None,
+    threshold: float | None = None,
+    out: str | os.PathLike | None = None,
+    cache: FaceCache | None = None,
+    progress: bool = False,
+) -> VerifyReport:
+    """Score images against characters and (with ``out``) write the reports.
+
+    >>> report = verify(["renders/"], characters=["characters/alice"], out="renders/")  # doctest: +SKIP
+    >>> report.runs[0].pass_rate
+    0.9
+    """
+    from . import get_backend
+
+    inputs = check_inputs(list(paths), runs, list(characters))
+    backend = backend or get_backend("auto")
+    cache = cache if cache is not None else FaceCache()
+    threshold = backend.info.threshold if threshold is None else float(threshold)
+    profiles = load_profiles(inputs, backend, cache=cache, threshold=threshold)
+    scores, thumbs = score(inputs, profiles, backend, cache=cache, threshold=threshold, progress=progress)
+    report = VerifyReport(
+        backend=backend.info,
+        threshold=threshold,
+        characters=[p.summary() for p in profiles.values()],
+        runs=summarize(scores),
+        images=scores,
+        licence_note=licence_note(backend),
+        charkit_version=__version__,
+    )
+    if out is not None:
+        record(report, out, thumbs)
+    return report
