@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CharkitError, MissingModelError
+from ..errors import CharkitError
 from .analyze import AnalyzedImage, analyze_array, analyze_file
 from .base import BackendInfo, Face, FaceBackend
 from .cache import FaceCache
@@ -37,13 +37,12 @@ def get_backend(
     if name not in BACKENDS:
         raise CharkitError(f"--backend {name!r}: unknown face backend; choose one of {', '.join(BACKENDS)}")
     if name in ("auto", "insightface"):
-        try:
-            from .insightface_backend import InsightFaceBackend
+        from .insightface_backend import ENV_VAR, InsightFaceBackend, find_pack
 
+        # A location the user named never falls back silently: a missing pack there is an error.
+        named = face_models is not None or bool(os.environ.get(ENV_VAR))
+        if name == "insightface" or named or find_pack() is not None:
             return InsightFaceBackend(face_models, providers=providers, threshold=threshold)
-        except MissingModelError:
-            if name == "insightface":
-                raise
     from .dlib_backend import DlibBackend
 
     return DlibBackend(threshold=threshold)
