@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..images import load_image
 from ..paths import sha256_bytes
+from ..report.thumbnails import make_thumbnail
 from .base import Face, FaceBackend
 from .cache import CachedImage, FaceCache
 
@@ -27,17 +28,6 @@ class AnalyzedImage:
     notes: list[str] = field(default_factory=list)
     thumbnail: bytes | None = None
     error: str | None = None
-
-
-def thumbnail_jpeg(image: Image.Image, max_side: int = THUMB_SIDE) -> bytes:
-    """A small deterministic JPEG for reports (no metadata, fixed quality)."""
-    import io
-
-    thumb = image.copy()
-    thumb.thumbnail((max_side, max_side), Image.BILINEAR, reducing_gap=2.0)
-    buf = io.BytesIO()
-    thumb.save(buf, format="JPEG", quality=82, optimize=False)
-    return buf.getvalue()
 
 
 def analyze_array(image: np.ndarray | Image.Image, backend: FaceBackend) -> list[Face]:
@@ -74,7 +64,7 @@ def analyze_file(
         return AnalyzedImage(path=path, sha256=sha, error=str(e))
     img = loaded.image
     faces = backend.analyze(np.asarray(img))
-    thumb = thumbnail_jpeg(img) if thumbnails else None
+    thumb = make_thumbnail(img, THUMB_SIDE) if thumbnails else None
     result = AnalyzedImage(path, sha, faces, img.width, img.height, list(loaded.notes), thumb)
     if cache is not None:
         cache.put(key, sha, CachedImage(faces, img.width, img.height, list(loaded.notes), thumb))

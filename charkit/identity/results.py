@@ -56,6 +56,7 @@ class ImageScore:
     sha256: str | None = None
     scene: str | None = None
     model: str | None = None
+    prompt: str | None = None  # from a render manifest
     order: int = 0  # position along the scene order (manifest order, else sorted path order)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
@@ -66,6 +67,7 @@ class ImageScore:
             "run": self.run,
             "scene": self.scene,
             "model": self.model,
+            "prompt": self.prompt,
             "order": self.order,
             "status": self.status,
             "similarity": _r(self.similarity),

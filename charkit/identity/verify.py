@@ -34,7 +34,6 @@ from .results import STATUSES, ImageScore, RunSummary, VerifyReport
 from .scoring import score_faces
 
 MANIFEST = "manifest.json"
-REPORT_FILES = ("report.json", "report.csv", "report.html")
 
 NONCOMMERCIAL_NOTE = (
     "insightface's pretrained packs (buffalo_l, antelopev2) are licensed for non-commercial research only; "
@@ -51,6 +50,7 @@ class ImageJob:
     order: int
     scene: str | None = None
     model: str | None = None
+    prompt: str | None = None
     characters: list[str] | None = None  # declared in a manifest, left to right
 
 
@@ -120,7 +120,7 @@ def _read_manifest(folder: Path) -> dict:
 def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> list[ImageJob]:
     """The images of one run, in scene order (manifest order, else sorted paths)."""
     if path.is_file():
-        return [ImageJob(path=path, run=label, order=0, scene=path.stem)]
+        return [ImageJob(path=path, run=label, order=0)]
     if (path / MANIFEST).is_file():
         m = _read_manifest(path)
         for name, folder in (m.get("characters") or {}).items():
@@ -144,12 +144,14 @@ def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> lis
                     order=i,
                     scene=img.get("scene"),
                     model=img.get("model"),
+                    prompt=img.get("prompt"),
                     characters=list(img.get("characters") or []) or None,
                 )
             )
         # Keep scene order, but group images of one model together (matrix manifests interleave).
         return sorted(jobs, key=lambda j: (j.run, j.order))
-    return [ImageJob(path=p, run=label, order=i, scene=p.stem) for i, p in enumerate(list_images(path))]
+    # No manifest: no scene ids; images line up with other runs by their sorted order.
+    return [ImageJob(path=p, run=label, order=i) for i, p in enumerate(list_images(path))]
 
 
 def load_profiles(
@@ -190,7 +192,7 @@ def score(
         expected = [profiles[n] for n in job.characters] if job.characters else default
         analyzed = analyze_file(job.path, backend, cache)
         s = score_faces(analyzed, expected, backend, threshold=threshold, run=job.run, left_to_right=bool(job.characters))
-        s.order, s.scene, s.model = job.order, job.scene, job.model
+        s.order, s.scene, s.model, s.prompt = job.order, job.scene, job.model, job.prompt
         scores.append(s)
         if analyzed.thumbnail:
             thumbs[s.path] = analyzed.thumbnail
@@ -224,11 +226,8 @@ def summarize(scores: list[ImageScore]) -> list[RunSummary]:
 
 
 def licence_note(backend: FaceBackend) -> str:
-    info = backend.info
-    note = f"Scored with {info.name} ({info.model}); model licence: {info.licence}."
-    if info.name == "insightface":
-        note += " " + NONCOMMERCIAL_NOTE
-    return note
+    """The licence warning a report must carry (the backend's own licence is in ``backend.licence``)."""
+    return NONCOMMERCIAL_NOTE if backend.info.name == "insightface" else ""
 
 
 def record(report: VerifyReport, out: str | os.PathLike, thumbnails: dict[str, bytes]):
