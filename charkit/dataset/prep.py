@@ -31,7 +31,8 @@ from .. import __version__
 from ..character import Character, load_character, resolve_character_dir
 from ..errors import CharkitError
 from ..identity import BackendInfo, Face, FaceBackend, FaceCache, get_backend
-from ..identity.analyze import thumbnail_jpeg
+from ..identity.analyze import THUMB_SIDE as CACHE_THUMB_SIDE
+from ..report.thumbnails import make_thumbnail
 from ..identity.cache import CachedImage
 from ..identity.profile import leave_one_out
 from ..images import ImageRejection, LoadedImage, read_image
@@ -246,7 +247,7 @@ def detect(
     else:
         faces = backend.analyze(np.asarray(img))
         if cache is not None:
-            entry = CachedImage(faces, img.width, img.height, list(loaded.notes), thumbnail_jpeg(img))
+            entry = CachedImage(faces, img.width, img.height, list(loaded.notes), make_thumbnail(img, CACHE_THUMB_SIDE))
             cache.put(backend.info.cache_key, sha256, entry)
     cand = Candidate(
         path=Path(loaded.path), source=source, width=img.width, height=img.height, faces=faces, sha256=sha256,
@@ -453,7 +454,7 @@ def make_item(
         size_bin=report_mod.size_bin(frac), source_width=cand.width, source_height=cand.height, crop_box=cp.box,
         scale=cp.scale, face_cut=cp.face_cut,
     )
-    return item, thumbnail_jpeg(crop, THUMB_SIDE)
+    return item, make_thumbnail(crop, THUMB_SIDE)
 
 
 # -------------------------------------------------------------------------------------------- record
