@@ -1,0 +1,102 @@
+"""What a model family is and can do: one frozen :class:`FamilySpec` per family.
+
+Callers ask the spec before they use a feature (``SPEC.require("faceid")``), so a family that
+cannot do something says so in one line instead of silently skipping it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import CharkitError
+
+#: Every adapter/feature name a family may support.
+FEATURES = frozenset({"lora", "text_encoder_lora", "controlnet", "ip_adapter", "faceid"})
+#: Every control type a storyboard may ask for.
+CONTROLS = frozenset({"canny", "openpose", "depth"})
+#: Scheduler classes charkit lets a storyboard pick (diffusers class names).
+SCHEDULERS = frozenset(
+    {
+        "DDIMScheduler",
+        "PNDMScheduler",
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "FlowMatchEulerDiscreteScheduler",
+    }
+)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Defaults and capabilities of one model family.
+
+    >>> from charkit.families import get_family
+    >>> get_family("sd15").SPEC.width
+    512
+    """
+
+    name: str
+    pipeline_class: str  # diffusers text-to-image pipeline class
+    controlnet_pipeline_class: str | None  # diffusers ControlNet pipeline class (None: no ControlNet)
+    controlnet_class: str | None  # diffusers ControlNet model class
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: str  # diffusers scheduler class name used by default
+    supports: frozenset[str]
+    controls: frozenset[str]
+    prediction: str  # "epsilon" | "v_prediction" | "flow"
+    size_multiple: int  # width/height must be multiples of this (in pixels)
+    description: str = ""
+
+    def can(self, feature: str) -> bool:
+        return feature in self.supports
+
+    def require(self, feature: str) -> None:
+        """Raise a one-line CharkitError when this family cannot do ``feature``."""
+        if feature not in FEATURES:
+            raise CharkitError(f"unknown feature {feature!r}: choose one of {', '.join(sorted(FEATURES))}")
+        if feature not in self.supports:
+            can = ", ".join(sorted(self.supports)) or "nothing extra"
+            raise CharkitError(
+                f"model family {self.name!r} does not support {feature}: it supports {can}; "
+                f"drop {feature} for this model or use a family that has it"
+            )
+
+    def require_control(self, control: str) -> None:
+        self.require("controlnet")
+        if control not in self.controls:
+            raise CharkitError(
+                f"model family {self.name!r} has no {control!r} control: choose one of {', '.join(sorted(self.controls))}"
+            )
+
+    def check_size(self, width: int, height: int) -> None:
+        m = self.size_multiple
+        if width <= 0 or height <= 0 or width % m or height % m:
+            raise CharkitError(
+                f"size {width}x{height} does not fit model family {self.name!r}: width and height must be positive "
+                f"multiples of {m} (e.g. {max(m, width // m * m)}x{max(m, height // m * m)})"
+            )
+
+
+def set_scheduler(pipe, name: str) -> None:
+    """Swap the pipeline's scheduler for diffusers class ``name``, keeping the model's schedule config.
+
+    >>> set_scheduler(pipe, "EulerDiscreteScheduler")  # doctest: +SKIP
+    """
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise CharkitError(f"scheduler {name!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
+    flow = "FlowMatch" in type(pipe.scheduler).__name__
+    if flow != ("FlowMatch" in name):
+        kind = "flow-matching" if flow else "noise-prediction"
+        raise CharkitError(
+            f"scheduler {name!r} does not fit this {kind} model (it uses {type(pipe.scheduler).__name__}); "
+            "pick a scheduler of the same kind"
+        )
+    if type(pipe.scheduler).__name__ != name:
+        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
