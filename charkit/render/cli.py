@@ -1,0 +1,121 @@
+"""``charkit render``: the click layer over :func:`charkit.render.lifecycle.render_storyboard`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+def _auto_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _auto_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    if not device.startswith("cuda"):
+        return "fp32"
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+@click.command("render")
+@click.argument("storyboard", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: the storyboard's `output:`).")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="[LABEL=]SOURCE",
+    help="Render on this model instead of the storyboard's (hub id, diffusers folder or .safetensors file; family "
+    "detected). Repeat to render every scene on each (a comparison matrix).",
+)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda when available).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Precision (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU).",
+)
+@click.option("--verify", is_flag=True, help="Score every image by identity and write report.json/.csv/.html into the output folder.")
+@click.option("--force", is_flag=True, help="Render every scene again, even unchanged ones.")
+@click.option("--scene", "scenes", multiple=True, metavar="ID", help="Render only this scene (repeatable); others keep their images.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Best-of-N candidates per pipeline call (default: all at once).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet / transformer (pays off on long runs, GPU).")
+@click.option("--cpu-offload", is_flag=True, help="Keep models in CPU memory and move each to the GPU only while it runs.")
+@click.option("--vae-tiling", is_flag=True, help="Decode in tiles (large images on small GPUs).")
+@click.option(
+    "--allow-pickle-weights",
+    is_flag=True,
+    help="Allow pickle weight files (.ckpt/.pt/.bin/.pth), which can run code when loaded. Only for sources you trust.",
+)
+@click.option(
+    "--annotators",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Folder with lllyasviel/Annotators weights (openpose and depth detection).",
+)
+@click.option(
+    "--face-models",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="insightface model pack folder (FaceID conditioning; --backend insightface).",
+)
+@click.option("--backend", type=click.Choice(["auto", "dlib", "insightface"]), help="Face backend for best-of-N and --verify (default: the storyboard's, dlib).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def render(storyboard, out, models, device, dtype, verify, force, scenes, batch_size, compile_, cpu_offload, vae_tiling,
+           allow_pickle_weights, annotators, face_models, backend, quiet):
+    """Render a storyboard: every scene as DIR/<scene>.png plus DIR/manifest.json.
+
+    Reruns render only scenes whose inputs changed. Under `accelerate launch` the scenes
+    are split across processes.
+
+    \b
+      charkit render examples/episode.yaml
+      charkit render episode.yaml --out renders/ep1 --verify
+      charkit render episode.yaml --model sd15=runwayml/stable-diffusion-v1-5 --model sdxl=models/juggernaut.safetensors
+      accelerate launch -m charkit render episode.yaml --device cuda
+    """
+    from .lifecycle import render_storyboard
+
+    device = _auto_device(device)
+    result = render_storyboard(
+        storyboard,
+        out=out,
+        models=list(models) or None,
+        device=device,
+        dtype=_auto_dtype(dtype, device),
+        verify=verify,
+        force=force,
+        batch_size=batch_size,
+        compile=compile_,
+        cpu_offload=cpu_offload,
+        vae_tiling=vae_tiling,
+        allow_pickle_weights=allow_pickle_weights,
+        annotators=annotators,
+        face_models=face_models,
+        backend=backend,
+        scenes=list(scenes) or None,
+        progress=not quiet,
+    )
+    if result.manifest is None:
+        return  # not the main process: it reports for everyone
+    # Counted from the merged manifest: under accelerate, result.rendered holds this process's share only.
+    line = f"rendered {len(result.manifest.images) - len(result.skipped)}, unchanged {len(result.skipped)} -> {result.manifest_path}"
+    if result.verify_report is not None:
+        runs = result.verify_report.runs
+        passed = sum(r.passed for r in runs)
+        line += f"; identity: {passed}/{sum(r.images for r in runs)} pass (report.html)"
+    click.echo(line)
+
+
+if __name__ == "__main__":  # `accelerate launch -m charkit.render.cli STORYBOARD ...`
+    from ..cli import main
+
+    main(["render", *sys.argv[1:]])

@@ -1,0 +1,414 @@
+"""Storyboard YAML -> typed models.
+
+A storyboard is the script of an episode: which characters appear, on which model, and one
+entry per scene (prompt, seed, size, control image, IP-Adapter, LoRA scales, best-of-N).
+:func:`load_storyboard` parses it with ``yaml.safe_load`` into :class:`Storyboard`; every field
+below has help text, which docs/rendering.md repeats. Errors are one line naming the file, the
+scene id and the field::
+
+    episode.yaml: scene 'cafe': field 'control.type': Input should be 'canny', 'openpose' or 'depth'
+
+Relative paths in a storyboard are relative to the storyboard file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, PrivateAttr
+
+from ..errors import CharkitError
+from ..paths import check_name
+
+FamilyName = Literal["sd15", "sdxl", "sd3", "flux"]
+ControlType = Literal["canny", "openpose", "depth"]
+IPMode = Literal["face", "image", "off"]
+Preset = Literal["lifelike", "none"]
+
+# `{name}` placeholders; `{{` and `}}` are literal braces.
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Size(_Model):
+    """Image size in pixels."""
+
+    width: int = Field(gt=0, le=8192, description="Width in pixels (a multiple of the family's size step, e.g. 8).")
+    height: int = Field(gt=0, le=8192, description="Height in pixels.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, v: Any) -> Any:
+        # Accept "512x768", [512, 768] and {width: 512, height: 768}.
+        if isinstance(v, str):
+            m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", v)
+            if not m:
+                raise ValueError(f"size {v!r} is not WIDTHxHEIGHT; write e.g. 512x768")
+            return {"width": int(m[1]), "height": int(m[2])}
+        if isinstance(v, (list, tuple)):
+            if len(v) != 2:
+                raise ValueError("size needs two numbers [width, height], e.g. [512, 768]")
+            return {"width": v[0], "height": v[1]}
+        return v
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+class ModelSpec(_Model):
+    """A model to render with. A bare string is shorthand for ``{source: <string>}``."""
+
+    source: str = Field(
+        description="Hub id (org/name, from the local cache when HF_HUB_OFFLINE=1), a local diffusers folder, "
+        "or a single-file .safetensors checkpoint (e.g. a Civitai fine-tune)."
+    )
+    family: FamilyName | None = Field(
+        default=None,
+        description="Model family (sd15, sdxl, sd3, flux). Detected when omitted: from the tensor names of a single "
+        "file, from model_index.json of a folder or cached hub model.",
+    )
+    config: str | None = Field(
+        default=None,
+        description="For a single-file checkpoint: a local diffusers folder (or hub id) of the same family holding "
+        "the configs and tokenizers (needed offline).",
+    )
+    label: str | None = Field(
+        default=None,
+        description="Short name used in file names and the manifest (`<scene>__<label>.png` under a models matrix). "
+        "Defaults to the family name; two models of one family need labels of their own.",
+    )
+    controlnet: dict[ControlType, str] = Field(
+        default_factory=dict,
+        description="ControlNet weights per control type for this model, e.g. {canny: lllyasviel/sd-controlnet-canny} "
+        "(hub id or local folder).",
+    )
+    ip_adapter: str | None = Field(
+        default=None,
+        description="Plain IP-Adapter weights (.safetensors file) for `ip_adapter.mode: image`.",
+    )
+    image_encoder: str | None = Field(
+        default=None,
+        description="CLIP vision encoder (folder or hub id) for the plain IP-Adapter (default: `image_encoder/` beside "
+        "the weights).",
+    )
+    faceid: str | None = Field(
+        default=None,
+        description="IP-Adapter FaceID weights (.safetensors) for `ip_adapter.mode: face`; conditioned on insightface "
+        "ArcFace embeddings of the character's references.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"source": v} if isinstance(v, str) else v
+
+    @field_validator("label")
+    @classmethod
+    def _label_safe(cls, v: str | None) -> str | None:
+        return None if v is None else _safe(v, "label")
+
+
+class ControlSpec(_Model):
+    """ControlNet conditioning of one scene."""
+
+    type: ControlType = Field(description="Control type: canny (edges), openpose (body pose) or depth.")
+    image: str = Field(description="Control source image; a photo that is turned into the control map, or the map itself.")
+    scale: float = Field(default=1.0, ge=0.0, le=2.0, description="controlnet_conditioning_scale (0 = off, 1 = full).")
+    preprocess: bool = Field(
+        default=True,
+        description="Run the detector (canny / openpose / depth) on `image`. false: `image` already is the control map "
+        "(e.g. a pose skeleton rendered elsewhere); needed for openpose/depth without annotator weights.",
+    )
+    low_threshold: int = Field(default=100, ge=0, le=255, description="Canny low threshold.")
+    high_threshold: int = Field(default=200, ge=0, le=255, description="Canny high threshold.")
+
+
+class IPAdapterSpec(_Model):
+    """IP-Adapter conditioning of one scene (or the storyboard default)."""
+
+    mode: IPMode = Field(
+        default="off",
+        description="face: IP-Adapter FaceID on insightface embeddings of the character's references; image: plain "
+        "IP-Adapter on a reference image; off: none.",
+    )
+    scale: float = Field(default=0.6, ge=0.0, le=2.0, description="IP-Adapter scale (how strongly it steers).")
+    character: str | None = Field(
+        default=None, description="Whose references condition the scene (default: the first character in the scene)."
+    )
+    image: str | None = Field(
+        default=None,
+        description="mode image: the reference image (default: the character's first reference photo).",
+    )
+
+
+class Defaults(_Model):
+    """Values every scene inherits unless it sets its own; unset values come from the model family."""
+
+    model: ModelSpec | None = Field(default=None, description="The model every scene renders with (see `model`).")
+    steps: int | None = Field(default=None, ge=1, le=500, description="Denoising steps (family default when unset).")
+    guidance: float | None = Field(default=None, ge=0.0, le=50.0, description="Guidance (CFG) scale (family default when unset).")
+    size: Size | None = Field(default=None, description="Image size WIDTHxHEIGHT (family default when unset).")
+    scheduler: str | None = Field(
+        default=None, description="diffusers scheduler class, e.g. DPMSolverMultistepScheduler (family default when unset)."
+    )
+    negative_prompt: str = Field(default="", description="Negative prompt; each character's own negative prompt is appended.")
+    preset: Preset = Field(default="none", description="Post-processing: lifelike (deterministic film grain) or none.")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Base seed of scenes without their own seed.")
+    candidates: int = Field(default=1, ge=1, le=64, description="Best-of-N: candidates per scene, kept by identity score.")
+    lora_scale: float = Field(default=1.0, ge=-2.0, le=4.0, description="LoRA scale of each character without a per-scene value.")
+    ip_adapter: IPAdapterSpec = Field(default_factory=IPAdapterSpec, description="IP-Adapter default of every scene.")
+
+
+class Scene(_Model):
+    """One shot of the episode."""
+
+    id: str = Field(description="Scene id; the output file name (letters, digits, '.', '_', '-').")
+    prompt: str = Field(description="Prompt; `{name}` expands to that character's trigger words; `{{`/`}}` are braces.")
+    negative_prompt: str | None = Field(default=None, description="Replaces the default negative prompt for this scene.")
+    characters: list[str] | None = Field(
+        default=None,
+        description="Characters in the shot, left to right (verification matches faces in this order). "
+        "Default: the characters named by placeholders in the prompt, in order of appearance.",
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        lt=2**63,
+        description="Seed (default: derived from defaults.seed and the scene id, so adding or moving scenes leaves "
+        "the others' seeds alone).",
+    )
+    size: Size | None = Field(default=None, description="Image size WIDTHxHEIGHT.")
+    steps: int | None = Field(default=None, ge=1, le=500, description="Denoising steps.")
+    guidance: float | None = Field(default=None, ge=0.0, le=50.0, description="Guidance (CFG) scale.")
+    control: ControlSpec | None = Field(default=None, description="ControlNet conditioning (type, image, scale).")
+    ip_adapter: IPAdapterSpec | None = Field(default=None, description="IP-Adapter mode and scale (default: defaults.ip_adapter).")
+    lora: dict[str, float] = Field(
+        default_factory=dict, description="LoRA scale per character, e.g. {alice: 0.8}; 0 disables that LoRA."
+    )
+    candidates: int | None = Field(default=None, ge=1, le=64, description="Best-of-N candidates (seeds seed..seed+N-1).")
+    model: ModelSpec | None = Field(default=None, description="Render this scene on another model (not with a models matrix).")
+    preset: Preset | None = Field(default=None, description="Post-processing preset for this scene.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_safe(cls, v: str) -> str:
+        return _safe(v, "scene id")
+
+
+class IdentitySpec(_Model):
+    """Face backend for best-of-N scoring, FaceID embeddings and --verify."""
+
+    backend: Literal["auto", "dlib", "insightface"] = Field(
+        default="dlib", description="Scoring backend: dlib (embedded, offline default), insightface, or auto."
+    )
+    face_models: str | None = Field(
+        default=None, description="insightface model pack folder (needed for ip_adapter mode face and backend insightface)."
+    )
+    threshold: float | None = Field(default=None, description="Pass threshold (default: the backend's calibrated one).")
+
+
+class Storyboard(_Model):
+    """The whole storyboard file."""
+
+    project: str = Field(description="Project / episode title (recorded in the manifest).")
+    output: str | None = Field(
+        default=None, description="Output folder, relative to the storyboard (default: renders/<storyboard name>)."
+    )
+    defaults: Defaults = Field(default_factory=Defaults, description="Values every scene inherits.")
+    characters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Character name -> character folder (holding character.toml), e.g. {alice: characters/alice}.",
+    )
+    models: list[ModelSpec] | None = Field(
+        default=None, description="Render every scene on each of these models (a comparison matrix)."
+    )
+    identity: IdentitySpec = Field(default_factory=IdentitySpec, description="Face backend settings.")
+    scenes: list[Scene] = Field(min_length=1, description="The scenes, in episode order.")
+
+    # Set by the loader: where the file lives (relative paths resolve against it) and its hash.
+    _path: Path | None = PrivateAttr(default=None)
+    _sha256: str | None = PrivateAttr(default=None)
+
+    @field_validator("characters")
+    @classmethod
+    def _names_safe(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            _safe(name, "character name")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Storyboard":
+        seen: set[str] = set()
+        for scene in self.scenes:
+            if scene.id in seen:
+                raise ValueError(f"scene id {scene.id!r} appears twice; give every scene its own id")
+            seen.add(scene.id)
+        if self.models is not None:
+            if not self.models:
+                raise ValueError("models: empty list; list at least one model or remove `models`")
+            for scene in self.scenes:
+                if scene.model is not None:
+                    raise ValueError(
+                        f"scene {scene.id!r}: model: a scene cannot pick its own model when `models:` renders every "
+                        "scene on each model; remove one of them"
+                    )
+        elif self.defaults.model is None and any(s.model is None for s in self.scenes):
+            raise ValueError("no model: set defaults.model (or `models:`, or --model on the command line)")
+        return self
+
+    # -- helpers -----------------------------------------------------------------------
+    @property
+    def path(self) -> Path | None:
+        """The storyboard file (None for one built in code)."""
+        return self._path
+
+    @property
+    def sha256(self) -> str | None:
+        """sha256 of the storyboard file's bytes (None for one built in code)."""
+        return self._sha256
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def resolve(self, rel: str | os.PathLike) -> Path:
+        """A path from the storyboard, relative to its folder (``~`` expanded)."""
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def output_dir(self) -> Path:
+        if self.output:
+            return self.resolve(self.output)
+        stem = self.path.stem if self.path is not None else "storyboard"
+        return self.base_dir / "renders" / stem
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else "storyboard"
+
+
+# -- prompt placeholders ---------------------------------------------------------------
+
+
+def placeholders(prompt: str) -> list[str]:
+    """Character names referenced as ``{name}`` in ``prompt``, in order of first appearance.
+
+    >>> placeholders("{alice} and {bob} at the {{cafe}}")
+    ['alice', 'bob']
+    """
+    names: list[str] = []
+    for m in _PLACEHOLDER.finditer(prompt):
+        if m.group(1) is not None and m.group(1).strip() not in names:
+            names.append(m.group(1).strip())
+    return names
+
+
+def expand_prompt(prompt: str, triggers: dict[str, str]) -> str:
+    """Replace ``{name}`` with ``triggers[name]``; ``{{``/``}}`` become literal braces.
+
+    >>> expand_prompt("photo of {alice} man, {{x}}", {"alice": "ohwx"})
+    'photo of ohwx man, {x}'
+    """
+
+    def sub(m: re.Match) -> str:
+        token = m.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
+        return triggers[m.group(1).strip()]
+
+    return _PLACEHOLDER.sub(sub, prompt)
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+def _safe(v: str, what: str) -> str:
+    try:
+        return check_name(v, what)
+    except CharkitError as e:
+        raise ValueError(str(e)) from None
+
+
+def _scene_label(data: Any, loc: tuple) -> str:
+    # "scene 'cafe'" for errors under scenes[i] (by id when the raw data has one).
+    if len(loc) >= 2 and loc[0] == "scenes" and isinstance(loc[1], int):
+        try:
+            sid = data["scenes"][loc[1]].get("id")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            sid = None
+        return f"scene {sid!r}" if isinstance(sid, str) and sid else f"scene #{loc[1] + 1}"
+    return ""
+
+
+def _field_names() -> set[str]:
+    return {f for m in (Size, ModelSpec, ControlSpec, IPAdapterSpec, Defaults, Scene, IdentitySpec, Storyboard) for f in m.model_fields}
+
+
+def _error_message(source: str, data: Any, err: ValidationError) -> str:
+    errors = err.errors()
+    # An unknown key is usually the cause of the rest (a typo'd `promt` also leaves `prompt` missing).
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), sorted(_field_names()), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "check its spelling against docs/rendering.md"
+        msg = f"unknown field; {hint}"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    scene = _scene_label(data, loc)
+    field_loc = loc[2:] if scene else loc
+    # Skip pydantic's union/shorthand noise ("function-before[...]") in field paths.
+    parts = [str(p) for p in field_loc if not str(p).startswith(("function-", "literal["))]
+    where = f"field '{'.'.join(parts)}'" if parts else "(top level)"
+    if scene:
+        where = f"{scene}: {where}"
+    return f"{source}: {where}: {msg}"
+
+
+def parse_storyboard(data: Any, *, source: str = "storyboard", path: Path | None = None, sha256: str | None = None) -> Storyboard:
+    """Validate already-parsed YAML data (a dict) into a :class:`Storyboard`."""
+    if not isinstance(data, dict):
+        raise CharkitError(f"{source}: a storyboard is a YAML mapping with project, characters and scenes; see examples/episode.yaml")
+    try:
+        board = Storyboard.model_validate(data)
+    except ValidationError as e:
+        raise CharkitError(_error_message(source, data, e)) from None
+    board._path = path
+    board._sha256 = sha256
+    return board
+
+
+def load_storyboard(path: str | os.PathLike) -> Storyboard:
+    """Read and validate a storyboard YAML file.
+
+    >>> board = load_storyboard("examples/episode.yaml")  # doctest: +SKIP
+    >>> [s.id for s in board.scenes][:2]
+    ['s01-arrival', 's02-cafe']
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise CharkitError(f"{p}: cannot read storyboard ({e.strerror or e}); check the path") from None
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CharkitError(f"{p}: not UTF-8 text; save the storyboard as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise CharkitError(f"{p}: invalid YAML{where} ({problem}); fix the syntax") from None
+    return parse_storyboard(data, source=str(p), path=p.resolve(), sha256=hashlib.sha256(raw).hexdigest())
