@@ -45,8 +45,6 @@ def render() -> str:
         "",
     ]
     for path, cmd, ctx in _walk(cli, ["charkit"], root):
-        if len(path) == 1:
-            continue
         out += [f"## `{' '.join(path)}`", ""]
         usage = " ".join(cmd.collect_usage_pieces(ctx))
         out += ["```", f"{' '.join(path)} {usage}".rstrip(), "```", ""]

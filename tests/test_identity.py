@@ -159,3 +159,24 @@ def test_decompression_bomb_is_refused(tmp_path):
     Image.new("1", (20000, 10000)).save(bomb)
     r = read_image(bomb)
     assert hasattr(r, "reason") and "decompression bomb" in r.reason
+
+
+def _fill_cache(args):
+    folder, i = args
+    from charkit.identity.cache import CachedImage, FaceCache
+
+    cache = FaceCache(folder)
+    for k in range(10):
+        cache.put("dlib-x", f"{i}-{k}", CachedImage([], 1, 1, [], None))
+
+
+def test_face_cache_is_safe_for_concurrent_processes(tmp_path):
+    # accelerate ranks open one cache at once; switching it to WAL must not fail with "database is locked"
+    import multiprocessing as mp
+
+    from charkit.identity.cache import FaceCache
+
+    with mp.get_context("fork").Pool(4) as pool:
+        pool.map(_fill_cache, [(tmp_path, i) for i in range(4)])
+    assert FaceCache(tmp_path).get("dlib-x", "3-9") is not None
+    assert len(FaceCache(tmp_path)._conn().execute("SELECT 1 FROM faces").fetchall()) == 40

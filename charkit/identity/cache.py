@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,16 @@ class CachedImage:
     thumbnail: bytes | None
 
 
+def _retry_locked(fn, attempts: int = 200, wait: float = 0.05):
+    for i in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or i == attempts - 1:
+                raise
+            time.sleep(wait)
+
+
 class FaceCache:
     """``get``/``put`` analysed images by (backend cache key, image sha256)."""
 
@@ -49,16 +60,20 @@ class FaceCache:
         self.path = self.folder / f"faces-v{SCHEMA_VERSION}.sqlite"
         self._local = threading.local()
         with self._conn() as c:
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS faces (backend TEXT, image_sha TEXT, data TEXT, emb BLOB, thumb BLOB,"
-                " PRIMARY KEY (backend, image_sha))"
+            _retry_locked(
+                lambda: c.execute(
+                    "CREATE TABLE IF NOT EXISTS faces (backend TEXT, image_sha TEXT, data TEXT, emb BLOB, thumb BLOB,"
+                    " PRIMARY KEY (backend, image_sha))"
+                )
             )
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60)
-            conn.execute("PRAGMA journal_mode=WAL")
+            # Switching to WAL needs an exclusive lock and ignores the busy timeout: several processes
+            # (accelerate ranks) opening the cache at once must retry it.
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             self._local.conn = conn
         return conn
 

@@ -125,9 +125,14 @@ def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> lis
         m = _read_manifest(path)
         for name, folder in (m.get("characters") or {}).items():
             fp = Path(folder)
-            manifest_characters.setdefault(name, fp if fp.is_absolute() else (path / fp))
+            manifest_characters.setdefault(name, fp if fp.is_absolute() else Path(os.path.normpath(path / fp)))
         images = m["images"]
         models = {img.get("model") for img in images}
+        # order = the scene's position in the episode (a models matrix lists each scene once per model)
+        scene_pos: dict = {}
+        for img in images:
+            if isinstance(img, dict):
+                scene_pos.setdefault(img.get("scene"), len(scene_pos))
         jobs = []
         for i, img in enumerate(images):
             try:
@@ -141,7 +146,7 @@ def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> lis
                 ImageJob(
                     path=f,
                     run=run,
-                    order=i,
+                    order=scene_pos[img.get("scene")] if img.get("scene") is not None else i,
                     scene=img.get("scene"),
                     model=img.get("model"),
                     prompt=img.get("prompt"),

@@ -1,0 +1,77 @@
+"""SD1.5 LoRA training: which modules get an adapter, text conditioning, and the denoising loss.
+
+The loss is the one of diffusers' ``train_text_to_image_lora.py``: DDPM noise at a uniform random
+timestep, the UNet predicts the noise (``epsilon``) or the velocity (``v_prediction``), whichever the
+model's scheduler config says, with optional offset noise and Min-SNR weighting. Every random draw
+takes the caller's ``generator`` so a resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: The pipeline attribute trained with a LoRA.
+DENOISER = "unet"
+#: Attention projections of every transformer block of the UNet (what the diffusers examples adapt).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+#: Text-encoder LoRA: the CLIP attention projections.
+TEXT_ENCODERS = ("text_encoder",)
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+#: Text-conditioning entries shared by the whole batch (not concatenated per sample).
+SHARED_TEXT_KEYS: tuple[str, ...] = ()
+
+
+def noise_scheduler(pipe):
+    """A DDPM scheduler with the model's training schedule (a copy: the pipeline's own is mutated by sampling)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def prediction_type(scheduler) -> str:
+    return scheduler.config.get("prediction_type", "epsilon")
+
+
+def encode_text(pipe, captions: list[str], *, device) -> dict[str, torch.Tensor]:
+    """CLIP hidden states exactly as the pipeline computes them at inference (gradients flow when the encoder trains)."""
+    prompt_embeds, _ = pipe.encode_prompt(captions, device, 1, False)
+    return {"prompt_embeds": prompt_embeds}
+
+
+def scale_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """VAE latents to the UNet's scale."""
+    return latents * pipe.vae.config.scaling_factor
+
+
+def training_loss(pipe, denoiser, scheduler, batch, *, loss_cfg, generator: torch.Generator) -> torch.Tensor:
+    """Mean denoising loss of one batch (``batch.latents`` already scaled, ``batch.text`` from :func:`encode_text`)."""
+    latents = batch.latents
+    b = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    if loss_cfg.noise_offset:
+        noise = noise + loss_cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    kind = prediction_type(scheduler)
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
+    pred = denoiser(noisy, timesteps, batch.text["prompt_embeds"], return_dict=False)[0]
+    return _weighted_mse(pred.float(), target.float(), scheduler, timesteps, kind, loss_cfg.snr_gamma)
+
+
+def _weighted_mse(pred, target, scheduler, timesteps, kind: str, snr_gamma: float) -> torch.Tensor:
+    if not snr_gamma:
+        return F.mse_loss(pred, target, reduction="mean")
+    # Min-SNR-gamma (Hang et al. 2023), as in the diffusers examples.
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps)
+    weights = torch.clamp(snr, max=snr_gamma)
+    weights = weights / snr if kind == "epsilon" else weights / (snr + 1)
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=list(range(1, pred.ndim)))
+    return (per_sample * weights).mean()

@@ -1,0 +1,336 @@
+"""Training data: the prepped dataset, batches, and the latent / text-embedding caches.
+
+``charkit prep`` writes ``characters/NAME/dataset/dataset.json`` (items with file, caption, width,
+height); :func:`load_dataset` reads it (running prep first when the folder is missing) and checks
+every image before the model loads, so a corrupt file fails in the first second with its name.
+
+Batches come from one aspect bucket (images of one size) at a time. Everything random about a
+step (which images, which caption is dropped, noise, timesteps) is drawn from
+:func:`step_generator`, seeded from ``(seed, rank, step, micro-step)``: a resumed run draws exactly
+what the uninterrupted run drew, with no generator state to carry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CharkitError
+from ..images import load_image
+
+DATASET_DIR = "dataset"
+DATASET_FILE = "dataset.json"
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One training image: path, caption and pixel size (as prepped)."""
+
+    path: Path
+    caption: str
+    width: int
+    height: int
+
+
+@dataclass
+class TrainDataset:
+    """The items of ``dataset.json`` at the training resolution, grouped into same-size buckets."""
+
+    root: Path
+    character: str
+    family: str
+    resolution: int
+    items: list[TrainItem]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def buckets(self) -> dict[tuple[int, int], list[int]]:
+        """``(height, width) -> item indices``, in a stable order."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, it in enumerate(self.items):
+            out.setdefault((it.height, it.width), []).append(i)
+        return dict(sorted(out.items()))
+
+    @property
+    def captions(self) -> list[str]:
+        return sorted({it.caption for it in self.items})
+
+
+@dataclass
+class TrainBatch:
+    """What a family's ``training_loss`` consumes."""
+
+    latents: torch.Tensor  # scaled, (b, c, h, w)
+    text: dict[str, torch.Tensor]
+    sizes: list[tuple[int, int]]  # (height, width) in pixels per sample
+    crops: list[tuple[int, int]]  # crop top-left per sample (prepped crops: (0, 0))
+    captions: list[str]
+    indices: list[int]
+
+
+# ----------------------------------------------------------------------------------------- dataset
+
+
+def dataset_dir(character_dir: str | os.PathLike) -> Path:
+    return Path(character_dir) / DATASET_DIR
+
+
+def load_dataset(
+    character_dir: str | os.PathLike,
+    *,
+    family: str,
+    resolution: int | None = None,
+    size_multiple: int = 8,
+    prep_if_missing: bool = True,
+    backend: str = "auto",
+    folder: str | os.PathLike | None = None,
+) -> TrainDataset:
+    """Read the prepped dataset of a character; run ``charkit prep`` first when there is none.
+
+    ``resolution`` is nominal, as prep uses it (buckets of area about resolution**2). A smaller one
+    than the dataset's scales the prepped sizes down; a larger one is refused (upscaled crops teach
+    blur): re-run prep at that resolution.
+
+    >>> ds = load_dataset("characters/alice", family="sd15")  # doctest: +SKIP
+    >>> len(ds.items), ds.resolution
+    (14, 512)
+    """
+    root = Path(folder) if folder is not None else dataset_dir(character_dir)
+    meta_path = root / DATASET_FILE
+    if not meta_path.is_file():
+        if not prep_if_missing:
+            raise CharkitError(f"{meta_path}: no dataset; run `charkit prep {character_dir}` first")
+        from ..dataset import prep_dataset
+        from ..identity import get_backend
+
+        # Same face backend as the training run's identity scores.
+        prep_dataset(character_dir, family=family, resolution=resolution or None, backend=get_backend(backend))
+        root = dataset_dir(character_dir)
+        meta_path = root / DATASET_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CharkitError(f"{meta_path}: unreadable dataset file ({e}); re-run `charkit prep {character_dir}`") from None
+    items_raw = meta.get("items") if isinstance(meta, dict) else None
+    if not isinstance(items_raw, list):
+        raise CharkitError(f"{meta_path}: no 'items' list; re-run `charkit prep {character_dir}`")
+    if not items_raw:
+        rejected = len(meta.get("rejected") or [])
+        why = f" (all {rejected} references were rejected, see {root / 'prep_report.html'})" if rejected else ""
+        raise CharkitError(f"{meta_path}: the dataset has no images{why}; add usable photos and re-run `charkit prep`")
+    ds_res = int(meta.get("resolution") or 0)
+    items = []
+    for n, raw in enumerate(items_raw):
+        try:
+            rel, caption, w, h = raw["file"], str(raw.get("caption", "")), int(raw["width"]), int(raw["height"])
+        except (KeyError, TypeError, ValueError):
+            raise CharkitError(f"{meta_path}: item {n} needs 'file', 'width' and 'height'; re-run `charkit prep`") from None
+        path = (root / rel).resolve()
+        if root.resolve() not in path.parents:
+            raise CharkitError(f"{meta_path}: item {n} file {rel!r} is outside the dataset folder; re-run `charkit prep`")
+        items.append(TrainItem(path=path, caption=caption, width=w, height=h))
+    notes: list[str] = []
+    # Prep's resolution is nominal: buckets keep an area of about resolution**2 at several aspect ratios.
+    prepped = ds_res or int(round(max(it.width * it.height for it in items) ** 0.5))
+    target = resolution or prepped
+    if target > prepped:
+        raise CharkitError(
+            f"{meta_path}: prepped at {prepped}px but training asks for {target}px; re-run "
+            f"`charkit prep {character_dir} --family {family} --resolution {target}`"
+        )
+    if target < prepped:
+        items = [_rescaled(it, target / prepped, size_multiple) for it in items]
+        notes.append(f"dataset prepped at {prepped}px, scaled to {target}px for training")
+    for it in items:
+        if it.width % size_multiple or it.height % size_multiple:
+            raise CharkitError(
+                f"{it.path}: {it.width}x{it.height} is not a multiple of {size_multiple} pixels as {family} needs; "
+                f"re-run `charkit prep {character_dir} --family {family}`"
+            )
+    if meta.get("family") and meta["family"] != family:
+        notes.append(f"dataset prepped for {meta['family']}, training {family}")
+    return TrainDataset(
+        root=root, character=str(meta.get("character", Path(character_dir).name)), family=family,
+        resolution=target, items=items, notes=notes,
+    )
+
+
+def _rescaled(it: TrainItem, factor: float, multiple: int) -> TrainItem:
+    w = max(multiple, int(round(it.width * factor / multiple)) * multiple)
+    h = max(multiple, int(round(it.height * factor / multiple)) * multiple)
+    return TrainItem(path=it.path, caption=it.caption, width=w, height=h)
+
+
+def load_pixels(item: TrainItem) -> torch.Tensor:
+    """The item's image as a ``(3, H, W)`` float tensor in [-1, 1] at the item's size.
+
+    Raises a one-line CharkitError naming the file when it cannot be decoded.
+    """
+    try:
+        img = load_image(item.path).image
+    except ValueError as e:
+        raise CharkitError(f"{item.path}: {e}; re-run `charkit prep` or remove the file from dataset.json") from None
+    if img.size != (item.width, item.height):
+        from PIL import Image, ImageOps
+
+        img = ImageOps.fit(img, (item.width, item.height), method=Image.Resampling.LANCZOS)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def check_images(dataset: TrainDataset) -> None:
+    """Decode every image once (before any model loads): a corrupt file is a clear error, not a crash mid-run."""
+    for it in dataset.items:
+        load_pixels(it)
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+def step_generator(seed: int, rank: int, step: int, micro: int = 0) -> torch.Generator:
+    """The CPU generator of one (micro-)step: a pure function of its coordinates."""
+    digest = hashlib.sha256(f"charkit-train:{seed}:{rank}:{step}:{micro}".encode()).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def sample_indices(dataset: TrainDataset, batch_size: int, generator: torch.Generator) -> list[int]:
+    """A batch from one bucket, the bucket chosen in proportion to its size."""
+    buckets = list(dataset.buckets.values())
+    sizes = torch.tensor([len(b) for b in buckets], dtype=torch.float64)
+    bucket = buckets[int(torch.multinomial(sizes, 1, generator=generator))]
+    if len(bucket) >= batch_size:
+        pick = torch.randperm(len(bucket), generator=generator)[:batch_size]
+    else:
+        pick = torch.randint(0, len(bucket), (batch_size,), generator=generator)
+    return [bucket[int(i)] for i in pick]
+
+
+def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
+    if not p:
+        return captions
+    keep = torch.rand(len(captions), generator=generator) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+# -------------------------------------------------------------------------------------------- caches
+
+
+class LatentSource:
+    """VAE latent distributions of the training images: encoded once up front (cached) or every step.
+
+    The cache holds each image's posterior mean and std, and a sample is drawn per step with the
+    step's generator, so cached training sees the same randomness as uncached training.
+    """
+
+    def __init__(self, pipe, dataset: TrainDataset, family_mod, *, cached: bool, device, dtype=torch.float32):
+        self.pipe, self.dataset, self.family = pipe, dataset, family_mod
+        self.cached, self.device, self.dtype = cached, torch.device(device), dtype
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @contextlib.contextmanager
+    def _encoding_vae(self):
+        """The VAE in a dtype safe for encoding: an fp16 VAE that asks for it (``force_upcast``, e.g. SDXL's,
+        which overflows in fp16) runs in fp32, as the pipelines do when they decode; outside any autocast."""
+        vae = self.pipe.vae
+        upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+        # torch's own Module.to: diffusers' override warns on every dtype cast (an upcast per uncached step).
+        if upcast:
+            torch.nn.Module.to(vae, torch.float32)
+        try:
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                yield vae
+        finally:
+            if upcast:
+                torch.nn.Module.to(vae, torch.float16)
+
+    @torch.no_grad()
+    def _encode(self, vae, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.stack([load_pixels(self.dataset.items[i]) for i in indices])
+        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
+
+    def prepare(self, progress=None) -> None:
+        """Fill the cache (no-op when uncached)."""
+        if not self.cached:
+            return
+        with self._encoding_vae() as vae:
+            for i in range(len(self.dataset.items)):
+                if i not in self._cache:
+                    mean, std = self._encode(vae, [i])
+                    self._cache[i] = (mean[0], std[0])
+                if progress is not None:
+                    progress()
+
+    def sample(self, indices: list[int], generator: torch.Generator) -> torch.Tensor:
+        """Scaled latents of ``indices`` (one posterior sample each)."""
+        if self.cached:
+            mean = torch.stack([self._cache[i][0] for i in indices])
+            std = torch.stack([self._cache[i][1] for i in indices])
+        else:
+            with self._encoding_vae() as vae:
+                mean, std = self._encode(vae, indices)
+        eps = torch.randn(mean.shape, generator=generator).to(mean)
+        latents = mean + std * eps
+        return self.family.scale_latents(self.pipe, latents).to(self.dtype)
+
+
+class TextSource:
+    """Text conditioning per caption: encoded once (cached) or every step (always when the encoder trains)."""
+
+    def __init__(self, pipe, family_mod, *, cached: bool, device, trainable: bool = False):
+        self.pipe, self.family, self.device = pipe, family_mod, torch.device(device)
+        self.cached = cached and not trainable
+        self.trainable = trainable
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def prepare(self, captions: list[str]) -> None:
+        if not self.cached:
+            return
+        with torch.no_grad():
+            for c in captions:
+                if c not in self._cache:
+                    out = self.family.encode_text(self.pipe, [c], device=self.device)
+                    self._cache[c] = {k: v.detach() for k, v in out.items()}
+
+    def get(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        if not self.cached:
+            if self.trainable:
+                return self.family.encode_text(self.pipe, captions, device=self.device)
+            with torch.no_grad():
+                return self.family.encode_text(self.pipe, captions, device=self.device)
+        missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
+        if missing:
+            self.prepare(missing)
+        parts = [self._cache[c] for c in captions]
+        shared = set(getattr(self.family, "SHARED_TEXT_KEYS", ()))
+        return {k: (parts[0][k] if k in shared else torch.cat([p[k] for p in parts])) for k in parts[0]}
+
+
+def make_batch(
+    dataset: TrainDataset,
+    latents: LatentSource,
+    texts: TextSource,
+    *,
+    batch_size: int,
+    caption_dropout: float,
+    generator: torch.Generator,
+) -> TrainBatch:
+    """Draw one batch: indices, captions (with dropout), latents, text conditioning."""
+    idx = sample_indices(dataset, batch_size, generator)
+    captions = drop_captions([dataset.items[i].caption for i in idx], caption_dropout, generator)
+    lat = latents.sample(idx, generator)
+    return TrainBatch(
+        latents=lat,
+        text=texts.get(captions),
+        sizes=[(dataset.items[i].height, dataset.items[i].width) for i in idx],
+        crops=[(0, 0)] * len(idx),
+        captions=captions,
+        indices=idx,
+    )

@@ -1,0 +1,758 @@
+"""``train_lora``: identity-aware LoRA training as a lifecycle of named steps.
+
+    check_inputs -> load -> cache -> train_steps (checkpoint + evaluate every eval.every steps)
+                 -> choose -> export (best.safetensors, kohya, register in character.toml, report)
+
+Each step is a public function taking the :class:`TrainSession` (or the :class:`TrainPlan`) so it
+can be called and tested alone. :func:`train_lora` runs them all::
+
+    result = train_lora("characters/alice", model="runwayml/stable-diffusion-v1-5",
+                        preset="training/sd15-lora.toml", device="cuda")
+    result.best, result.choice.reason
+
+Output: ``characters/NAME/loras/<family>/<run>/`` (or ``out``) with ``checkpoints/step-XXXXXX/``,
+``probes/``, ``evals/``, ``run.json``, ``best.safetensors``, ``best.kohya.safetensors`` and
+``training_report.json`` / ``.html``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..errors import CharkitError
+from ..paths import atomic_write_bytes, atomic_write_json, check_name
+from . import checkpoints as ckpt
+from .config import TrainPreset, apply_overrides, load_preset, parse_preset
+from .data import LatentSource, TextSource, TrainDataset, check_images, load_dataset, make_batch, step_generator
+from .evaluate import (
+    CheckpointChoice,
+    CheckpointScore,
+    ClipScorer,
+    choose_checkpoint,
+    probe_specs,
+    resolve_clip_model,
+    score_probes,
+    summarize,
+)
+
+#: consecutive steps with a non-finite loss after which training stops
+MAX_BAD_STEPS = 3
+RUN_FILE = "run.json"
+DTYPES = {"fp32": "no", "float32": "no", "no": "no", "fp16": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLossError(CharkitError):
+    """Training diverged: the loss was NaN/inf for MAX_BAD_STEPS consecutive steps."""
+
+
+@dataclass
+class TrainPlan:
+    """Everything validated before a model loads (the output of :func:`check_inputs`)."""
+
+    character: object  # charkit.character.Character
+    preset: TrainPreset
+    family: str
+    model: str
+    model_config: str | None
+    dataset: TrainDataset
+    run_dir: Path
+    run_name: str
+    resume: ckpt.CheckpointInfo | None
+    device: torch.device
+    mixed_precision: str  # effective: "no" | "fp16" | "bf16"
+    backend: str
+    clip_model: Path | None
+    probe_width: int
+    probe_height: int
+    allow_pickle_weights: bool = False
+    register: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return WEIGHT_DTYPES[self.mixed_precision]
+
+
+@dataclass
+class TrainSession:
+    """The live state of a run (models, optimizer, caches, history)."""
+
+    plan: TrainPlan
+    family: object  # charkit.families.<f>.lora module
+    pipeline: object  # charkit.families.<f>.pipeline module (generate)
+    pipe: object
+    accelerator: object
+    noise_scheduler: object
+    params: list[torch.nn.Parameter]
+    optimizer: object
+    lr_scheduler: object
+    optimizer_name: str
+    latents: LatentSource | None = None
+    texts: TextSource | None = None
+    backend: object = None
+    profile: object = None
+    clip: ClipScorer | None = None
+    step: int = 0
+    losses: list[list[float]] = field(default_factory=list)  # [[step, loss], ...]
+    scores: list[CheckpointScore] = field(default_factory=list)
+    bad_steps: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+    cache_seconds: float = 0.0
+
+    @property
+    def preset(self) -> TrainPreset:
+        return self.plan.preset
+
+    @property
+    def denoiser(self):
+        return getattr(self.pipe, self.family.DENOISER)
+
+    @property
+    def trained_modules(self) -> list:
+        names = [self.family.DENOISER] + (list(self.family.TEXT_ENCODERS) if self.preset.lora.text_encoder else [])
+        return [getattr(self.pipe, n) for n in names]
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best: Path
+    kohya: Path | None
+    report_json: Path
+    report_html: Path
+    choice: CheckpointChoice
+    scores: list[CheckpointScore]
+    losses: list[list[float]]
+    steps: int
+    registered: Path | None
+
+
+# ------------------------------------------------------------------------------------------ check_inputs
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CharkitError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise CharkitError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if d.type not in ("cpu", "cuda"):
+        raise CharkitError(f"--device {device}: training runs on cpu or cuda")
+    return d
+
+
+def family_module(family: str, part: str):
+    import importlib
+
+    from ..families import get_family
+
+    get_family(family)  # validates the name
+    return importlib.import_module(f"charkit.families.{family}.{part}")
+
+
+def check_inputs(
+    character_dir: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    preset: str | os.PathLike | TrainPreset | dict,
+    out: str | os.PathLike | None = None,
+    run: str | None = None,
+    resume: bool = False,
+    steps: int | None = None,
+    eval_every: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+    backend: str = "dlib",
+    clip_model: str | os.PathLike | None = None,
+    model_config: str | os.PathLike | None = None,
+    allow_pickle_weights: bool = False,
+    register: bool = True,
+) -> TrainPlan:
+    """Validate every input (character, preset, dataset images, output folder, resume point) without loading a model.
+
+    >>> plan = check_inputs("characters/alice", model="m/sd15", preset="training/sd15-lora.toml")  # doctest: +SKIP
+    """
+    from ..character import load_character
+    from ..families.sources import resolve_source
+
+    character = load_character(character_dir)
+    if isinstance(preset, TrainPreset):
+        p = preset
+    elif isinstance(preset, dict):
+        p = parse_preset(preset)
+    else:
+        p = load_preset(preset)
+    mp = None
+    if dtype is not None and str(dtype) != "auto":
+        if str(dtype) not in DTYPES:
+            raise CharkitError(f"--dtype {dtype!r}: choose fp32, fp16 or bf16")
+        mp = DTYPES[str(dtype)]
+    p = apply_overrides(p, steps=steps, eval_every=eval_every, mixed_precision=mp,
+                        clip_model=None if clip_model is None else str(clip_model))
+    family = p.family
+    spec = family_module(family, "defaults").SPEC
+    notes: list[str] = []
+    dev = resolve_device(device)
+    effective = p.train.mixed_precision
+    if dev.type == "cpu" and effective != "no":
+        notes.append(f"mixed precision {effective} needs a GPU: trained in fp32 on CPU")
+        effective = "no"
+    if effective == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CharkitError("mixed precision bf16: this GPU has no bfloat16 support; use --dtype fp16")
+    src = resolve_source(model, what=f"--model ({family})", allow_pickle_weights=allow_pickle_weights)
+    if src.kind != "hub" and not src.pickle:  # a local model's family is in its files: check it before loading
+        from ..families.detect import detect_family
+
+        found = detect_family(src.ref)
+        if found != family:
+            raise CharkitError(
+                f"--model {src.ref}: this is a {found} model but the preset trains {family}; use "
+                f"training/{found}-lora.toml (or a preset with family = \"{found}\") or a {family} model"
+            )
+    if backend not in ("dlib", "insightface", "auto"):
+        raise CharkitError(f"--backend {backend!r}: choose dlib, insightface or auto")
+
+    # The run folder: a name under the character, or --out.
+    if out is not None:
+        run_dir = Path(out)
+        run_name = run_dir.name
+    else:
+        base = character.dir / "loras" / family
+        if run is None and resume:
+            run = _newest_run(base)
+            if run is None:
+                raise CharkitError(f"--resume: no earlier run under {base}; start without --resume")
+        run_name = check_name(run or _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"), "--run")
+        run_dir = base / run_name
+    resume_from = None
+    if resume:
+        resume_from = ckpt.latest_checkpoint(run_dir)
+        if resume_from is None:
+            raise CharkitError(f"--resume: no complete checkpoint in {ckpt.checkpoints_dir(run_dir)}; start without --resume")
+        _check_same_run(run_dir, p, src.ref)
+        if resume_from.step > p.train.steps:
+            raise CharkitError(
+                f"--resume: the newest checkpoint is step {resume_from.step}, past train.steps={p.train.steps}; raise --steps"
+            )
+    elif int(os.environ.get("RANK", "0")) == 0 and ((run_dir / RUN_FILE).exists() or ckpt.list_checkpoints(run_dir)):
+        raise CharkitError(f"{run_dir}: a run is already there; pass --resume to continue it, or choose another --run/--out")
+
+    resolution = p.train.resolution or None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (character.dir / "dataset" / "dataset.json").is_file():
+        raise CharkitError(f"{character.dir / 'dataset'}: no dataset; run `charkit prep {character.dir}` once before a multi-GPU run")
+    dataset = load_dataset(character.dir, family=family, resolution=resolution, size_multiple=spec.size_multiple,
+                           backend=backend)
+    check_images(dataset)
+    if p.eval.every > p.train.steps:
+        notes.append(f"eval.every={p.eval.every} > train.steps={p.train.steps}: only the last step is evaluated")
+    width = p.eval.width or dataset.resolution
+    height = p.eval.height or dataset.resolution
+    spec.check_size(width, height)
+    clip = resolve_clip_model(p.eval.clip_model)
+    return TrainPlan(
+        character=character, preset=p, family=family, model=src.ref, model_config=str(model_config) if model_config else None,
+        dataset=dataset, run_dir=run_dir, run_name=run_name, resume=resume_from, device=dev, mixed_precision=effective,
+        backend=backend, clip_model=clip, probe_width=width, probe_height=height,
+        allow_pickle_weights=allow_pickle_weights, register=register, notes=notes + list(dataset.notes),
+    )
+
+
+def _newest_run(base: Path) -> str | None:
+    runs = [d for d in base.iterdir() if (d / RUN_FILE).is_file()] if base.is_dir() else []
+    return max(runs, key=lambda d: (d / RUN_FILE).stat().st_mtime).name if runs else None
+
+
+# Fields that may change between a run and its resume (how long, precision, how often to look); the rest must match.
+_RESUMABLE = {("train", "steps"), ("train", "mixed_precision"), ("eval", "every"), ("eval", "clip_model")}
+
+
+def _check_same_run(run_dir: Path, preset: TrainPreset, model: str) -> None:
+    f = run_dir / RUN_FILE
+    if not f.is_file():
+        return
+    old = json.loads(f.read_text(encoding="utf-8"))
+    if old.get("model") != model:
+        raise CharkitError(f"--resume: {run_dir} was trained from {old.get('model')!r}, not {model!r}; use the same --model")
+    new = preset.model_dump(mode="json")
+    for section, values in old.get("preset", {}).items():
+        if not isinstance(values, dict):
+            if new.get(section) != values:
+                raise CharkitError(f"--resume: preset field '{section}' differs from the run's ({values!r}); use the run's preset")
+            continue
+        for k, v in values.items():
+            if (section, k) not in _RESUMABLE and new.get(section, {}).get(k) != v:
+                raise CharkitError(
+                    f"--resume: preset field '{section}.{k}' is {new.get(section, {}).get(k)!r} but the run used {v!r}; "
+                    "resume with the run's preset (only train.steps, train.mixed_precision, eval.every and eval.clip_model may change)"
+                )
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def _make_optimizer(preset: TrainPreset, groups: list[dict], device: torch.device) -> tuple[torch.optim.Optimizer, str, str | None]:
+    o = preset.optimizer
+    kw = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if o.name == "adamw8bit":
+        why = None
+        if device.type != "cuda":
+            why = "8-bit AdamW needs CUDA"
+        else:
+            try:
+                import bitsandbytes as bnb  # noqa: F401
+            except ImportError:
+                why = "8-bit AdamW needs bitsandbytes (pip install bitsandbytes)"
+        if why is None:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(groups, **kw), "adamw8bit", None
+        return torch.optim.AdamW(groups, **kw), "adamw", f"{why}: used torch AdamW"
+    return torch.optim.AdamW(groups, **kw), "adamw", None
+
+
+def _lr_scheduler(preset: TrainPreset, optimizer):
+    from diffusers.optimization import get_scheduler
+
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[preset.optimizer.scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=preset.optimizer.warmup_steps, num_training_steps=preset.train.steps)
+
+
+def _accelerator(plan: TrainPlan):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    # accelerate keeps one process-wide state; a second run in the same (single-process) Python session with
+    # another precision would be refused, so start that state afresh.
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") not in (None, plan.mixed_precision) and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=plan.mixed_precision, cpu=plan.device.type == "cpu")
+
+
+def load(plan: TrainPlan) -> TrainSession:
+    """Face profile, pipeline, LoRA adapters (fp32), optimizer, LR schedule; restore the checkpoint when resuming."""
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    from ..identity import FaceCache, get_backend, profile_for_character
+
+    preset = plan.preset
+    accelerator = _accelerator(plan)
+    if accelerator.num_processes > 1:
+        plan.device = accelerator.device
+    # Identity first: a reference folder without faces should fail before minutes of model loading. Only the
+    # main process renders and scores probes. The face cache lets a resume skip re-embedding the references.
+    backend = profile = None
+    if accelerator.is_main_process:
+        backend = get_backend(plan.backend)
+        profile = profile_for_character(plan.character, backend, cache=FaceCache())
+    fam = family_module(plan.family, "lora")
+    pipeline_mod = family_module(plan.family, "pipeline")
+    kw = {"config": plan.model_config} if plan.model_config else {}
+    pipe = pipeline_mod.load_pipeline(
+        plan.model, device=plan.device, dtype=plan.weight_dtype, allow_pickle_weights=plan.allow_pickle_weights, **kw
+    )
+    pipe.set_progress_bar_config(disable=True)
+    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+
+    torch.manual_seed(preset.train.seed)  # LoRA init (lora_A) draws from the global generator
+    lcfg = preset.lora
+    denoiser = getattr(pipe, fam.DENOISER)
+    targets = list(lcfg.targets or fam.LORA_TARGETS)
+    try:
+        denoiser.add_adapter(LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                                        init_lora_weights="gaussian", target_modules=targets))
+    except ValueError as e:
+        raise CharkitError(f"preset field 'lora.targets' {targets}: {' '.join(str(e).split())[:200]}; use module names of the "
+                           f"{fam.DENOISER} (or leave it empty for the family default)") from None
+    modules = [denoiser]
+    if lcfg.text_encoder:
+        for name in fam.TEXT_ENCODERS:
+            te = getattr(pipe, name)
+            te.add_adapter(LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                                      init_lora_weights="gaussian", target_modules=list(fam.TEXT_ENCODER_TARGETS)))
+            modules.append(te)
+    cast_training_params(modules, dtype=torch.float32)  # LoRA weights train in fp32 whatever the base dtype
+    if preset.train.gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+        for te in modules[1:]:
+            (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
+    for m in modules:
+        m.train()
+
+    den_params = [p for p in denoiser.parameters() if p.requires_grad]
+    te_params = [p for m in modules[1:] for p in m.parameters() if p.requires_grad]
+    groups = [{"params": den_params, "lr": preset.optimizer.learning_rate}]
+    if te_params:
+        groups.append({"params": te_params, "lr": preset.optimizer.text_encoder_learning_rate})
+    optimizer, opt_name, opt_note = _make_optimizer(preset, groups, plan.device)
+    if opt_note:
+        plan.notes.append(opt_note)
+    lr_scheduler = _lr_scheduler(preset, optimizer)
+    optimizer = accelerator.prepare(optimizer)  # fp16 loss scaling; models stay unwrapped (grads reduced by hand)
+
+    clip = ClipScorer(plan.clip_model, device=plan.device) if plan.clip_model and accelerator.is_main_process else None
+    session = TrainSession(
+        plan=plan, family=fam, pipeline=pipeline_mod, pipe=pipe, accelerator=accelerator,
+        noise_scheduler=fam.noise_scheduler(pipe), params=den_params + te_params, optimizer=optimizer,
+        lr_scheduler=lr_scheduler, optimizer_name=opt_name, backend=backend, profile=profile, clip=clip,
+    )
+    if plan.resume is not None:
+        restore(session, plan.resume)
+    return session
+
+
+def restore(session: TrainSession, info: ckpt.CheckpointInfo) -> None:
+    """Load a checkpoint's LoRA weights, optimizer, schedules, RNG and history into the session."""
+    from peft import set_peft_model_state_dict
+
+    from .export import unpack_diffusers
+
+    state = ckpt.load_checkpoint(info)
+    layers = unpack_diffusers(state.lora)
+    for name, sd in layers.items():
+        model = getattr(session.pipe, name)
+        if name.startswith("text_encoder") and not hasattr(model, "text_model"):
+            # saved with CLIP's classic text_model. prefix; transformers >= 5.6 modules lack that level
+            sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+        result = set_peft_model_state_dict(model, sd, adapter_name="default")
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise CharkitError(f"{info.path}: checkpoint keys do not fit the model ({unexpected[0]}); resume with the same preset")
+    session.optimizer.load_state_dict(state.optimizer)
+    session.lr_scheduler.load_state_dict(state.lr_scheduler)
+    scaler = getattr(session.accelerator, "scaler", None)
+    if scaler is not None and state.scaler:
+        scaler.load_state_dict(state.scaler)
+    state.rng.restore()
+    session.step = state.step
+    session.losses = [list(x) for x in state.losses]
+    session.scores = [s for s in load_scores(session.plan.run_dir) if s.step <= state.step]
+
+
+def load_scores(run_dir: Path) -> list[CheckpointScore]:
+    d = Path(run_dir) / "evals"
+    if not d.is_dir():
+        return []
+    out = []
+    for f in sorted(d.glob("step-*.json")):
+        try:
+            out.append(CheckpointScore.from_dict(json.loads(f.read_text(encoding="utf-8"))))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return sorted(out, key=lambda s: s.step)
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+
+def cache(session: TrainSession) -> None:
+    """Build the latent and text-embedding sources (and fill the caches the preset asks for)."""
+    t = time.perf_counter()
+    plan, preset = session.plan, session.preset
+    session.latents = LatentSource(
+        session.pipe, plan.dataset, session.family, cached=preset.train.cache_latents, device=plan.device,
+        dtype=plan.weight_dtype,
+    )
+    session.texts = TextSource(
+        session.pipe, session.family, cached=preset.train.cache_text_embeddings, device=plan.device,
+        trainable=preset.lora.text_encoder,
+    )
+    if preset.lora.text_encoder and preset.train.cache_text_embeddings:
+        plan.notes.append("text-embedding cache off: the text encoder is trained")
+    session.latents.prepare()
+    session.texts.prepare(plan.dataset.captions + ([""] if preset.train.caption_dropout else []))
+    session.cache_seconds = time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def autocast(plan: TrainPlan):
+    """The training forward's autocast (LoRA weights stay fp32; the frozen base runs in the mixed dtype)."""
+    if plan.mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=plan.device.type, dtype=plan.weight_dtype)
+
+
+def train_step(session: TrainSession) -> float:
+    """One optimizer step (with gradient accumulation). Returns the loss; a non-finite loss updates nothing."""
+    plan, preset, acc = session.plan, session.preset, session.accelerator
+    ga = preset.train.gradient_accumulation
+    total = 0.0
+    for micro in range(ga):
+        g = step_generator(preset.train.seed, acc.process_index, session.step, micro)
+        with autocast(plan):
+            batch = make_batch(plan.dataset, session.latents, session.texts, batch_size=preset.train.batch_size,
+                               caption_dropout=preset.train.caption_dropout, generator=g)
+            loss = session.family.training_loss(session.pipe, session.denoiser, session.noise_scheduler, batch,
+                                                loss_cfg=preset.loss, generator=g)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            session.optimizer.zero_grad(set_to_none=True)
+            return value
+        acc.backward(loss / ga)
+        total += value / ga
+    if acc.num_processes > 1:  # average LoRA gradients across processes (models are not DDP-wrapped)
+        for p in session.params:
+            if p.grad is not None:
+                p.grad = acc.reduce(p.grad, reduction="mean")
+    if preset.optimizer.max_grad_norm:
+        acc.clip_grad_norm_(session.params, preset.optimizer.max_grad_norm)
+    session.optimizer.step()
+    session.lr_scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def write_run_file(session: TrainSession) -> None:
+    plan = session.plan
+    atomic_write_json(plan.run_dir / RUN_FILE, {
+        "charkit_version": __version__,
+        "character": plan.character.name,
+        "family": plan.family,
+        "model": plan.model,
+        "run": plan.run_name,
+        "preset": plan.preset.model_dump(mode="json"),
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+    })
+
+
+def train_steps(
+    session: TrainSession,
+    *,
+    until: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> None:
+    """Train from ``session.step`` to ``until`` (default ``train.steps``), checkpointing and evaluating on the way.
+
+    Stops with :class:`NonFiniteLossError` after MAX_BAD_STEPS consecutive non-finite losses.
+    """
+    from tqdm.auto import tqdm
+
+    plan, preset = session.plan, session.preset
+    total = preset.train.steps
+    until = total if until is None else min(until, total)
+    if session.is_main:
+        ckpt.clean_incomplete(plan.run_dir)
+        if not (plan.run_dir / RUN_FILE).exists():
+            write_run_file(session)
+    bar = tqdm(total=total, initial=session.step, desc=f"train {plan.family} LoRA", unit="step",
+               disable=not (progress and session.is_main), dynamic_ncols=True)
+    try:
+        while session.step < until:
+            t = time.perf_counter()
+            loss = train_step(session)
+            session.step_seconds.append(time.perf_counter() - t)
+            session.step += 1
+            session.losses.append([session.step, loss])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if math.isfinite(loss):
+                session.bad_steps = 0
+            else:
+                session.bad_steps += 1
+                if session.bad_steps >= MAX_BAD_STEPS:
+                    last = ckpt.latest_checkpoint(plan.run_dir)
+                    kept = f"the last saved checkpoint is {last.path.name}" if last else "no checkpoint was saved"
+                    raise NonFiniteLossError(
+                        f"training stopped at step {session.step}: the loss was not finite ({loss}) for {MAX_BAD_STEPS} "
+                        f"consecutive steps and no non-finite weights were saved ({kept}); lower optimizer.learning_rate "
+                        f"(now {preset.optimizer.learning_rate:g}) or use --dtype bf16 instead of fp16, then start again"
+                    )
+            if on_step is not None:
+                on_step(session.step, loss)
+            if session.step % preset.eval.every == 0 or session.step == total:
+                checkpoint_and_evaluate(session)
+    finally:
+        bar.close()
+
+
+def checkpoint_and_evaluate(session: TrainSession) -> CheckpointScore | None:
+    """Save a checkpoint, render and score the probes, update the report (main process; others wait)."""
+    acc = session.accelerator
+    result = None
+    if session.is_main:
+        info = checkpoint(session)
+        result = evaluate(session, info)
+        from .report import write_report
+
+        write_report(session)
+    acc.wait_for_everyone()
+    return result
+
+
+def checkpoint(session: TrainSession) -> ckpt.CheckpointInfo:
+    """Save LoRA weights, optimizer, LR schedule, grad scaler, RNG and loss history as a checkpoint."""
+    from .export import adapter_configs, adapter_layers, pack_diffusers
+
+    plan = session.plan
+    text_encoder = session.preset.lora.text_encoder
+    lora, meta = pack_diffusers(
+        adapter_layers(session.pipe, session.family, text_encoder=text_encoder),
+        adapter_configs(session.pipe, session.family, text_encoder=text_encoder),
+    )
+    scaler = getattr(session.accelerator, "scaler", None)
+    state = ckpt.CheckpointState(
+        step=session.step,
+        lora=lora,
+        lora_metadata={**meta, "charkit.family": plan.family, "charkit.base_model": plan.model, "charkit.steps": str(session.step)},
+        optimizer=session.optimizer.state_dict(),
+        lr_scheduler=session.lr_scheduler.state_dict(),
+        scaler=scaler.state_dict() if scaler is not None else None,
+        rng=ckpt.RngState.capture(),
+        losses=session.losses,
+    )
+    return ckpt.save_checkpoint(plan.run_dir, state, reserve_bytes=session.preset.checkpoints.reserve_disk_mb * 2**20)
+
+
+@contextlib.contextmanager
+def eval_mode(session: TrainSession):
+    """Modules in eval mode and the global RNG untouched for the duration (renders must not shift training)."""
+    modules = session.trained_modules
+    dev = session.plan.device
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for m in modules:
+            m.eval()
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.train()
+
+
+def render_probes(session: TrainSession, specs) -> list:
+    """Render the probe set with the current LoRA (fixed seeds, one batch per prompt)."""
+    plan, ev = session.plan, session.preset.eval
+    spec = family_module(plan.family, "defaults").SPEC
+    steps = ev.steps or spec.steps
+    guidance = ev.guidance if ev.guidance >= 0 else spec.guidance
+    negative = ev.negative_prompt or plan.character.spec.negative_prompt or None
+    images = []
+    # No autocast: peft casts around the fp32 LoRA layers itself, and the pipelines manage their VAE dtype.
+    with eval_mode(session):
+        by_prompt: dict[int, list] = {}
+        for s in specs:
+            by_prompt.setdefault(s.index, []).append(s)
+        for group in by_prompt.values():
+            images += session.pipeline.generate(
+                session.pipe, prompt=group[0].prompt, negative_prompt=negative, width=plan.probe_width,
+                height=plan.probe_height, steps=steps, guidance=guidance,
+                generator=[torch.Generator("cpu").manual_seed(s.seed) for s in group], num_images=len(group),
+            )
+    return images
+
+
+def evaluate(session: TrainSession, info: ckpt.CheckpointInfo) -> CheckpointScore:
+    """Render the probes with the current LoRA, score identity (+ adherence), record ``evals/step-XXXXXX.json``."""
+    import io
+
+    plan, ev = session.plan, session.preset.eval
+    c = plan.character
+    specs = probe_specs(ev.prompts, ev.seeds, trigger=c.trigger_text, class_word=c.spec.class_word)
+    images = render_probes(session, specs)
+    rels = []
+    for img, s in zip(images, specs):
+        rel = f"probes/{ckpt.step_name(session.step)}/{s.name}.png"
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        atomic_write_bytes(plan.run_dir / rel, buf.getvalue())
+        rels.append(rel)
+    probes = score_probes(images, specs, rels, profile=session.profile, backend=session.backend, clip=session.clip)
+    prev = session.scores[-1].step if session.scores else 0
+    window = [loss for st, loss in session.losses if prev < st <= session.step and math.isfinite(loss)]
+    score = summarize(session.step, probes, loss=sum(window) / len(window) if window else None,
+                      checkpoint=info.path.relative_to(plan.run_dir).as_posix())
+    atomic_write_json(plan.run_dir / "evals" / f"{ckpt.step_name(session.step)}.json", score.to_dict())
+    session.scores = [s for s in session.scores if s.step != score.step] + [score]
+    return score
+
+
+# ------------------------------------------------------------------------------------- choose / export
+
+
+def choose(session: TrainSession) -> CheckpointChoice:
+    """Pick the checkpoint to ship among the evaluated, still-complete checkpoints."""
+    available = {c.step for c in ckpt.list_checkpoints(session.plan.run_dir)}
+    scores = [s for s in session.scores if s.step in available]
+    ev = session.preset.eval
+    return choose_checkpoint(scores, adherence_tolerance=ev.adherence_tolerance, min_face_rate=ev.min_face_rate)
+
+
+def export(session: TrainSession, choice: CheckpointChoice):
+    """Write best.safetensors (+ kohya), register it in character.toml, and write the final report."""
+    from ..character import register_lora
+    from .export import charkit_metadata, export_lora
+    from .report import write_report
+
+    plan, preset = session.plan, session.preset
+    info = next(c for c in ckpt.list_checkpoints(plan.run_dir) if c.step == choice.step)
+    score = next(s for s in session.scores if s.step == choice.step)
+    meta = charkit_metadata(
+        family=plan.family, base_model=plan.model, trigger=plan.character.trigger_text, rank=preset.lora.rank,
+        alpha=preset.lora.alpha, steps=choice.step, identity=score.identity, adherence=score.adherence,
+        run=plan.run_name, choice=choice.reason,
+    )
+    result = export_lora(info.lora_file, plan.run_dir, family=plan.family, meta=meta, rank=preset.lora.rank,
+                         alpha=preset.lora.alpha, steps=choice.step, kohya=preset.checkpoints.kohya)
+    registered = register_lora(plan.character.dir, plan.family, result.diffusers) if plan.register else None
+    report_json, report_html = write_report(session, choice=choice, export=result)
+    return result, registered, report_json, report_html
+
+
+def train_lora(
+    character_dir: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    preset: str | os.PathLike | TrainPreset | dict,
+    on_step: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+    **kwargs,
+) -> TrainResult:
+    """Train a character LoRA and pick its best checkpoint by measured identity (see module docstring).
+
+    ``kwargs`` are :func:`check_inputs`'s (out, run, resume, steps, eval_every, device, dtype, backend,
+    clip_model, model_config, allow_pickle_weights, register).
+
+    >>> r = train_lora("characters/alice", model="runwayml/stable-diffusion-v1-5",
+    ...                preset="training/sd15-lora.toml", steps=1000, device="cuda")  # doctest: +SKIP
+    >>> r.best
+    PosixPath('characters/alice/loras/sd15/run-20260101-120000/best.safetensors')
+    """
+    plan = check_inputs(character_dir, model=model, preset=preset, **kwargs)
+    session = load(plan)
+    cache(session)
+    train_steps(session, on_step=on_step, progress=progress)
+    if not session.is_main:
+        return None  # type: ignore[return-value]
+    choice = choose(session)
+    exported, registered, report_json, report_html = export(session, choice)
+    return TrainResult(
+        run_dir=plan.run_dir, best=exported.diffusers, kohya=exported.kohya, report_json=report_json,
+        report_html=report_html, choice=choice, scores=list(session.scores), losses=list(session.losses),
+        steps=session.step, registered=registered,
+    )
