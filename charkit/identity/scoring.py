@@ -12,7 +12,6 @@ assigned faces stand in the opposite order.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

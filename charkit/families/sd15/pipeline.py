@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from ...errors import CharkitError
 from ..detect import family_from_keys, safetensors_keys
+from ..ip_adapter import faceid_embeds, ip_layout, ip_location  # noqa: F401  (faceid_embeds: family API)
 from ..sources import ModelSource, hub_offline, loading, pretrained_kwargs, resolve_source
 from ..spec import set_scheduler
 from .defaults import SPEC
@@ -130,12 +130,6 @@ def with_controlnet(pipe, controlnet, *, allow_pickle_weights: bool = False):
 # --- IP-Adapter ---------------------------------------------------------------------------------------
 
 
-def _ip_layout(keys: Sequence[str]) -> str:
-    if "image_proj.proj.weight" in keys:
-        return "image"
-    if "image_proj.norm.weight" in keys and "image_proj.proj.0.weight" in keys:
-        return "face"
-    return "other"
 
 
 def load_ip_adapter(
@@ -159,10 +153,10 @@ def load_ip_adapter(
     if mode not in ("image", "face"):
         raise CharkitError(f"ip_adapter mode {mode!r}: choose 'image' or 'face'")
     SPEC.require("ip_adapter" if mode == "image" else "faceid")
-    folder, subfolder, weight_name = _ip_location(path, allow_pickle_weights=allow_pickle_weights)
+    folder, subfolder, weight_name = ip_location(path, allow_pickle_weights=allow_pickle_weights)
     local = Path(folder, subfolder, weight_name)
     if local.suffix == ".safetensors" and local.is_file():
-        layout = _ip_layout(safetensors_keys(local))
+        layout = ip_layout(safetensors_keys(local))
         if layout != mode:
             raise CharkitError(
                 f"{local}: holds {'a FaceID' if layout == 'face' else 'a plain' if layout == 'image' else 'an unsupported'}"
@@ -200,22 +194,6 @@ def load_ip_adapter(
     pipe.set_ip_adapter_scale(scale)
 
 
-def _ip_location(path, *, allow_pickle_weights: bool) -> tuple[str, str, str]:
-    """(folder or repo id, subfolder, weight file name) for diffusers' load_ip_adapter."""
-    from ..sources import check_weights_file
-
-    p = Path(path).expanduser()
-    if p.is_file():
-        check_weights_file(p, what="IP-Adapter", allow_pickle_weights=allow_pickle_weights)
-        return str(p.parent.resolve()), "", p.name
-    text = os.fspath(path)
-    parts = text.split("/")
-    if p.is_dir() or len(parts) < 3 or text.startswith((".", "/", "~")):
-        raise CharkitError(
-            f"IP-Adapter {text!r}: no such weights file; give a local .safetensors file or org/repo/path/file.safetensors"
-        )
-    check_weights_file(parts[-1], what="IP-Adapter", allow_pickle_weights=allow_pickle_weights)
-    return "/".join(parts[:2]), "/".join(parts[2:-1]), parts[-1]
 
 
 def _has_ip_adapter(pipe) -> bool:
@@ -228,26 +206,6 @@ def unload_ip_adapter(pipe) -> None:
         pipe.unload_ip_adapter()
 
 
-def faceid_embeds(
-    embedding, *, guidance: float, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> list[torch.Tensor]:
-    """FaceID conditioning for :func:`generate`: one 512-d ArcFace embedding (or ``(n, 512)`` for n faces).
-
-    Returns diffusers' ``ip_adapter_image_embeds`` form: a list with one 3-D tensor, the zero (negative) half
-    first when classifier-free guidance is on (``guidance > 1``).
-    """
-    e = torch.as_tensor(embedding, dtype=torch.float32)
-    if e.ndim == 1:
-        e = e[None]
-    if e.ndim != 2 or e.shape[-1] != 512:
-        raise CharkitError(
-            f"FaceID embedding has shape {tuple(e.shape)}: need 512 values (insightface buffalo_l ArcFace); "
-            "dlib 128-d descriptors cannot condition FaceID"
-        )
-    e = e[None]  # (1, n, 512)
-    if guidance > 1:
-        e = torch.cat([torch.zeros_like(e), e])
-    return [e.to(device=device, dtype=dtype)]
 
 
 # --- generate -----------------------------------------------------------------------------------------
