@@ -97,15 +97,18 @@ def main() -> None:
         verify([paths[0]], characters=[char], backend=backend, cache=FaceCache(tmp / "warm"), out=tmp / "warm-report")
         plain_dlib_loop(paths[:1], profile.centroid.astype(np.float64))
 
-        t = time.perf_counter()
-        plain = plain_dlib_loop(paths, profile.centroid.astype(np.float64))
-        t_plain = time.perf_counter() - t
-
-        cache_dir = tmp / "cache"
-        shutil.copytree(tmp / "refcache", cache_dir)  # references cached, images not: a first verify
-        t = time.perf_counter()
-        first = verify([tmp / "images"], characters=[char], backend=backend, cache=FaceCache(cache_dir), out=tmp / "r1")
-        t_first = time.perf_counter() - t
+        # alternate the two sides and keep each one's best time: the box may be busy
+        t_plain = t_first = float("inf")
+        for attempt in range(2):
+            t = time.perf_counter()
+            plain = plain_dlib_loop(paths, profile.centroid.astype(np.float64))
+            t_plain = min(t_plain, time.perf_counter() - t)
+            cache_dir = tmp / f"cache{attempt}"
+            shutil.copytree(tmp / "refcache", cache_dir)  # references cached, images not: a first verify
+            t = time.perf_counter()
+            first = verify([tmp / "images"], characters=[char], backend=backend, cache=FaceCache(cache_dir),
+                           out=tmp / "r1")
+            t_first = min(t_first, time.perf_counter() - t)
         t = time.perf_counter()
         verify([tmp / "images"], characters=[char], backend=backend, cache=FaceCache(cache_dir), out=tmp / "r2")
         t_second = time.perf_counter() - t

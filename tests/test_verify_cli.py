@@ -144,3 +144,12 @@ def test_character_init_and_show(tmp_path):
     assert len(outlier_lines) == 1 and "biden.jpg" in outlier_lines[0]
     r = run("character", "init", "barack", "--refs", refs, "--root", tmp_path / "chars")
     assert r.exit_code == 2 and "already exists" in r.output
+
+
+def test_loose_image_files_form_one_run(shots, characters_root, tmp_path):
+    r = run("verify", shots / "s01.jpg", shots / "s02.jpg", "-c", characters_root / "obama", "--backend", "dlib",
+            "--out", tmp_path / "loose")
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "loose" / "report.json").read_text())
+    assert len(data["runs"]) == 1 and data["runs"][0]["images"] == 2
+    assert [Path(i["path"]).name for i in data["images"]] == ["s01.jpg", "s02.jpg"]

@@ -56,7 +56,7 @@ class ImageJob:
 
 @dataclass
 class VerifyInputs:
-    runs: "OrderedDict[str, Path]"
+    runs: "OrderedDict[str, list[Path]]"
     characters: list[Path]
     jobs: list[ImageJob] = field(default_factory=list)
     manifest_characters: dict[str, Path] = field(default_factory=dict)
@@ -77,33 +77,47 @@ def check_inputs(
     characters: list[str | os.PathLike] | None = None,
 ) -> VerifyInputs:
     """Validate paths and run labels and list the images; nothing is written."""
-    named: "OrderedDict[str, Path]" = OrderedDict()
+    named: "OrderedDict[str, list[Path]]" = OrderedDict()
     for spec in runs or []:
         label, p = parse_run(spec)
         if label in named:
             raise CharkitError(f"--run {spec!r}: run label {label!r} is used twice; give each run its own label")
-        named[label] = p
+        named[label] = [p]
+    loose: list[Path] = []  # image files given one by one form a single run
     for p in map(Path, paths):
-        label = p.stem if p.is_file() else (p.resolve().name or str(p))
-        base, i = label, 2
-        while label in named:
-            label, i = f"{base}-{i}", i + 1
-        named[label] = p
+        if p.is_file():
+            loose.append(p)
+            continue
+        label = _unique(p.resolve().name or str(p), named)
+        named[label] = [p]
+    if loose:
+        named[_unique(loose[0].resolve().parent.name or "images", named)] = loose
     if not named:
         raise CharkitError("no images given: pass image files or folders, or --run LABEL=PATH")
-    for label, p in named.items():
-        if not p.exists():
-            raise CharkitError(f"{p}: no such file or folder")
-        if p.is_file() and not is_image_file(p):
-            raise CharkitError(f"{p}: not an image file (png, jpg, webp, ...)")
+    for group in named.values():
+        for p in group:
+            if not p.exists():
+                raise CharkitError(f"{p}: no such file or folder")
+            if p.is_file() and not is_image_file(p):
+                raise CharkitError(f"{p}: not an image file (png, jpg, webp, ...)")
     inputs = VerifyInputs(runs=named, characters=[Path(c) for c in characters or []])
-    for label, p in named.items():
-        inputs.jobs.extend(collect(label, p, inputs.manifest_characters))
+    for label, group in named.items():
+        if len(group) == 1 and group[0].is_dir():
+            inputs.jobs.extend(collect(label, group[0], inputs.manifest_characters))
+        else:
+            inputs.jobs.extend(ImageJob(path=f, run=label, order=i) for i, f in enumerate(group))
     if not inputs.jobs:
-        raise CharkitError(f"no images found under {', '.join(str(p) for p in named.values())}")
+        raise CharkitError(f"no images found under {', '.join(str(p) for g in named.values() for p in g)}")
     if not inputs.characters and not inputs.manifest_characters:
         raise CharkitError("no character to compare with: pass --character characters/NAME (or a folder with a render manifest.json)")
     return inputs
+
+
+def _unique(label: str, taken) -> str:
+    base, i = label, 2
+    while label in taken:
+        label, i = f"{base}-{i}", i + 1
+    return label
 
 
 def _read_manifest(folder: Path) -> dict:
@@ -118,9 +132,7 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> list[ImageJob]:
-    """The images of one run, in scene order (manifest order, else sorted paths)."""
-    if path.is_file():
-        return [ImageJob(path=path, run=label, order=0)]
+    """The images of one folder, in scene order (manifest order, else sorted paths)."""
     if (path / MANIFEST).is_file():
         m = _read_manifest(path)
         for name, folder in (m.get("characters") or {}).items():
