@@ -180,3 +180,12 @@ def test_face_cache_is_safe_for_concurrent_processes(tmp_path):
         pool.map(_fill_cache, [(tmp_path, i) for i in range(4)])
     assert FaceCache(tmp_path).get("dlib-x", "3-9") is not None
     assert len(FaceCache(tmp_path)._conn().execute("SELECT 1 FROM faces").fetchall()) == 40
+
+
+def test_duplicate_reference_is_skipped_not_counted_in_baseline(dlib_backend, face_cache):
+    # 32bit.png is obama2.jpg re-saved as RGBA PNG: it must not inflate the leave-one-out baseline
+    refs = [FACES_DIR / n for n in ("obama.jpg", "obama2.jpg", "32bit.png")]
+    p = build_profile("obama", refs, dlib_backend, cache=face_cache)
+    assert [r.reason for r in p.rejected] == ["near_duplicate of obama2.jpg"]
+    two = build_profile("obama", refs[:2], dlib_backend, cache=face_cache)
+    assert p.used == two.used and p.baseline_mean == pytest.approx(two.baseline_mean)

@@ -368,8 +368,11 @@ def marker_profiles(fake_face_backend, marker_characters, tmp_path_factory):
 
 def test_profiles_from_marker_references(marker_profiles, fake_face_backend):
     for p in marker_profiles.values():
-        assert len(p.used) == 3 and p.outliers == [] and p.rejected == []
-        assert p.baseline_min > 0.9 and p.backend == fake_face_backend.info
+        # the fake recogniser embeds a marker's colour layout, so one identity's references are copies
+        # in embedding space (cosine ~1): the profile keeps the first and skips the rest as duplicates
+        assert len(p.used) == 1 and p.outliers == [] and p.baseline_mean is None
+        assert [r.reason.split(" of ")[0] for r in p.rejected] == ["near_duplicate", "near_duplicate"]
+        assert p.backend == fake_face_backend.info
     alice, bob = marker_profiles["alice"], marker_profiles["bob"]
     assert fake_face_backend.similarity(alice.centroid, bob.centroid) < 0.1
 

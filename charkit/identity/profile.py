@@ -5,7 +5,9 @@ of the others. Its mean is the level a perfect render could hope for (a render a
 baseline looks as much like the character as the character's own photos do), so reports
 give ``relative = similarity / baseline_mean``. References whose leave-one-out similarity
 is below the backend threshold are flagged as outliers and left out of the centroid (a
-stray photo of someone else must not pull it), unless they are half the set or more.
+stray photo of someone else must not pull it), unless they are half the set or more. A
+reference that is a copy of an earlier one (similarity within 10 % of the way from the
+threshold to 1.0, e.g. the same photo re-saved) is skipped: it would inflate the baseline.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def build_profile(
     """
     threshold = backend.info.threshold if threshold is None else threshold
     paths, vecs, rejected = [], [], []
+    duplicate_at = threshold + 0.9 * (1.0 - threshold)  # dlib: 0.94; same photo re-saved scores ~0.98
     for p in ref_paths:
         a = analyze_file(p, backend, cache)
         if a.error:
@@ -89,8 +92,14 @@ def build_profile(
         elif not a.faces:
             rejected.append(ImageRejection(str(p), "no_face"))
         else:
+            emb = a.faces[0].embedding  # largest face: references are portraits
+            # A copy of a reference adds nothing to the centroid and inflates the baseline: skip it.
+            dup = next((q for q, v in zip(paths, vecs) if backend.similarity(emb, v) >= duplicate_at), None)
+            if dup is not None:
+                rejected.append(ImageRejection(str(p), f"near_duplicate of {Path(dup).name}"))
+                continue
             paths.append(str(p))
-            vecs.append(a.faces[0].embedding)  # largest face: references are portraits
+            vecs.append(emb)
     if not vecs:
         where = folder or (Path(ref_paths[0]).parent if ref_paths else "?")
         reason = rejected[0].reason if rejected else "no images"
