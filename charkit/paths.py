@@ -58,6 +58,14 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def default_cache_dir() -> Path:
+    """charkit's cache folder: ``$CHARKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/charkit`` (``~/.cache/charkit``)."""
+    env = os.environ.get("CHARKIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "charkit"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)

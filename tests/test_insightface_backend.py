@@ -14,7 +14,7 @@ import pytest
 
 from charkit.errors import CharkitError, MissingModelError
 from charkit.identity.fake_pack import DET_FILE, PATTERNS, REC_FILE, draw_marker_image, write_fake_pack
-from charkit.identity.hashing import files_sha256
+from charkit.hashing import files_sha256
 from charkit.identity.insightface_backend import (
     AURAFACE_LICENCE,
     DEFAULT_THRESHOLD,

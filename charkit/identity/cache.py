@@ -18,16 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import default_cache_dir
 from .base import Face
 
 SCHEMA_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("CHARKIT_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "charkit"
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import MissingModelError
 from .base import BackendInfo, Face, FaceBackend
-from .hashing import files_sha256
+from ..hashing import files_sha256
 
 #: similarity = 1 - L2; dlib's documented same-person cut-off is L2 < 0.6
 DEFAULT_THRESHOLD = 0.40

@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import CharkitError, MissingModelError
 from ..paths import check_name
 from .base import BackendInfo, Face, FaceBackend
-from .hashing import files_sha256
+from ..hashing import files_sha256
 
 #: environment variable naming a pack folder or a root of packs
 ENV_VAR = "CHARKIT_FACE_MODELS"

@@ -1,7 +1,6 @@
 """Content fingerprints of everything a render depends on (for ``inputs_hash`` and resume).
 
-Hashing a multi-GB checkpoint takes seconds, so file hashes are remembered on disk by
-(path, size, mtime) in the charkit cache folder; an unchanged model is hashed once.
+File hashes come from :mod:`charkit.hashing` (memoised in memory and on disk).
 """
 
 from __future__ import annotations
@@ -9,63 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 
-from ..paths import atomic_write_json, sha256_file
-
-_lock = threading.Lock()
-_memo: dict[tuple[str, int, int], str] = {}
-_disk_loaded = False
-_CACHE_NAME = "render-file-hashes.json"
-
-
-def _cache_file() -> Path:
-    from ..identity.cache import default_cache_dir
-
-    return default_cache_dir() / _CACHE_NAME
-
-
-def _load_disk() -> None:
-    global _disk_loaded
-    if _disk_loaded:
-        return
-    _disk_loaded = True
-    try:
-        data = json.loads(_cache_file().read_text("utf-8"))
-        for k, v in data.items():
-            path, size, mtime = json.loads(k)
-            _memo[(path, int(size), int(mtime))] = v
-    except (OSError, ValueError, TypeError):
-        pass  # no or unreadable cache: hash again
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, cached by (absolute path, size, mtime_ns) in memory and on disk.
-
-    >>> file_sha256("models/realisticVision.safetensors")  # doctest: +SKIP
-    '9f3c...'
-    """
-    p = os.path.abspath(path)
-    st = os.stat(p)
-    key = (p, st.st_size, st.st_mtime_ns)
-    with _lock:
-        _load_disk()
-        if key in _memo:
-            return _memo[key]
-    digest = sha256_file(p)
-    with _lock:
-        _memo[key] = digest
-        if st.st_size >= 64 << 20:  # only big files are worth a disk entry
-            try:
-                atomic_write_json(_cache_file(), {json.dumps(list(k)): v for k, v in _memo.items() if _big(k)})
-            except OSError:
-                pass
-    return digest
-
-
-def _big(key: tuple[str, int, int]) -> bool:
-    return key[1] >= 64 << 20
+from ..hashing import file_sha256  # noqa: F401  (re-exported: part of this module's API)
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> str:
