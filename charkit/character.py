@@ -28,7 +28,7 @@ from pathlib import Path
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import CharkitError
+from .errors import CharkitError, validation_message
 from .images import ImageRejection, list_images, read_image
 from .paths import atomic_write_text, check_name
 
@@ -78,16 +78,6 @@ class CharacterSpec(BaseModel):
         if os.path.isabs(v) or ".." in Path(v).parts:
             raise ValueError("must be a folder inside the character folder (no absolute path, no '..')")
         return v
-
-
-def validation_message(source: str, err: ValidationError) -> str:
-    """One line naming the file and field of the first pydantic error."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    n = len(err.errors())
-    more = f" (and {n - 1} more)" if n > 1 else ""
-    return f"{source}: field '{loc}': {msg}{more}"
 
 
 @dataclass
@@ -152,7 +142,7 @@ def load_character(ref: str | os.PathLike, root: str | os.PathLike = "characters
     try:
         spec = CharacterSpec.model_validate(data)
     except ValidationError as e:
-        raise CharkitError(validation_message(str(f), e)) from None
+        raise CharkitError(validation_message(str(f), e, known_fields=CharacterSpec.model_fields)) from None
     return Character(dir=d, spec=spec)
 
 

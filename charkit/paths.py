@@ -45,11 +45,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable; not every filesystem allows opening a directory.
+def fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (not every filesystem allows opening a directory)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:

@@ -153,3 +153,12 @@ def test_loose_image_files_form_one_run(shots, characters_root, tmp_path):
     data = json.loads((tmp_path / "loose" / "report.json").read_text())
     assert len(data["runs"]) == 1 and data["runs"][0]["images"] == 2
     assert [Path(i["path"]).name for i in data["images"]] == ["s01.jpg", "s02.jpg"]
+
+
+def test_character_toml_typo_gets_a_hint(tmp_path):
+    d = tmp_path / "chars" / "typo"
+    (d / "refs").mkdir(parents=True)
+    (d / "character.toml").write_text('name = "typo"\ntriger = ["ohwx"]\n')
+    r = CliRunner().invoke(cli, ["character", "show", "typo", "--root", str(tmp_path / "chars")])
+    assert r.exit_code == 2
+    assert r.output.strip() == f"Error: {d / 'character.toml'}: field 'triger': unknown field; did you mean 'trigger'?"

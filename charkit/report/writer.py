@@ -34,7 +34,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from ..errors import CharkitError
 from ..identity.results import ImageScore, VerifyReport
-from ..paths import atomic_write_text
+from ..paths import atomic_write_text, fsync_dir
 from .thumbnails import image_mime
 
 #: Columns of report.csv, one row per (image, expected character).
@@ -157,7 +157,7 @@ def commit(out_dir: Path, texts: dict[str, str]) -> None:
         if backup is not None:
             with contextlib.suppress(OSError):
                 backup.unlink()
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
 
 
 def _backup(path: Path, token: str) -> Path | None:
@@ -171,16 +171,6 @@ def _backup(path: Path, token: str) -> Path | None:
     except OSError:  # filesystems without hard links
         shutil.copy2(path, backup)
     return backup
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the renames durable; not every filesystem lets us open a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------

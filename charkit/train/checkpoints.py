@@ -32,7 +32,7 @@ from safetensors.torch import save as st_save
 
 from .. import __version__
 from ..errors import CharkitError
-from ..paths import atomic_write_bytes, atomic_write_json, sha256_file
+from ..paths import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -235,7 +235,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: CheckpointState, *, reser
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -244,19 +244,6 @@ def save_checkpoint(run_dir: str | os.PathLike, state: CheckpointState, *, reser
 
 def _contiguous(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in d.items()}
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def verify_checkpoint(path: str | os.PathLike) -> CheckpointInfo | None:

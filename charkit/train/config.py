@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import CharkitError
+from ..errors import CharkitError, validation_message
 
 FAMILIES = ("sd15", "sdxl", "sd3", "flux")
 FLOW_FAMILIES = ("sd3", "flux")
@@ -204,15 +204,9 @@ class TrainPreset(_Section):
         return self.family in FLOW_FAMILIES
 
 
-def validation_message(source: str, err: ValidationError) -> str:
-    """One line naming the file and field path of the first pydantic error, and what to do."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown field; remove it or check its spelling against docs/training.md"
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: field '{loc}': {msg}{more}"
+def _field_names() -> set[str]:
+    return {f for m in (LoraSection, OptimizerSection, TrainSection, LossSection, EvalSection, CheckpointSection, TrainPreset)
+            for f in m.model_fields}
 
 
 def parse_preset(data: dict, source: str = "preset") -> TrainPreset:
@@ -220,7 +214,7 @@ def parse_preset(data: dict, source: str = "preset") -> TrainPreset:
     try:
         return TrainPreset.model_validate(data)
     except ValidationError as e:
-        raise CharkitError(validation_message(source, e)) from None
+        raise CharkitError(validation_message(source, e, known_fields=_field_names(), docs="docs/training.md")) from None
 
 
 def load_preset(path: str | os.PathLike) -> TrainPreset:
