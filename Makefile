@@ -25,7 +25,9 @@ demo: install
 
 # Debian's chromium for the report-in-a-real-browser test (playwright drives it; it never downloads a browser).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || for try in 1 2 3; do \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && break; \
+		sleep 5; done
 
 test: install browser
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests

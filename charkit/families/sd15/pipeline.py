@@ -130,8 +130,6 @@ def with_controlnet(pipe, controlnet, *, allow_pickle_weights: bool = False):
 # --- IP-Adapter ---------------------------------------------------------------------------------------
 
 
-
-
 def load_ip_adapter(
     pipe,
     path: str | os.PathLike,
@@ -194,8 +192,6 @@ def load_ip_adapter(
     pipe.set_ip_adapter_scale(scale)
 
 
-
-
 def _has_ip_adapter(pipe) -> bool:
     return getattr(pipe.unet, "encoder_hid_proj", None) is not None and pipe.unet.config.encoder_hid_dim_type == "ip_image_proj"
 
@@ -204,8 +200,6 @@ def unload_ip_adapter(pipe) -> None:
     """Remove a loaded IP-Adapter (no-op when none is loaded)."""
     if _has_ip_adapter(pipe):
         pipe.unload_ip_adapter()
-
-
 
 
 # --- generate -----------------------------------------------------------------------------------------
