@@ -13,6 +13,7 @@ from .errors import CharkitError
 COMMANDS = {
     "character": "charkit.character_cli:character",
     "verify": "charkit.identity.cli:verify",
+    "calibrate": "charkit.identity.cli:calibrate",
     "tiny-model": "charkit.families.cli:tiny_model",
     "render": "charkit.render.cli:render",
     "prep": "charkit.dataset.cli:prep",

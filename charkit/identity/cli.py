@@ -64,3 +64,36 @@ def verify(paths, characters, runs, backend, face_models, threshold, out, fail_o
         echo_summary(report, out)
     if fail_on_drift and report.drift_found:
         sys.exit(1)
+
+
+@click.command()
+@click.option("--character", "-c", "characters", multiple=True, required=True, metavar="DIR",
+              help="Character folder; give two or more (same-person pairs within, different-person pairs across).")
+@click.option("--backend", type=click.Choice(["auto", "dlib", "insightface"]), default="auto", show_default=True,
+              help="Face model to calibrate.")
+@click.option("--face-models", type=click.Path(path_type=str), default=None, metavar="DIR",
+              help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def calibrate(characters, backend, face_models, as_json):
+    """Measure same-person vs different-person similarity on your cast and suggest a threshold.
+
+    \b
+    Example:
+      charkit calibrate -c characters/alice -c characters/bob --backend insightface
+    """
+    from ..character import load_character
+    from . import get_backend
+    from .calibrate import calibrate as run_calibrate
+
+    fb = get_backend(backend, face_models=face_models)
+    c = run_calibrate([load_character(ch) for ch in characters], fb)
+    if as_json:
+        click.echo(json.dumps(c.to_dict(), indent=2))
+        return
+    click.echo(f"backend {fb.info.name} ({fb.info.model}), characters: {', '.join(c.characters)}")
+    click.echo(f"same person      : {len(c.same):4d} pairs, similarity {min(c.same):.3f} - {max(c.same):.3f}")
+    click.echo(f"different people : {len(c.different):4d} pairs, similarity {min(c.different):.3f} - {max(c.different):.3f}")
+    gap = "separate cleanly" if c.separable else "overlap"
+    click.echo(f"the two sets {gap}; suggested --threshold {c.suggested:.3f} "
+               f"({c.errors_at_suggested} pairs misclassified; the current {fb.info.threshold:.2f} misclassifies "
+               f"{c.errors_at_default})")
