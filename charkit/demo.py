@@ -120,22 +120,22 @@ def external_folder(out: Path) -> Path:
     return d
 
 
-def training_preset(family: str, *, tiny: bool, steps: int | None) -> dict:
-    """The family's preset, shrunk for tiny models (a real run keeps the preset's own values)."""
-    preset: dict = {"family": family}
+TINY_STEPS = 6
+
+
+def training_preset(family: str, *, tiny: bool) -> str | dict:
+    """The family's preset file, or a preset shrunk for tiny models (steps come from ``--steps``)."""
     if tiny:
-        preset["lora"] = {"rank": 4, "alpha": 4}
-        preset["train"] = {"steps": steps or 6, "batch_size": 1, "resolution": TINY_SIZE, "mixed_precision": "no"}
-        preset["optimizer"] = {"learning_rate": 1e-3}
-        preset["eval"] = {"every": max(1, (steps or 6) // 2), "seeds": [1], "steps": 2,
-                          "prompts": ["a photo of {trigger} {class}, portrait", "an oil painting of {trigger} {class}"]}
-    else:
-        preset_file = Path("training") / f"{family}-lora.toml"
-        if preset_file.is_file():
-            return {"__file__": str(preset_file), "steps": steps}
-        if steps:
-            preset["train"] = {"steps": steps}
-    return preset
+        return {
+            "family": family,
+            "lora": {"rank": 4, "alpha": 4},
+            "train": {"batch_size": 1, "resolution": TINY_SIZE, "mixed_precision": "no"},
+            "optimizer": {"learning_rate": 1e-3},
+            "eval": {"seeds": [1], "steps": 2,
+                     "prompts": ["a photo of {trigger} {class}, portrait", "an oil painting of {trigger} {class}"]},
+        }
+    preset_file = Path("training") / f"{family}-lora.toml"
+    return str(preset_file) if preset_file.is_file() else {"family": family}
 
 
 def storyboard(out: Path, models: list[DemoModel], characters: dict[str, Path], *, candidates: int) -> dict:
@@ -184,7 +184,7 @@ def run_demo(
     from .identity.verify import verify
     from .render.lifecycle import render_storyboard
     from .render.storyboard import parse_storyboard
-    from .train import load_preset, train_lora
+    from .train import train_lora
 
     out = Path(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -210,14 +210,13 @@ def run_demo(
          + "".join(f"; rejected {Path(r.path).name} ({r.reason})" for r in prep.rejected))
     lap("prep")
 
-    preset = training_preset(train_model.family, tiny=train_model.tiny, steps=steps)
-    if "__file__" in preset:
-        preset_arg, steps_arg = load_preset(preset["__file__"]), preset["steps"]
-    else:
-        preset_arg, steps_arg = preset, None
+    if train_model.tiny:
+        steps = steps or TINY_STEPS
+    eval_every = max(1, steps // 2) if train_model.tiny else None  # two scored checkpoints in the demo
     lora_dir = out / "loras" / train_model.family
     shutil.rmtree(lora_dir, ignore_errors=True)  # the demo's own scratch: every run trains afresh
-    training = train_lora(characters["obama"], model=train_model.source, preset=preset_arg, steps=steps_arg,
+    training = train_lora(characters["obama"], model=train_model.source, preset=training_preset(train_model.family, tiny=train_model.tiny),
+                          steps=steps, eval_every=eval_every,
                           device=device, dtype=None if train_model.tiny else dtype, backend="dlib",
                           allow_pickle_weights=allow_pickle_weights, progress=False,
                           out=lora_dir)
