@@ -10,7 +10,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export OMP_NUM_THREADS ?= 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser demo test lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,15 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && break; \
 		sleep 5; done
 
-test: install browser
+lint: install
+	$(VENV)/bin/ruff check charkit tests benchmarks examples
+	$(VENV)/bin/ruff format --check charkit tests benchmarks examples
+
+format: install
+	$(VENV)/bin/ruff check --fix charkit tests benchmarks examples
+	$(VENV)/bin/ruff format charkit tests benchmarks examples
+
+test: install browser lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 bench: install

@@ -40,8 +40,12 @@ def storyboard(path: Path, tiny_root: Path, n: int, *, steps: int, size: int, ou
     data = {
         "project": "bench",
         "output": out,
-        "defaults": {"model": {"family": "sd15", "source": str(tiny_root)}, "size": f"{size}x{size}", "steps": steps,
-                     "guidance": 7.0},
+        "defaults": {
+            "model": {"family": "sd15", "source": str(tiny_root)},
+            "size": f"{size}x{size}",
+            "steps": steps,
+            "guidance": 7.0,
+        },
         "characters": {"alice": "alice"},
         "scenes": scenes,
     }
@@ -93,15 +97,23 @@ def main(argv=None) -> int:
         pipe = StableDiffusionPipeline.from_pretrained(tiny.root, safety_checker=None, requires_safety_checker=False)
         from diffusers import DPMSolverMultistepScheduler
 
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # the family default charkit uses
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+            pipe.scheduler.config
+        )  # the family default charkit uses
         pipe.set_progress_bar_config(disable=True)
 
         def raw(n: int, save_to: Path | None = None) -> None:
             for i in range(n):
                 g = torch.Generator("cpu").manual_seed(1000 + i)
                 with torch.inference_mode():
-                    img = pipe(f"photo of ohwx man, shot {i}", width=args.size, height=args.size,
-                               num_inference_steps=args.steps, guidance_scale=7.0, generator=g).images[0]
+                    img = pipe(
+                        f"photo of ohwx man, shot {i}",
+                        width=args.size,
+                        height=args.size,
+                        num_inference_steps=args.steps,
+                        guidance_scale=7.0,
+                        generator=g,
+                    ).images[0]
                 if save_to is not None:
                     img.save(save_to / f"{i}.png")
 
@@ -119,23 +131,30 @@ def main(argv=None) -> int:
 
         # 2. one storyboard of N scenes vs N single-scene renders (each loads the model)
         singles = [storyboard(work / f"one{i}.yaml", tiny.root, 1, out=f"o_one{i}", **kw) for i in range(args.n2)]
-        t_board = statistics.median(timed(lambda: render_storyboard(long, force=True, progress=False)) for _ in range(args.repeats))
+        t_board = statistics.median(
+            timed(lambda: render_storyboard(long, force=True, progress=False)) for _ in range(args.repeats)
+        )
         t_separate = statistics.median(
-            timed(lambda: [render_storyboard(s, force=True, progress=False) for s in singles]) for _ in range(args.repeats)
+            timed(lambda: [render_storyboard(s, force=True, progress=False) for s in singles])
+            for _ in range(args.repeats)
         )
 
         # 3. best-of-N batched vs sequential (identity scoring included in both)
         bon = storyboard(work / "bon.yaml", tiny.root, 2, out="o_bon", candidates=args.candidates, **kw)
         render_storyboard(bon, force=True, progress=False)
-        t_batched = statistics.median(timed(lambda: render_storyboard(bon, force=True, progress=False)) for _ in range(args.repeats))
+        t_batched = statistics.median(
+            timed(lambda: render_storyboard(bon, force=True, progress=False)) for _ in range(args.repeats)
+        )
         t_seq = statistics.median(
             timed(lambda: render_storyboard(bon, force=True, batch_size=1, progress=False)) for _ in range(args.repeats)
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"tiny sd15, {args.size}x{args.size}, {args.steps} steps, torch threads {torch.get_num_threads()}, "
-          f"device cpu, median of {args.repeats}")
+    print(
+        f"tiny sd15, {args.size}x{args.size}, {args.steps} steps, torch threads {torch.get_num_threads()}, "
+        f"device cpu, median of {args.repeats}"
+    )
     print(f"{'measure':<52} {'value':>10}")
     print(f"{'raw diffusers call, s/image':<52} {raw_s:>10.4f}")
     print(f"{'raw diffusers call + image.save, s/image':<52} {raw_save_s:>10.4f}")

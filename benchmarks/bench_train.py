@@ -49,10 +49,18 @@ def make_character(root: Path, size: int) -> Path:
         shutil.copy(FACES / n, d / "refs" / n)
         with Image.open(FACES / n) as im:
             im.convert("RGB").resize((size, size)).save(ds / (Path(n).stem + ".png"))
-        items.append({"file": f"images/{Path(n).stem}.png", "caption": "a photo of ohwx man", "width": size,
-                      "height": size, "source": n})
-    (d / "dataset" / "dataset.json").write_text(json.dumps({"character": "alice", "family": "sd15",
-                                                            "resolution": size, "items": items}))
+        items.append(
+            {
+                "file": f"images/{Path(n).stem}.png",
+                "caption": "a photo of ohwx man",
+                "width": size,
+                "height": size,
+                "source": n,
+            }
+        )
+    (d / "dataset" / "dataset.json").write_text(
+        json.dumps({"character": "alice", "family": "sd15", "resolution": size, "items": items})
+    )
     save_spec(d, CharacterSpec(name="alice", trigger=["ohwx"], class_word="man"))
     return d
 
@@ -70,7 +78,9 @@ def preset(cached: bool, batch: int) -> dict:
 def time_charkit(character: Path, model: Path, *, cached: bool, batch: int, steps: int) -> float:
     from charkit.train import loop
 
-    plan = loop.check_inputs(character, model=model, preset=preset(cached, batch), device="cpu", out=character / "runs" / "x")
+    plan = loop.check_inputs(
+        character, model=model, preset=preset(cached, batch), device="cpu", out=character / "runs" / "x"
+    )
     session = loop.load(plan)
     loop.cache(session)
     for _ in range(2):
@@ -101,15 +111,22 @@ def time_example_loop(character: Path, model: Path, *, batch: int, steps: int) -
     for m in (unet, vae, te):
         m.requires_grad_(False)
     torch.manual_seed(0)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    )
     cast_training_params(unet, dtype=torch.float32)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     ds = load_dataset(character, family="sd15")
     pixels = torch.stack([load_pixels(it) for it in ds.items])
-    ids = tok([it.caption for it in ds.items], max_length=tok.model_max_length, padding="max_length",
-              truncation=True, return_tensors="pt").input_ids
+    ids = tok(
+        [it.caption for it in ds.items],
+        max_length=tok.model_max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     g = torch.Generator().manual_seed(0)
 
     def step():
@@ -155,28 +172,39 @@ def main() -> None:
         tiny = build_tiny(tmp / "tiny", controlnet=False, ip_adapter=False, single_file=False)
         character = make_character(tmp, args.size)
         rows = {"cached": [], "uncached": [], "example": []}
-        for r in range(args.repeats):  # interleaved, so load on a shared machine hits all three alike
+        for _ in range(args.repeats):  # interleaved, so load on a shared machine hits all three alike
             for name in rows:
                 shutil.rmtree(character / "runs", ignore_errors=True)
                 if name == "example":
                     rows[name].extend(time_example_loop(character, tiny.root, batch=args.batch, steps=args.steps))
                 else:
-                    rows[name].extend(time_charkit(character, tiny.root, cached=name == "cached", batch=args.batch,
-                                                   steps=args.steps))
+                    rows[name].extend(
+                        time_charkit(character, tiny.root, cached=name == "cached", batch=args.batch, steps=args.steps)
+                    )
         # On a shared machine other jobs only ever add time: the lower quartile of the per-step times is the
         # steadiest estimate of what a step costs (the median is printed too).
         med = {k: statistics.quantiles(v, n=4)[0] for k, v in rows.items()}
         print(f"tiny sd15, {args.size}px, batch {args.batch}, {args.steps} steps x {args.repeats} repeats, 1 thread")
         for k, v in med.items():
-            print(f"  {k:9s} {v * 1000:8.1f} ms/step (lower quartile)   median {statistics.median(rows[k]) * 1000:.1f} ms")
+            print(
+                f"  {k:9s} {v * 1000:8.1f} ms/step (lower quartile)   median {statistics.median(rows[k]) * 1000:.1f} ms"
+            )
         speedup = med["uncached"] / med["cached"]
         vs_example = med["cached"] / med["example"]
         share = 1 - med["cached"] / med["uncached"]
-        print(f"cache speed-up (uncached / cached):        {speedup:.2f}x   goal >= 1.4x  {'OK' if speedup >= 1.4 else 'MISSED'}")
-        print(f"charkit cached vs diffusers-example loop:  {vs_example:.2f}x   goal <= 1.0x  {'OK' if vs_example <= 1.0 else 'MISSED'}")
-        print(f"charkit uncached vs diffusers-example loop: {med['uncached'] / med['example']:.2f}x (same work per step)")
-        print(f"VAE encode + text encoding + image decode = {share:.0%} of an uncached step on this model; the cache "
-              f"speed-up is 1 / (1 - that share), so it grows with the VAE's share of the step (see docs/training.md)")
+        print(
+            f"cache speed-up (uncached / cached):        {speedup:.2f}x   goal >= 1.4x  {'OK' if speedup >= 1.4 else 'MISSED'}"
+        )
+        print(
+            f"charkit cached vs diffusers-example loop:  {vs_example:.2f}x   goal <= 1.0x  {'OK' if vs_example <= 1.0 else 'MISSED'}"
+        )
+        print(
+            f"charkit uncached vs diffusers-example loop: {med['uncached'] / med['example']:.2f}x (same work per step)"
+        )
+        print(
+            f"VAE encode + text encoding + image decode = {share:.0%} of an uncached step on this model; the cache "
+            f"speed-up is 1 / (1 - that share), so it grows with the VAE's share of the step (see docs/training.md)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -74,9 +74,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32)
     args = ap.parse_args()
 
-    from charkit.character import CharacterSpec, save_spec
+    from charkit.character import CharacterSpec, load_character, save_spec
     from charkit.identity import FaceCache, profile_for_character
-    from charkit.character import load_character
     from charkit.identity.dlib_backend import DlibBackend
     from charkit.identity.verify import verify
 
@@ -106,8 +105,9 @@ def main() -> None:
             cache_dir = tmp / f"cache{attempt}"
             shutil.copytree(tmp / "refcache", cache_dir)  # references cached, images not: a first verify
             t = time.perf_counter()
-            first = verify([tmp / "images"], characters=[char], backend=backend, cache=FaceCache(cache_dir),
-                           out=tmp / "r1")
+            first = verify(
+                [tmp / "images"], characters=[char], backend=backend, cache=FaceCache(cache_dir), out=tmp / "r1"
+            )
             t_first = min(t_first, time.perf_counter() - t)
         t = time.perf_counter()
         verify([tmp / "images"], characters=[char], backend=backend, cache=FaceCache(cache_dir), out=tmp / "r2")
@@ -116,10 +116,13 @@ def main() -> None:
         agree = sum(
             1
             for a, s in zip(plain, first.images)
-            if (a is None and s.similarity is None) or (a is not None and s.similarity is not None and abs(a - s.similarity) < 1e-4)
+            if (a is None and s.similarity is None)
+            or (a is not None and s.similarity is not None and abs(a - s.similarity) < 1e-4)
         )
         n = len(paths)
-        print(f"images: {n}  (faces found: {sum(s is not None for s in plain)}; charkit and plain loop agree on {agree}/{n})")
+        print(
+            f"images: {n}  (faces found: {sum(s is not None for s in plain)}; charkit and plain loop agree on {agree}/{n})"
+        )
         print(f"plain dlib loop : {n / t_plain:6.2f} img/s  ({t_plain:.2f} s)")
         print(f"charkit verify  : {n / t_first:6.2f} img/s  ({t_first:.2f} s, incl. thumbnails + report)")
         print(f"re-verify       : {t_second:.3f} s (warm cache)")

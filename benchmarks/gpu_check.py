@@ -48,7 +48,9 @@ SMOKE = {f: (32, 32, 2, 2, g, "fp32") for f, (_, _, _, _, g, _) in DEFAULTS.item
 # -- real-architecture builders -------------------------------------------------------------------
 
 
-def _clip_text(hidden: int, layers: int, heads: int, intermediate: int, *, projection: int | None = None, act: str = "quick_gelu"):
+def _clip_text(
+    hidden: int, layers: int, heads: int, intermediate: int, *, projection: int | None = None, act: str = "quick_gelu"
+):
     """A CLIP text config of real size whose special-token ids match charkit's offline tokenizer."""
     from charkit.families.tinyparts import clip_text_config
 
@@ -91,7 +93,11 @@ def build_sd15(models=contextlib.nullcontext):
         tokenizer=clip_tokenizer(77),
         unet=unet,
         scheduler=DPMSolverMultistepScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
         ),
         safety_checker=None,
         feature_extractor=None,
@@ -100,8 +106,7 @@ def build_sd15(models=contextlib.nullcontext):
 
 
 def build_sdxl(models=contextlib.nullcontext):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     from charkit.families.tinyparts import clip_tokenizer
 
@@ -115,7 +120,11 @@ def build_sdxl(models=contextlib.nullcontext):
         tokenizer_2=clip_tokenizer(77),
         unet=unet,
         scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
         ),
     )
 
@@ -151,17 +160,37 @@ def build_flux(models=contextlib.nullcontext):
     from charkit.families.tinyparts import clip_tokenizer, t5_tokenizer
 
     t5 = T5Config(
-        vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-        feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1,
+        vocab_size=32128,
+        d_model=4096,
+        d_kv=64,
+        d_ff=10240,
+        num_layers=24,
+        num_heads=64,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     with models():
-        vae = _sd_vae(sample_size=1024, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
-                      scaling_factor=0.3611, shift_factor=0.1159)
+        vae = _sd_vae(
+            sample_size=1024,
+            latent_channels=16,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+        )
         te, te2 = CLIPTextModel(_clip_text(768, 12, 12, 3072)), T5EncoderModel(t5)
         transformer = FluxTransformer2DModel(guidance_embeds=True)  # the published Flux.1-dev config
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
         ),
         vae=vae,
         text_encoder=te,
@@ -260,7 +289,9 @@ def run_stock(family: str, folder: Path, *, device: str, dtype, size, steps, sce
     return Row(family, "diffusers", load_s, steps * scenes / sum(times[1:]), peak)
 
 
-def run_charkit(family: str, folder: Path, work: Path, *, device: str, dtype_name: str, size, steps, scenes, guidance) -> Row:
+def run_charkit(
+    family: str, folder: Path, work: Path, *, device: str, dtype_name: str, size, steps, scenes, guidance
+) -> Row:
     import yaml
 
     from charkit.render.lifecycle import render_storyboard
@@ -272,8 +303,12 @@ def run_charkit(family: str, folder: Path, work: Path, *, device: str, dtype_nam
             {
                 "project": f"gpu-check-{family}",
                 "output": f"out-{family}",
-                "defaults": {"model": {"family": family, "source": str(folder)}, "size": f"{size[0]}x{size[1]}",
-                             "steps": steps, "guidance": guidance},
+                "defaults": {
+                    "model": {"family": family, "source": str(folder)},
+                    "size": f"{size[0]}x{size[1]}",
+                    "steps": steps,
+                    "guidance": guidance,
+                },
                 "scenes": [{"id": f"s{i}", "prompt": p, "seed": 100 + i} for i, p in enumerate(prompts(scenes))],
             },
             sort_keys=False,
@@ -296,7 +331,9 @@ def run_charkit(family: str, folder: Path, work: Path, *, device: str, dtype_nam
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="stock diffusers vs charkit render on real-architecture models (CUDA)")
     ap.add_argument("--families", default="sd15,sdxl,flux", help="comma-separated subset of sd15,sdxl,flux")
-    ap.add_argument("--dry-run", action="store_true", help="build configs on the meta device and count parameters (no GPU)")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="build configs on the meta device and count parameters (no GPU)"
+    )
     ap.add_argument("--smoke", action="store_true", help="run the whole flow on tiny models on CPU (checks the script)")
     ap.add_argument("--workdir", default=None, help="where to save the random-weight models (default: a temp folder)")
     args = ap.parse_args(argv)
@@ -311,11 +348,15 @@ def main(argv=None) -> int:
     if args.dry_run:
         for f in families:
             pipe = BUILDERS[f](lambda: torch.device("meta"))
-            print(f"{f:<5} {type(pipe).__name__:<28} {param_count(pipe) / 1e9:6.2f} B parameters "
-                  f"(defaults: {'x'.join(map(str, DEFAULTS[f][:2]))}, {DEFAULTS[f][2]} steps, {DEFAULTS[f][3]} scenes, {DEFAULTS[f][5]})")
+            print(
+                f"{f:<5} {type(pipe).__name__:<28} {param_count(pipe) / 1e9:6.2f} B parameters "
+                f"(defaults: {'x'.join(map(str, DEFAULTS[f][:2]))}, {DEFAULTS[f][2]} steps, {DEFAULTS[f][3]} scenes, {DEFAULTS[f][5]})"
+            )
         return 0
     if not args.smoke and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; nothing to measure (run it on a GPU machine, or use --dry-run / --smoke)")
+        print(
+            "gpu_check: no CUDA device here; nothing to measure (run it on a GPU machine, or use --dry-run / --smoke)"
+        )
         return 0
 
     device = "cpu" if args.smoke else "cuda"
@@ -336,8 +377,11 @@ def main(argv=None) -> int:
             pipe.save_pretrained(folder, safe_serialization=True)
             del pipe
             _peak_reset(device == "cuda")
-            print(f"[{time.perf_counter() - start:6.1f}s] {f}: built and saved {n_params / 1e9:.2f} B params "
-                  f"in {time.perf_counter() - t0:.1f}s", flush=True)
+            print(
+                f"[{time.perf_counter() - start:6.1f}s] {f}: built and saved {n_params / 1e9:.2f} B params "
+                f"in {time.perf_counter() - t0:.1f}s",
+                flush=True,
+            )
             kw = dict(size=(w, h), steps=steps, scenes=scenes, guidance=guidance)
             stock = run_stock(f, folder, device=device, dtype=dtype, **kw)
             ck = run_charkit(f, folder, work, device=device, dtype_name=dtype_name, **kw)
@@ -352,12 +396,16 @@ def main(argv=None) -> int:
         return "-" if v is None else f"{v:.2f}"
 
     print(f"\ncharkit gpu_check on {card}, torch {torch.__version__}, total {time.perf_counter() - start:.0f}s")
-    print("| family | size | steps x scenes | dtype | load s (diffusers / charkit) | it/s diffusers | it/s charkit | "
-          "it/s ratio | peak GiB diffusers | peak GiB charkit |")
+    print(
+        "| family | size | steps x scenes | dtype | load s (diffusers / charkit) | it/s diffusers | it/s charkit | "
+        "it/s ratio | peak GiB diffusers | peak GiB charkit |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for f, (w, h, steps, scenes, dt), s, c in rows:
-        print(f"| {f} | {w}x{h} | {steps} x {scenes} | {dt} | {s.load_s:.1f} / {c.load_s:.1f} | {s.it_s:.2f} | {c.it_s:.2f} | "
-              f"{c.it_s / s.it_s:.3f} | {gib(s.peak_gib)} | {gib(c.peak_gib)} |")
+        print(
+            f"| {f} | {w}x{h} | {steps} x {scenes} | {dt} | {s.load_s:.1f} / {c.load_s:.1f} | {s.it_s:.2f} | {c.it_s:.2f} | "
+            f"{c.it_s / s.it_s:.3f} | {gib(s.peak_gib)} | {gib(c.peak_gib)} |"
+        )
     return 0
 
 

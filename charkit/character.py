@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import CharkitError, validation_message
@@ -41,13 +41,19 @@ class CharacterSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Character name; also the folder name under characters/ (letters, digits, '.', '_', '-').")
+    name: str = Field(
+        description="Character name; also the folder name under characters/ (letters, digits, '.', '_', '-')."
+    )
     trigger: list[str] = Field(
         default_factory=list,
-        description="Trigger words the LoRA is trained on; `{name}` in storyboard prompts expands to them, e.g. [\"ohwx\"].",
+        description='Trigger words the LoRA is trained on; `{name}` in storyboard prompts expands to them, e.g. ["ohwx"].',
     )
-    class_word: str = Field(default="person", description="Class noun used in captions after the trigger, e.g. \"woman\".")
-    description: str = Field(default="", description="Free text describing the character (for people; not used in prompts).")
+    class_word: str = Field(
+        default="person", description='Class noun used in captions after the trigger, e.g. "woman".'
+    )
+    description: str = Field(
+        default="", description="Free text describing the character (for people; not used in prompts)."
+    )
     refs: str = Field(default="refs", description="Reference photo folder, relative to the character folder.")
     negative_prompt: str = Field(default="", description="Default negative prompt for scenes with this character.")
     lora: dict[str, str] = Field(
@@ -105,10 +111,14 @@ class Character:
         """Reference image files (sorted); raises if the folder is missing or empty."""
         if self._refs is None:
             if not self.refs_dir.is_dir():
-                raise CharkitError(f"{self.dir / SPEC_FILE}: field 'refs': folder {self.refs_dir} does not exist; create it and add 10-30 photos")
+                raise CharkitError(
+                    f"{self.dir / SPEC_FILE}: field 'refs': folder {self.refs_dir} does not exist; create it and add 10-30 photos"
+                )
             self._refs = list_images(self.refs_dir)
             if not self._refs:
-                raise CharkitError(f"{self.refs_dir}: no reference images; add 10-30 photos of {self.name} (png, jpg, webp)")
+                raise CharkitError(
+                    f"{self.refs_dir}: no reference images; add 10-30 photos of {self.name} (png, jpg, webp)"
+                )
         return list(self._refs)
 
     def lora_path(self, family: str) -> Path | None:
@@ -208,7 +218,11 @@ def init_character(
     if not usable:
         raise CharkitError(f"--refs {src}: none of the {len(files)} images could be read ({rejected[0].reason})")
     spec = CharacterSpec(
-        name=name, trigger=trigger or [], class_word=class_word, description=description, negative_prompt=negative_prompt
+        name=name,
+        trigger=trigger or [],
+        class_word=class_word,
+        description=description,
+        negative_prompt=negative_prompt,
     )
     # Build in a temporary sibling, then move into place: a half-copied character never looks complete.
     Path(root).mkdir(parents=True, exist_ok=True)

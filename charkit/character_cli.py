@@ -19,8 +19,13 @@ def character():
 @character.command("init")
 @click.argument("name")
 @click.option("--refs", required=True, type=click.Path(path_type=str), help="Folder of 10-30 photos of the character.")
-@click.option("--root", default="characters", show_default=True, type=click.Path(path_type=str),
-              help="Folder that holds the character folders.")
+@click.option(
+    "--root",
+    default="characters",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Folder that holds the character folders.",
+)
 @click.option("--trigger", multiple=True, help=_help("trigger"))
 @click.option("--class-word", default="person", show_default=True, help=_help("class_word"))
 @click.option("--description", default="", help=_help("description"))
@@ -33,8 +38,16 @@ def init(name, refs, root, trigger, class_word, description, negative_prompt, fo
     Example:
       charkit character init alice --refs ~/photos/alice --trigger ohwx --class-word woman
     """
-    r = init_character(name, refs, root=root, trigger=list(trigger), class_word=class_word,
-                       description=description, negative_prompt=negative_prompt, force=force)
+    r = init_character(
+        name,
+        refs,
+        root=root,
+        trigger=list(trigger),
+        class_word=class_word,
+        description=description,
+        negative_prompt=negative_prompt,
+        force=force,
+    )
     click.echo(f"created {r.character.dir}/character.toml with {len(r.copied)} reference photos")
     for rej in r.rejected:
         click.echo(f"  skipped {rej.path}: {rej.reason}")
@@ -42,12 +55,27 @@ def init(name, refs, root, trigger, class_word, description, negative_prompt, fo
 
 @character.command("show")
 @click.argument("name")
-@click.option("--root", default="characters", show_default=True, type=click.Path(path_type=str),
-              help="Folder that holds the character folders.")
-@click.option("--backend", type=click.Choice(["auto", "dlib", "insightface"]), default="auto", show_default=True,
-              help="Face model used for the reference statistics.")
-@click.option("--face-models", type=click.Path(path_type=str), default=None, metavar="DIR",
-              help="insightface pack folder or root.")
+@click.option(
+    "--root",
+    default="characters",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Folder that holds the character folders.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "dlib", "insightface"]),
+    default="auto",
+    show_default=True,
+    help="Face model used for the reference statistics.",
+)
+@click.option(
+    "--face-models",
+    type=click.Path(path_type=str),
+    default=None,
+    metavar="DIR",
+    help="insightface pack folder or root.",
+)
 def show(name, root, backend, face_models):
     """Print a character and its reference statistics (faces, leave-one-out baseline, outliers)."""
     from .identity import get_backend, profile_for_character
@@ -58,10 +86,12 @@ def show(name, root, backend, face_models):
         click.echo(f"{key} = {value!r}")
     fb = get_backend(backend, face_models=face_models)
     p = profile_for_character(ch, fb)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
     click.echo(f"references: {len(ch.ref_paths())} files, {len(p.used)} in the centroid ({fb.info.name})")
-    click.echo(f"baseline (leave-one-out similarity): mean {fmt(p.baseline_mean)}, min {fmt(p.baseline_min)}; "
-               f"threshold {fb.info.threshold:.2f}")
+    click.echo(
+        f"baseline (leave-one-out similarity): mean {fmt(p.baseline_mean)}, min {fmt(p.baseline_min)}; "
+        f"threshold {fb.info.threshold:.2f}"
+    )
     for path in p.paths:
         flag = "  OUTLIER" if path in p.outliers else ""
         click.echo(f"  {fmt(p.loo.get(path))}  {path}{flag}")

@@ -50,7 +50,9 @@ def render() -> str:
         out += ["```", f"{' '.join(path)} {usage}".rstrip(), "```", ""]
         if cmd.help:
             out += _help_blocks(cmd.help)
-        opts = [p for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden and "--help" not in p.opts]
+        opts = [
+            p for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden and "--help" not in p.opts
+        ]
         if opts:
             out += ["| option | help | default |", "| --- | --- | --- |"]
             for p in opts:

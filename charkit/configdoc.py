@@ -25,8 +25,11 @@ def models_of(module_name: str) -> list[type[BaseModel]]:
     found = [
         obj
         for _, obj in inspect.getmembers(mod, inspect.isclass)
-        if issubclass(obj, BaseModel) and obj is not BaseModel and obj.__module__ == mod.__name__
-        and not obj.__name__.startswith("_") and obj.model_fields
+        if issubclass(obj, BaseModel)
+        and obj is not BaseModel
+        and obj.__module__ == mod.__name__
+        and not obj.__name__.startswith("_")
+        and obj.model_fields
     ]
     # source order reads best (top-level model last in most modules)
     return sorted(found, key=lambda c: inspect.getsourcelines(c)[1])

@@ -86,11 +86,25 @@ def prepare_characters(out: Path) -> dict[str, Path]:
 
     chars = {}
     specs = {
-        "obama": (OBAMA_REFS, CharacterSpec(name="obama", trigger=["ohwx"], class_word="man",
-                                            description="Demo character: public-domain portraits of Barack Obama.",
-                                            negative_prompt="blurry, deformed, cartoon")),
-        "biden": (BIDEN_REFS, CharacterSpec(name="biden", trigger=["zwx"], class_word="man",
-                                            description="Demo character: the public-domain portrait of Joe Biden.")),
+        "obama": (
+            OBAMA_REFS,
+            CharacterSpec(
+                name="obama",
+                trigger=["ohwx"],
+                class_word="man",
+                description="Demo character: public-domain portraits of Barack Obama.",
+                negative_prompt="blurry, deformed, cartoon",
+            ),
+        ),
+        "biden": (
+            BIDEN_REFS,
+            CharacterSpec(
+                name="biden",
+                trigger=["zwx"],
+                class_word="man",
+                description="Demo character: the public-domain portrait of Joe Biden.",
+            ),
+        ),
     }
     for name, (refs, spec) in specs.items():
         d = out / "characters" / name
@@ -131,8 +145,11 @@ def training_preset(family: str, *, tiny: bool) -> str | dict:
             "lora": {"rank": 4, "alpha": 4},
             "train": {"batch_size": 1, "resolution": TINY_SIZE, "mixed_precision": "no"},
             "optimizer": {"learning_rate": 1e-3},
-            "eval": {"seeds": [1], "steps": 2,
-                     "prompts": ["a photo of {trigger} {class}, portrait", "an oil painting of {trigger} {class}"]},
+            "eval": {
+                "seeds": [1],
+                "steps": 2,
+                "prompts": ["a photo of {trigger} {class}, portrait", "an oil painting of {trigger} {class}"],
+            },
         }
     preset_file = Path("training") / f"{family}-lora.toml"
     return str(preset_file) if preset_file.is_file() else {"family": family}
@@ -153,8 +170,11 @@ def storyboard(out: Path, models: list[DemoModel], characters: dict[str, Path], 
         "models": [{"label": m.label, "family": m.family, "source": m.source} for m in models],
         "scenes": [
             {"id": "s01-podium", "prompt": "photo of {obama} man speaking at a podium, flags, press photo"},
-            {"id": "s02-walk", "prompt": "{obama} man and {biden} man walking side by side, White House lawn",
-             "characters": ["obama", "biden"]},
+            {
+                "id": "s02-walk",
+                "prompt": "{obama} man and {biden} man walking side by side, White House lawn",
+                "characters": ["obama", "biden"],
+            },
             {"id": "s03-office", "prompt": "portrait of {obama} man in the Oval Office, warm light", "seed": 1234},
         ],
     }
@@ -204,10 +224,16 @@ def run_demo(
 
     backend = get_backend("dlib")  # offline, and independent of any conditioning model
     train_model = models[0]
-    prep = prep_dataset(characters["obama"], family=train_model.family,
-                        resolution=TINY_SIZE if train_model.tiny else None, backend=backend)
-    echo(f"prep: kept {len(prep.items)} of {len(prep.items) + len(prep.rejected)} references"
-         + "".join(f"; rejected {Path(r.path).name} ({r.reason})" for r in prep.rejected))
+    prep = prep_dataset(
+        characters["obama"],
+        family=train_model.family,
+        resolution=TINY_SIZE if train_model.tiny else None,
+        backend=backend,
+    )
+    echo(
+        f"prep: kept {len(prep.items)} of {len(prep.items) + len(prep.rejected)} references"
+        + "".join(f"; rejected {Path(r.path).name} ({r.reason})" for r in prep.rejected)
+    )
     lap("prep")
 
     if train_model.tiny:
@@ -215,30 +241,59 @@ def run_demo(
     eval_every = max(1, steps // 2) if train_model.tiny else None  # two scored checkpoints in the demo
     lora_dir = out / "loras" / train_model.family
     shutil.rmtree(lora_dir, ignore_errors=True)  # the demo's own scratch: every run trains afresh
-    training = train_lora(characters["obama"], model=train_model.source, preset=training_preset(train_model.family, tiny=train_model.tiny),
-                          steps=steps, eval_every=eval_every,
-                          device=device, dtype=None if train_model.tiny else dtype, backend="dlib",
-                          allow_pickle_weights=allow_pickle_weights, progress=False,
-                          out=lora_dir)
-    echo(f"train: {training.steps} steps, {len(training.scores)} checkpoints scored; "
-         f"chose step {training.choice.step} ({training.choice.reason})")
+    training = train_lora(
+        characters["obama"],
+        model=train_model.source,
+        preset=training_preset(train_model.family, tiny=train_model.tiny),
+        steps=steps,
+        eval_every=eval_every,
+        device=device,
+        dtype=None if train_model.tiny else dtype,
+        backend="dlib",
+        allow_pickle_weights=allow_pickle_weights,
+        progress=False,
+        out=lora_dir,
+    )
+    echo(
+        f"train: {training.steps} steps, {len(training.scores)} checkpoints scored; "
+        f"chose step {training.choice.step} ({training.choice.reason})"
+    )
     lap("train")
 
     board = parse_storyboard(storyboard(out, models, characters, candidates=candidates), source="demo storyboard")
-    rendered = render_storyboard(board, out=out / "renders", device=device, dtype=dtype, progress=False,
-                                 allow_pickle_weights=allow_pickle_weights)
-    echo(f"render: {len(rendered.rendered)} images rendered, {len(rendered.skipped)} unchanged "
-         f"({len(board.scenes)} scenes x {len(models)} models, best of {candidates})")
+    rendered = render_storyboard(
+        board,
+        out=out / "renders",
+        device=device,
+        dtype=dtype,
+        progress=False,
+        allow_pickle_weights=allow_pickle_weights,
+    )
+    echo(
+        f"render: {len(rendered.rendered)} images rendered, {len(rendered.skipped)} unchanged "
+        f"({len(board.scenes)} scenes x {len(models)} models, best of {candidates})"
+    )
     lap("render")
 
     report_dir = out / "report"
     report = verify(
-        [], runs=[f"renders={out / 'renders'}", f"external-photos={external_folder(out)}"],
-        characters=[characters["obama"]], backend=backend, out=report_dir,
+        [],
+        runs=[f"renders={out / 'renders'}", f"external-photos={external_folder(out)}"],
+        characters=[characters["obama"]],
+        backend=backend,
+        out=report_dir,
     )
     lap("verify")
-    return DemoResult(out=out, models=models, prep=prep, training=training, render=rendered, report=report,
-                      report_html=report_dir / "report.html", seconds=timings)
+    return DemoResult(
+        out=out,
+        models=models,
+        prep=prep,
+        training=training,
+        render=rendered,
+        report=report,
+        report_html=report_dir / "report.html",
+        seconds=timings,
+    )
 
 
 def summary_lines(result: DemoResult) -> list[str]:
@@ -250,8 +305,10 @@ def summary_lines(result: DemoResult) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     base = result.report.characters[0]
-    lines.append(f"reference baseline {base.name}: {base.baseline_mean:.3f} (threshold {result.report.threshold:.2f}, "
-                 f"{result.report.backend.name})")
+    lines.append(
+        f"reference baseline {base.name}: {base.baseline_mean:.3f} (threshold {result.report.threshold:.2f}, "
+        f"{result.report.backend.name})"
+    )
     return lines
 
 
@@ -268,15 +325,30 @@ def quiet_libraries() -> None:
 
 
 @click.command()
-@click.option("--model", default=None, metavar="SOURCE",
-              help="Run the loop for real on this model (hub id, diffusers folder or .safetensors file); "
-              "default: tiny random SD1.5 + SDXL models, offline.")
-@click.option("--out", default="demo-out", show_default=True, type=click.Path(path_type=str),
-              help="Folder for everything the demo writes.")
+@click.option(
+    "--model",
+    default=None,
+    metavar="SOURCE",
+    help="Run the loop for real on this model (hub id, diffusers folder or .safetensors file); "
+    "default: tiny random SD1.5 + SDXL models, offline.",
+)
+@click.option(
+    "--out",
+    default="demo-out",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Folder for everything the demo writes.",
+)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-              help="Render dtype (default: float16 on CUDA, float32 on CPU).")
-@click.option("--steps", type=int, default=None, help="Training steps (default: 6 for tiny models, the preset's otherwise).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    default=None,
+    help="Render dtype (default: float16 on CUDA, float32 on CPU).",
+)
+@click.option(
+    "--steps", type=int, default=None, help="Training steps (default: 6 for tiny models, the preset's otherwise)."
+)
 @click.option("--candidates", type=int, default=2, show_default=True, help="Best-of-N candidates per scene.")
 @click.option("--allow-pickle-weights", is_flag=True, help="Allow .ckpt/.pt/.bin weights (unsafe: they can run code).")
 def demo(model, out, device, dtype, steps, candidates, allow_pickle_weights):
@@ -291,15 +363,25 @@ def demo(model, out, device, dtype, steps, candidates, allow_pickle_weights):
         raise CharkitError("--candidates must be at least 1")
     quiet_libraries()
     started = time.perf_counter()
-    result = run_demo(model=model, out=out, device=device, dtype=dtype, steps=steps, candidates=candidates,
-                      allow_pickle_weights=allow_pickle_weights, echo=click.echo)
+    result = run_demo(
+        model=model,
+        out=out,
+        device=device,
+        dtype=dtype,
+        steps=steps,
+        candidates=candidates,
+        allow_pickle_weights=allow_pickle_weights,
+        echo=click.echo,
+    )
     click.echo("")
     for line in summary_lines(result):
         click.echo(line)
     click.echo("")
     if model is None:
-        click.echo("Tiny random models draw noise, so their scenes show no_face: every step above was real "
-                   "(diffusers pipelines, a peft LoRA, dlib face embeddings), only the weights are random. "
-                   "The external-photos run shows what pass and drift look like on real faces. "
-                   "Run `charkit demo --model <hub id | folder | file.safetensors>` on a GPU for the real loop.")
+        click.echo(
+            "Tiny random models draw noise, so their scenes show no_face: every step above was real "
+            "(diffusers pipelines, a peft LoRA, dlib face embeddings), only the weights are random. "
+            "The external-photos run shows what pass and drift look like on real faces. "
+            "Run `charkit demo --model <hub id | folder | file.safetensors>` on a GPU for the real loop."
+        )
     click.echo(f"done in {time.perf_counter() - started:.0f} s; report: {result.report_html}")

@@ -36,7 +36,11 @@ def validation_message(source: str, err, *, known_fields=(), docs: str = "docs/c
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(first["loc"][-1]), sorted(known_fields), n=1)
-        msg = f"unknown field; did you mean '{close[0]}'?" if close else f"unknown field; check its spelling against {docs}"
+        msg = (
+            f"unknown field; did you mean '{close[0]}'?"
+            if close
+            else f"unknown field; check its spelling against {docs}"
+        )
     elif first["type"] == "missing":
         msg = "required field is missing"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

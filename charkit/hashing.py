@@ -6,6 +6,7 @@ memory and, for big files, on disk in the charkit cache folder: an unchanged mod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -56,10 +57,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     with _lock:
         _memo[key] = digest
         if st.st_size >= 64 << 20:  # only big files are worth a disk entry
-            try:
+            with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
                 atomic_write_json(_cache_file(), {json.dumps(list(k)): v for k, v in _memo.items() if _big(k)})
-            except OSError:
-                pass
     return digest
 
 

@@ -30,8 +30,13 @@ def build_storyboard(model_dir: Path, out: Path):
         {
             "project": "API demo",
             "output": str(out / "renders"),
-            "defaults": {"model": {"family": "sd15", "source": str(model_dir)}, "size": "64x64", "steps": 4,
-                         "preset": "lifelike", "seed": 7},
+            "defaults": {
+                "model": {"family": "sd15", "source": str(model_dir)},
+                "size": "64x64",
+                "steps": 4,
+                "preset": "lifelike",
+                "seed": 7,
+            },
             "characters": {"obama": str(REPO / "characters" / "obama"), "biden": str(REPO / "characters" / "biden")},
             "scenes": [
                 {"id": "s01-podium", "prompt": "photo of {obama} man at a podium"},
@@ -82,10 +87,14 @@ def main(argv=None) -> int:
     # 2. The same in one call; a rerun renders nothing (every scene unchanged).
     result = render_storyboard(board, device=args.device, dtype=args.dtype, progress=False)
     again = render_storyboard(board, device=args.device, dtype=args.dtype, progress=False)
-    print(f"render_storyboard: {len(result.rendered)} rendered; rerun: {len(again.rendered)} rendered, {len(again.skipped)} unchanged")
+    print(
+        f"render_storyboard: {len(result.rendered)} rendered; rerun: {len(again.rendered)} rendered, {len(again.skipped)} unchanged"
+    )
     for rec in result.manifest.images:
         scores = [c.status for c in rec.candidates]
-        print(f"  {rec.file:<16} seed {rec.seed:<11} characters {rec.characters} candidates {scores} kept by {rec.selection}")
+        print(
+            f"  {rec.file:<16} seed {rec.seed:<11} characters {rec.characters} candidates {scores} kept by {rec.selection}"
+        )
 
     # 3. What the PNG carries (A1111 `parameters` + the charkit record).
     meta = read_png_metadata(result.out_dir / result.manifest.images[1].file)

@@ -9,20 +9,20 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 try:  # torch is heavy: only pin its threads when it is installed (it always is with charkit)
-    import torch  # noqa: E402
+    import torch
 
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover
     pass
 
 # Area fixtures live in tests/fixtures_*.py (tests/ is on sys.path under pytest's rootdir import mode).
-import importlib  # noqa: E402
-import pkgutil  # noqa: E402
+import importlib
+import pkgutil
 
 for _m in pkgutil.iter_modules([str(Path(__file__).parent)]):
     if _m.name.startswith("fixtures_"):

@@ -21,8 +21,14 @@ if not CHROMIUM and not os.environ.get("CHARKIT_REQUIRE_BROWSER"):
 sync_api = pytest.importorskip("playwright.sync_api")
 
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 XSS_NAME = "<img src=x onerror=\"document.body.dataset.pwned='name'\">.jpg"
 XSS_PROMPT = "portrait of {name} <script>document.body.dataset.pwned='prompt'</script><img src=x onerror=alert(1)>"

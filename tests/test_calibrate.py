@@ -15,8 +15,9 @@ from charkit.identity.calibrate import misclassified, suggest_threshold
 def test_calibrate_real_cast(tmp_path):
     make_character(tmp_path, "obama", ["obama.jpg", "obama2.jpg", "obama3.jpg"])
     make_character(tmp_path, "biden", ["biden.jpg"])
-    r = CliRunner().invoke(cli, ["calibrate", "-c", str(tmp_path / "obama"), "-c", str(tmp_path / "biden"),
-                                 "--backend", "dlib", "--json"])
+    r = CliRunner().invoke(
+        cli, ["calibrate", "-c", str(tmp_path / "obama"), "-c", str(tmp_path / "biden"), "--backend", "dlib", "--json"]
+    )
     assert r.exit_code == 0, r.output
     c = json.loads(r.stdout)
     assert c["same"]["pairs"] == 3 and c["different"]["pairs"] == 3
@@ -30,8 +31,9 @@ def test_mislabelled_reference_shows_as_errors(tmp_path):
     # a Biden photo filed under obama: its pairs are "same" pairs far below the others
     make_character(tmp_path, "obama", ["obama.jpg", "obama2.jpg", "biden.jpg"])
     make_character(tmp_path, "other", ["obama3.jpg"])
-    r = CliRunner().invoke(cli, ["calibrate", "-c", str(tmp_path / "obama"), "-c", str(tmp_path / "other"),
-                                 "--backend", "dlib", "--json"])
+    r = CliRunner().invoke(
+        cli, ["calibrate", "-c", str(tmp_path / "obama"), "-c", str(tmp_path / "other"), "--backend", "dlib", "--json"]
+    )
     c = json.loads(r.stdout)
     assert not c["separable"] and c["errors_at_suggested"] >= 2
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import tomllib
 
+import tomllib
 from click.testing import CliRunner
 
 from charkit.cli import cli
@@ -12,7 +12,9 @@ from charkit.cli import cli
 
 def test_demo_runs_the_whole_loop(tmp_path):
     out = tmp_path / "demo"
-    r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--steps", "2", "--candidates", "2"], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli, ["demo", "--out", str(out), "--steps", "2", "--candidates", "2"], catch_exceptions=False
+    )
     assert r.exit_code == 0, r.output
     # prep rejected the re-saved copy as a near-duplicate, the rest was kept
     assert "prep: kept 2 of 3" in r.output and "near_duplicate" in r.output
@@ -31,7 +33,11 @@ def test_demo_runs_the_whole_loop(tmp_path):
     report = json.loads((out / "report" / "report.json").read_text())
     runs = {x["run"]: x for x in report["runs"]}
     assert runs["renders/tiny-sd15"]["no_face"] == 3 and runs["renders/tiny-sdxl"]["no_face"] == 3
-    assert (runs["external-photos"]["pass"], runs["external-photos"]["drift"], runs["external-photos"]["no_face"]) == (1, 1, 1)
+    assert (runs["external-photos"]["pass"], runs["external-photos"]["drift"], runs["external-photos"]["no_face"]) == (
+        1,
+        1,
+        1,
+    )
     assert (out / "report" / "report.html").is_file()
     # the closing summary table and the plain explanation
     assert "external-photos" in r.output and "draw noise" in r.output and "report.html" in r.output

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 import pytest
 
-from charkit.cli import cli
 from charkit import configdoc
+from charkit.cli import cli
 from charkit.clidoc import _walk, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,9 @@ def test_cli_reference_is_current():
 
 
 def test_config_reference_is_current():
-    assert (DOCS / "config.md").read_text(encoding="utf-8") == configdoc.render(), "run: python -m charkit.configdoc > docs/config.md"
+    assert (DOCS / "config.md").read_text(encoding="utf-8") == configdoc.render(), (
+        "run: python -m charkit.configdoc > docs/config.md"
+    )
 
 
 def test_every_cli_option_is_documented_with_help():

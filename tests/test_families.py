@@ -4,7 +4,6 @@ detection and the weights trust boundary. One case table per behaviour, family x
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 
@@ -21,7 +20,10 @@ from charkit.families.sources import resolve_source
 W, H, STEPS = 48, 32, 2  # non-square: catches swapped width/height
 PROMPT = "a photo of a woman, red hair"
 ADAPTER_CASES = [
-    (f, mode) for f in FAMILIES for mode in ("image", "face") if get_family(f).SPEC.can("ip_adapter" if mode == "image" else "faceid")
+    (f, mode)
+    for f in FAMILIES
+    for mode in ("image", "face")
+    if get_family(f).SPEC.can("ip_adapter" if mode == "image" else "faceid")
 ]
 FACEID_FAMILIES = [f for f in FAMILIES if get_family(f).SPEC.can("faceid")]
 CONTROLNET_FAMILIES = [f for f in FAMILIES if get_family(f).SPEC.can("controlnet")]
@@ -32,7 +34,14 @@ def _gen(family, pipe, seed=1, **kw):
     m = get_family(family)
     spec = m.SPEC
     return m.generate(
-        pipe, prompt=PROMPT, width=W, height=H, steps=STEPS, guidance=spec.guidance, generator=torch.Generator().manual_seed(seed), **kw
+        pipe,
+        prompt=PROMPT,
+        width=W,
+        height=H,
+        steps=STEPS,
+        guidance=spec.guidance,
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
     )[0]
 
 
@@ -83,20 +92,41 @@ def test_tiny_builds_loads_and_generates_deterministically(family, tiny_models, 
 def test_num_images_with_generator_list(family, pipes):
     m = get_family(family)
     imgs = m.generate(
-        pipes(family), prompt=PROMPT, width=W, height=H, steps=STEPS, guidance=m.SPEC.guidance, num_images=2,
+        pipes(family),
+        prompt=PROMPT,
+        width=W,
+        height=H,
+        steps=STEPS,
+        guidance=m.SPEC.guidance,
+        num_images=2,
         generator=[torch.Generator().manual_seed(s) for s in (1, 2)],
     )
     assert len(imgs) == 2 and all(i.size == (W, H) for i in imgs)
     with pytest.raises(CharkitError, match="generators"):
-        m.generate(pipes(family), prompt=PROMPT, width=W, height=H, steps=STEPS, guidance=1.0, num_images=2,
-                   generator=[torch.Generator().manual_seed(1)])
+        m.generate(
+            pipes(family),
+            prompt=PROMPT,
+            width=W,
+            height=H,
+            steps=STEPS,
+            guidance=1.0,
+            num_images=2,
+            generator=[torch.Generator().manual_seed(1)],
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bad_size_is_a_clear_error(family, pipes):
     with pytest.raises(CharkitError, match="multiples of"):
-        get_family(family).generate(pipes(family), prompt=PROMPT, width=W + 4, height=H, steps=STEPS, guidance=1.0,
-                                    generator=torch.Generator().manual_seed(0))
+        get_family(family).generate(
+            pipes(family),
+            prompt=PROMPT,
+            width=W + 4,
+            height=H,
+            steps=STEPS,
+            guidance=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
 
 
 # --- ControlNet -------------------------------------------------------------------------------------
@@ -169,8 +199,12 @@ def test_ip_adapter_misuse_is_a_clear_error(family, tiny_models):
 
 @pytest.mark.parametrize(
     "family,feature",
-    [(f, feat) for f in FAMILIES for feat in sorted({"ip_adapter", "faceid", "controlnet", "text_encoder_lora"})
-     if not get_family(f).SPEC.can(feat)],
+    [
+        (f, feat)
+        for f in FAMILIES
+        for feat in sorted({"ip_adapter", "faceid", "controlnet", "text_encoder_lora"})
+        if not get_family(f).SPEC.can(feat)
+    ],
 )
 def test_unsupported_feature_is_a_clear_error(family, feature, tiny_models, pipes):
     m = get_family(family)
@@ -182,8 +216,11 @@ def test_unsupported_feature_is_a_clear_error(family, feature, tiny_models, pipe
 
 
 def test_support_matrix_matches_the_contract():
-    assert get_family("sd15").SPEC.supports == get_family("sdxl").SPEC.supports == {
-        "lora", "text_encoder_lora", "controlnet", "ip_adapter", "faceid"}
+    assert (
+        get_family("sd15").SPEC.supports
+        == get_family("sdxl").SPEC.supports
+        == {"lora", "text_encoder_lora", "controlnet", "ip_adapter", "faceid"}
+    )
     assert {"lora", "controlnet", "ip_adapter"} <= get_family("flux").SPEC.supports
     assert {"lora", "controlnet"} <= get_family("sd3").SPEC.supports
     for f in FAMILIES:
@@ -383,16 +420,29 @@ def test_ldm_export_round_trips_through_diffusers_on_the_real_sd15_block_layout(
     from charkit.families.ldm import unet_to_ldm, vae_to_ldm
 
     unet = UNet2DConditionModel(
-        sample_size=16, block_out_channels=(32, 32, 32, 32), layers_per_block=2, cross_attention_dim=16,
+        sample_size=16,
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=2,
+        cross_attention_dim=16,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8,
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=8,
     )
     sd = unet.state_dict()
-    back = convert_ldm_unet_checkpoint({"model.diffusion_model." + k: v for k, v in unet_to_ldm(sd, unet.config).items()}, unet.config)
+    back = convert_ldm_unet_checkpoint(
+        {"model.diffusion_model." + k: v for k, v in unet_to_ldm(sd, unet.config).items()}, unet.config
+    )
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
 
-    vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), layers_per_block=2, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=2,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
     sd = vae.state_dict()
-    back = convert_ldm_vae_checkpoint({"first_stage_model." + k: v for k, v in vae_to_ldm(sd, vae.config).items()}, vae.config)
+    back = convert_ldm_vae_checkpoint(
+        {"first_stage_model." + k: v for k, v in vae_to_ldm(sd, vae.config).items()}, vae.config
+    )
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)

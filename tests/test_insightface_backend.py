@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from charkit.errors import CharkitError, MissingModelError
-from charkit.identity.fake_pack import DET_FILE, PATTERNS, REC_FILE, draw_marker_image, write_fake_pack
 from charkit.hashing import files_sha256
+from charkit.identity.fake_pack import DET_FILE, PATTERNS, REC_FILE, draw_marker_image, write_fake_pack
 from charkit.identity.insightface_backend import (
     AURAFACE_LICENCE,
     DEFAULT_THRESHOLD,
@@ -61,7 +61,13 @@ def test_real_insightface_classes_route_and_load_the_pack(fake_face_backend, fak
     assert (b.recogniser.input_mean, b.recogniser.input_std) == (127.5, 127.5)  # not mistaken for an mxnet graph
     assert b.detector.session.get_providers() == ["CPUExecutionProvider"]
     info = b.info
-    assert (info.name, info.model, info.dim, info.metric, info.threshold) == ("insightface", "fakepack", 512, "cosine", 0.30)
+    assert (info.name, info.model, info.dim, info.metric, info.threshold) == (
+        "insightface",
+        "fakepack",
+        512,
+        "cosine",
+        0.30,
+    )
     assert info.model_hash == files_sha256([fake_face_pack / DET_FILE, fake_face_pack / REC_FILE])
     assert info.licence.startswith("fakepack: charkit fake insightface-format pack: a test fixture, not a face model")
 
@@ -101,7 +107,17 @@ def test_fake_pack_is_small_fast_and_deterministic(tmp_path):
 DETECTION_CASES = [
     # (image size, markers (cx, cy, side, identity)) -- sizes and aspect ratios make SCRFD rescale
     (512, [(256, 256, 128, 0)]),
-    (640, [(110, 160, 64, 0), (320, 160, 64, 1), (530, 160, 64, 2), (110, 480, 64, 3), (320, 480, 64, 4), (530, 480, 64, 5)]),
+    (
+        640,
+        [
+            (110, 160, 64, 0),
+            (320, 160, 64, 1),
+            (530, 160, 64, 2),
+            (110, 480, 64, 3),
+            (320, 480, 64, 4),
+            (530, 480, 64, 5),
+        ],
+    ),
     ((960, 640), [(120, 120, 48, 1), (420, 160, 120, 2), (780, 420, 200, 3), (200, 480, 80, "cyan")]),
     ((1600, 1200), [(400, 400, 300, 4), (1200, 800, 100, 5)]),
     ((480, 800), [(240, 200, 150, 0), (240, 600, 90, 2)]),
@@ -264,7 +280,9 @@ MISSING_CASES = [
 
 @pytest.mark.parametrize("how", ["--face-models", ENV_VAR, "default"])
 @pytest.mark.parametrize("case,make,reason", MISSING_CASES, ids=[c[0] for c in MISSING_CASES])
-def test_missing_pack_is_one_line_and_never_downloads(how, case, make, reason, tmp_path, empty_home, network_blocked, monkeypatch):
+def test_missing_pack_is_one_line_and_never_downloads(
+    how, case, make, reason, tmp_path, empty_home, network_blocked, monkeypatch
+):
     where = make(tmp_path)
     if how == ENV_VAR:
         monkeypatch.setenv(ENV_VAR, str(where))
@@ -278,8 +296,11 @@ def test_missing_pack_is_one_line_and_never_downloads(how, case, make, reason, t
         load(where if how == "--face-models" else None)
     msg = str(err.value)
     assert "\n" not in msg and reason in msg
-    looked = {"--face-models": f"--face-models {where}", ENV_VAR: f"{ENV_VAR}={where}",
-              "default": f"{empty_home}/.insightface/models (the default: no --face-models given, {ENV_VAR} unset)"}[how]
+    looked = {
+        "--face-models": f"--face-models {where}",
+        ENV_VAR: f"{ENV_VAR}={where}",
+        "default": f"{empty_home}/.insightface/models (the default: no --face-models given, {ENV_VAR} unset)",
+    }[how]
     assert f"no insightface face-model pack: {looked} {reason}" in msg
     for hint in ("--face-models DIR", ENV_VAR, "buffalo_l", "non-commercial", "AuraFace", "Apache-2.0"):
         assert hint in msg
@@ -291,7 +312,7 @@ def test_network_guard_would_catch_an_insightface_download(tmp_path, network_blo
     # FaceAnalysis asked for a pack it cannot find goes for the network.
     from insightface.app import FaceAnalysis
 
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (whatever insightface raises once the download is blocked)
         FaceAnalysis(name="buffalo_l", root=str(tmp_path), providers=["CPUExecutionProvider"])
     assert network_blocked
 
@@ -384,7 +405,9 @@ def test_two_characters_each_get_their_own_face(marker_profiles, fake_face_backe
 
     alice_at, bob_at = ((180, 260), (520, 240)) if alice_left else ((520, 240), (180, 260))
     img = draw_marker_image((720, 480), [(*alice_at, 110, 0), (*bob_at, 150, 3)])
-    s = score_image(img, [marker_profiles["alice"], marker_profiles["bob"]], fake_face_backend, left_to_right=left_to_right)
+    s = score_image(
+        img, [marker_profiles["alice"], marker_profiles["bob"]], fake_face_backend, left_to_right=left_to_right
+    )
     assert [m.character for m in s.matches] == ["alice", "bob"] and s.missing == []
     for m, (cx, cy), side in zip(s.matches, (alice_at, bob_at), (110, 150)):
         assert m.status == "pass" and m.similarity > 0.9
@@ -403,7 +426,9 @@ def test_missing_and_wrong_character(marker_profiles, fake_face_backend):
     assert only_alice.status == "drift" and only_alice.missing == ["bob"]
     assert [(m.character, m.status) for m in only_alice.matches] == [("alice", "pass"), ("bob", "missing")]
     # a stranger (pattern 5) where bob should be: bob is assigned the stranger's face and drifts
-    stranger = score_image(draw_marker_image((720, 480), [(180, 240, 120, 0), (520, 240, 120, 5)]), profiles, fake_face_backend)
+    stranger = score_image(
+        draw_marker_image((720, 480), [(180, 240, 120, 0), (520, 240, 120, 5)]), profiles, fake_face_backend
+    )
     assert stranger.status == "drift" and stranger.missing == []
     alice, bob = stranger.matches
     assert alice.status == "pass" and bob.status == "drift" and bob.similarity < DEFAULT_THRESHOLD
@@ -420,14 +445,30 @@ def test_verify_cli_with_face_models(marker_characters, fake_face_pack, tmp_path
     draw_marker_image((720, 480), [(180, 260, 110, 0), (520, 240, 150, 3)]).save(scene / "s01.png")
     draw_marker_image((720, 480), [(180, 260, 110, 0), (520, 240, 150, 5)]).save(scene / "s02.png")
     chars = [str(marker_characters / n) for n in ("alice", "bob")]
-    args = ["verify", str(scene), "-c", chars[0], "-c", chars[1], "--backend", "insightface",
-            "--face-models", str(fake_face_pack), "--out", str(tmp_path / "out"), "--json"]
+    args = [
+        "verify",
+        str(scene),
+        "-c",
+        chars[0],
+        "-c",
+        chars[1],
+        "--backend",
+        "insightface",
+        "--face-models",
+        str(fake_face_pack),
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["backend"]["name"] == "insightface" and report["backend"]["model"] == "fakepack"
     assert report["threshold"] == DEFAULT_THRESHOLD
-    assert [(os.path.basename(i["path"]), i["status"]) for i in report["images"]] == [("s01.png", "pass"), ("s02.png", "drift")]
+    assert [(os.path.basename(i["path"]), i["status"]) for i in report["images"]] == [
+        ("s01.png", "pass"),
+        ("s02.png", "drift"),
+    ]
     missing = CliRunner().invoke(cli, [*args[:6], "--backend", "insightface", "--face-models", str(tmp_path / "none")])
     assert missing.exit_code == 2
     assert missing.output.startswith("Error: no insightface face-model pack") and missing.output.count("\n") == 1

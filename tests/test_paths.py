@@ -40,10 +40,9 @@ def test_under_root_refuses_symlink_escape(tmp_path):
 def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
     target = tmp_path / "manifest.json"
     atomic_write_json(target, {"ok": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_open(target, "w") as f:
-            f.write('{"half": ')
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_open(target, "w") as f:
+        f.write('{"half": ')
+        raise RuntimeError("killed mid-write")
     assert target.read_text() == '{\n  "ok": 1\n}\n'
     assert os.listdir(tmp_path) == ["manifest.json"]
 

@@ -133,10 +133,15 @@ def test_disabled_lora_equals_never_loaded(tiny_models, tiny_loras, render_env):
         {"id": "with", "prompt": PROMPT, "seed": 3, "lora": {"alice": 1.0}},
         {"id": "without", "prompt": "photo of {bob} man", "characters": ["bob"], "seed": 3},
     ]
-    base = {"defaults": {"model": model_entry("sd15", tiny), "size": SIZE, "steps": 2}, "project": "p",
-            "characters": {"alice": "characters/alice", "bob": "characters/bob"}}
+    base = {
+        "defaults": {"model": model_entry("sd15", tiny), "size": SIZE, "steps": 2},
+        "project": "p",
+        "characters": {"alice": "characters/alice", "bob": "characters/bob"},
+    }
     both = render_storyboard(render_env.storyboard({**base, "output": "a", "scenes": scenes}, "a.yaml"), progress=False)
-    alone = render_storyboard(render_env.storyboard({**base, "output": "b", "scenes": scenes[1:]}, "b.yaml"), progress=False)
+    alone = render_storyboard(
+        render_env.storyboard({**base, "output": "b", "scenes": scenes[1:]}, "b.yaml"), progress=False
+    )
     np.testing.assert_array_equal(pixels(both.out_dir / "without.png"), pixels(alone.out_dir / "without.png"))
 
 
@@ -149,8 +154,13 @@ def sd15_board(tiny_models, render_env):
         {
             "project": "Episode 1",
             "output": "out",
-            "defaults": {"model": model_entry("sd15", tiny_models("sd15"), adapters=False), "size": SIZE, "steps": 2,
-                         "negative_prompt": "blurry", "seed": 11},
+            "defaults": {
+                "model": model_entry("sd15", tiny_models("sd15"), adapters=False),
+                "size": SIZE,
+                "steps": 2,
+                "negative_prompt": "blurry",
+                "seed": 11,
+            },
             "characters": {"alice": "characters/alice", "bob": "characters/bob"},
             "scenes": [
                 {"id": "s01-arrival", "prompt": "photo of {alice} man at a station"},
@@ -165,11 +175,41 @@ def test_manifest_fields_prompts_and_metadata_round_trip(sd15_board):
     r = render_storyboard(sd15_board, progress=False)
     m = json.loads(r.manifest_path.read_text())
     # The manifest schema `charkit verify` and users rely on (golden: a change here is a format change).
-    assert list(m) == ["charkit_version", "storyboard", "storyboard_sha256", "project", "characters", "models", "images"]
+    assert list(m) == [
+        "charkit_version",
+        "storyboard",
+        "storyboard_sha256",
+        "project",
+        "characters",
+        "models",
+        "images",
+    ]
     assert list(m["images"][0]) == [
-        "scene", "model", "family", "model_source", "seed", "file", "sha256", "characters", "prompt", "negative_prompt",
-        "width", "height", "steps", "guidance", "scheduler", "preset", "lora", "control", "ip_adapter", "identity",
-        "candidates", "selection", "inputs_hash", "dtype", "device",
+        "scene",
+        "model",
+        "family",
+        "model_source",
+        "seed",
+        "file",
+        "sha256",
+        "characters",
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "steps",
+        "guidance",
+        "scheduler",
+        "preset",
+        "lora",
+        "control",
+        "ip_adapter",
+        "identity",
+        "candidates",
+        "selection",
+        "inputs_hash",
+        "dtype",
+        "device",
     ]
     assert m["project"] == "Episode 1" and m["storyboard"] == "../episode.yaml"
     assert (r.out_dir / m["characters"]["bob"]).resolve() == (sd15_board.parent / "characters" / "bob").resolve()
@@ -181,8 +221,20 @@ def test_manifest_fields_prompts_and_metadata_round_trip(sd15_board):
     assert cafe["negative_prompt"] == "blurry, cartoon"
     assert imgs[2]["seed"] == 5 and imgs[0]["seed"] != imgs[1]["seed"]
     for i in imgs:
-        assert {"scene", "model", "family", "seed", "file", "sha256", "characters", "prompt", "negative_prompt",
-                "identity", "candidates", "inputs_hash"} <= set(i)
+        assert {
+            "scene",
+            "model",
+            "family",
+            "seed",
+            "file",
+            "sha256",
+            "characters",
+            "prompt",
+            "negative_prompt",
+            "identity",
+            "candidates",
+            "inputs_hash",
+        } <= set(i)
         assert i["identity"] is None and i["model"] == "sd15" and i["family"] == "sd15"
         meta = read_png_metadata(r.out_dir / i["file"])
         expected = dict(i)
@@ -221,13 +273,22 @@ def test_resume_after_kill_9(tiny_models, render_env):
     render_env.character("alice")
     scenes = [{"id": f"s{i}", "prompt": f"photo of {{alice}} man, shot {i}"} for i in range(5)]
     board = render_env.storyboard(
-        {"project": "kill", "output": "out", "characters": {"alice": "characters/alice"}, "scenes": scenes,
-         "defaults": {"model": model_entry("sd15", tiny_models("sd15"), adapters=False), "size": SIZE, "steps": 4}}
+        {
+            "project": "kill",
+            "output": "out",
+            "characters": {"alice": "characters/alice"},
+            "scenes": scenes,
+            "defaults": {"model": model_entry("sd15", tiny_models("sd15"), adapters=False), "size": SIZE, "steps": 4},
+        }
     )
     out = render_env.root / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "charkit.render.cli", str(board), "--device", "cpu", "-q"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charkit.render.cli", str(board), "--device", "cpu", "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while not (out / MANIFEST).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)  # the manifest appears once the first PNG is complete
@@ -258,16 +319,20 @@ def test_single_file_source_and_matrix(tiny_models, render_env):
             "defaults": {"size": SIZE, "steps": 2},
             "characters": {"alice": "characters/alice"},
             # family detected from the checkpoint's keys / model_index.json
-            "models": [{"source": str(tiny.root), "label": "folder"},
-                       {"source": str(tiny.single_file), "config": str(tiny.root), "label": "single"}],
+            "models": [
+                {"source": str(tiny.root), "label": "folder"},
+                {"source": str(tiny.single_file), "config": str(tiny.root), "label": "single"},
+            ],
             "scenes": [{"id": "s1", "prompt": PROMPT, "seed": 1}, {"id": "s2", "prompt": "{alice} walking", "seed": 2}],
         }
     )
     r = render_storyboard(board, progress=False)
     m = json.loads(r.manifest_path.read_text())
     assert [(i["scene"], i["model"], i["file"]) for i in m["images"]] == [
-        ("s1", "folder", "s1__folder.png"), ("s1", "single", "s1__single.png"),
-        ("s2", "folder", "s2__folder.png"), ("s2", "single", "s2__single.png"),
+        ("s1", "folder", "s1__folder.png"),
+        ("s1", "single", "s1__single.png"),
+        ("s2", "folder", "s2__folder.png"),
+        ("s2", "single", "s2__single.png"),
     ]
     assert {i["family"] for i in m["images"]} == {"sd15"}
     a, b = pixels(r.out_dir / "s1__folder.png"), pixels(r.out_dir / "s1__single.png")
@@ -279,8 +344,12 @@ def test_pickle_weights_refused(tiny_models, tiny_loras, render_env):
     ckpt = render_env.root / "model.ckpt"
     ckpt.write_bytes(b"\x80\x04not really a pickle")
     board = render_env.storyboard(
-        {"project": "p", "defaults": {"model": {"family": "sd15", "source": "model.ckpt"}},
-         "characters": {"alice": "characters/alice"}, "scenes": [{"id": "s1", "prompt": PROMPT}]}
+        {
+            "project": "p",
+            "defaults": {"model": {"family": "sd15", "source": "model.ckpt"}},
+            "characters": {"alice": "characters/alice"},
+            "scenes": [{"id": "s1", "prompt": PROMPT}],
+        }
     )
     with pytest.raises(CharkitError, match=r"defaults\.model: .*pickle.*--allow-pickle-weights"):
         render_storyboard(board, progress=False)
@@ -292,8 +361,13 @@ def test_pickle_weights_refused(tiny_models, tiny_loras, render_env):
     (render_env.root / "characters" / "bob" / "loras" / "sd15" / "best.safetensors").rename(toml.parent / "l.bin")
     toml.write_text(toml.read_text().replace("loras/sd15/best.safetensors", "l.bin"))
     board2 = render_env.storyboard(
-        {"project": "p", "defaults": {"model": model_entry("sd15", tiny_models("sd15"), adapters=False)},
-         "characters": {"bob": "characters/bob"}, "scenes": [{"id": "s1", "prompt": "{bob}"}]}, "b.yaml"
+        {
+            "project": "p",
+            "defaults": {"model": model_entry("sd15", tiny_models("sd15"), adapters=False)},
+            "characters": {"bob": "characters/bob"},
+            "scenes": [{"id": "s1", "prompt": "{bob}"}],
+        },
+        "b.yaml",
     )
     with pytest.raises(CharkitError, match=r"scene 's1': field 'lora.bob'.*pickle"):
         render_storyboard(board2, progress=False)
@@ -302,9 +376,12 @@ def test_pickle_weights_refused(tiny_models, tiny_loras, render_env):
 def test_best_of_n_batched_and_sequential(tiny_models, render_env):
     """Tiny models draw noise: every candidate is no_face, the first is kept, and all scores are recorded."""
     render_env.character("alice")
-    data = {"project": "bon", "characters": {"alice": "characters/alice"},
-            "defaults": {"model": model_entry("sd15", tiny_models("sd15"), adapters=False), "size": SIZE, "steps": 2},
-            "scenes": [{"id": "s1", "prompt": PROMPT, "seed": 40, "candidates": 3}]}
+    data = {
+        "project": "bon",
+        "characters": {"alice": "characters/alice"},
+        "defaults": {"model": model_entry("sd15", tiny_models("sd15"), adapters=False), "size": SIZE, "steps": 2},
+        "scenes": [{"id": "s1", "prompt": PROMPT, "seed": 40, "candidates": 3}],
+    }
     batched = render_storyboard(render_env.storyboard({**data, "output": "b"}, "b.yaml"), progress=False)
     seq = render_storyboard(render_env.storyboard({**data, "output": "s"}, "s.yaml"), batch_size=1, progress=False)
     for r in (batched, seq):
@@ -380,17 +457,18 @@ def test_scales_restore_exact_state_even_on_error(tiny_models, tiny_loras):
         return [(m.disable_adapters, list(m.active_adapters), dict(m.scaling)) for m in lora_layers(pipe)]
 
     before = state()
-    with pytest.raises(RuntimeError):
-        with lora_scales(pipe, {"alice": 1.0}):
-            assert lora_layers(pipe)[0].active_adapters == ["alice"]
-            raise RuntimeError("scene failed")
+    with pytest.raises(RuntimeError), lora_scales(pipe, {"alice": 1.0}):
+        assert lora_layers(pipe)[0].active_adapters == ["alice"]
+        raise RuntimeError("scene failed")
     assert state() == before
     with lora_scales(pipe, {}):
         assert all(m.disable_adapters for m in lora_layers(pipe))
     assert state() == before
     with lora_scales(pipe, {"alice": 1.0, "bob": 0.5}):  # two characters in one scene
         layer = lora_layers(pipe)[0]
-        assert sorted(layer.active_adapters) == ["alice", "bob"] and layer.scaling["bob"] == 0.5 * layer.scaling["alice"]
+        assert (
+            sorted(layer.active_adapters) == ["alice", "bob"] and layer.scaling["bob"] == 0.5 * layer.scaling["alice"]
+        )
     assert state() == before
 
     fam.load_ip_adapter(pipe, tiny.faceid, mode="face", scale=0.3)

@@ -70,51 +70,184 @@ def build_report() -> VerifyReport:
             baseline_mean=ob,
             baseline_min=0.5521,
             outliers=["characters/obama/refs/odd <b>one</b>.jpg"],
-            rejected=[{"path": "characters/obama/refs/broken.jpg", "reason": "not a readable image (unknown or corrupt format)"}],
+            rejected=[
+                {
+                    "path": "characters/obama/refs/broken.jpg",
+                    "reason": "not a readable image (unknown or corrupt format)",
+                }
+            ],
         ),
         ProfileSummary(name="biden", folder="characters/biden/refs", references=2, baseline_mean=bi, baseline_min=bi),
     ]
     m = _match
     images = [
         # run sd15: rendered from a manifest (scene ids, model)
-        ImageScore(path="renders/sd15/s01.png", run="sd15", status="pass", similarity=0.6123, distance=0.3877,
-                   relative=0.6123 / ob, faces=[_face(180, 120, 330, 300)], matches=[m("obama", 0, 0.6123, ob)],
-                   expected=["obama"], width=512, height=512, sha256="11" * 32, scene="s01", model="sd15", order=0),
-        ImageScore(path=f"renders/sd15/{XSS_FILE}", run="sd15", status="drift", similarity=0.3101, distance=0.6899,
-                   relative=0.3101 / ob, faces=[_face(80, 100, 220, 270), _face(470, 90, 620, 280)],
-                   matches=[m("obama", 1, 0.3101, ob), m("biden", 0, 0.5222, bi)], expected=["obama", "biden"],
-                   swapped=[["obama", "biden"]], width=768, height=512, sha256="22" * 32, scene="s02", model="sd15",
-                   order=1),
-        ImageScore(path="renders/sd15/s03.png", run="sd15", status="no_face", expected=["obama"], width=512,
-                   height=512, sha256="33" * 32, scene=QUOTED_SCENE, model="sd15", order=2,
-                   notes=["exif-orientation-6"]),
+        ImageScore(
+            path="renders/sd15/s01.png",
+            run="sd15",
+            status="pass",
+            similarity=0.6123,
+            distance=0.3877,
+            relative=0.6123 / ob,
+            faces=[_face(180, 120, 330, 300)],
+            matches=[m("obama", 0, 0.6123, ob)],
+            expected=["obama"],
+            width=512,
+            height=512,
+            sha256="11" * 32,
+            scene="s01",
+            model="sd15",
+            order=0,
+        ),
+        ImageScore(
+            path=f"renders/sd15/{XSS_FILE}",
+            run="sd15",
+            status="drift",
+            similarity=0.3101,
+            distance=0.6899,
+            relative=0.3101 / ob,
+            faces=[_face(80, 100, 220, 270), _face(470, 90, 620, 280)],
+            matches=[m("obama", 1, 0.3101, ob), m("biden", 0, 0.5222, bi)],
+            expected=["obama", "biden"],
+            swapped=[["obama", "biden"]],
+            width=768,
+            height=512,
+            sha256="22" * 32,
+            scene="s02",
+            model="sd15",
+            order=1,
+        ),
+        ImageScore(
+            path="renders/sd15/s03.png",
+            run="sd15",
+            status="no_face",
+            expected=["obama"],
+            width=512,
+            height=512,
+            sha256="33" * 32,
+            scene=QUOTED_SCENE,
+            model="sd15",
+            order=2,
+            notes=["exif-orientation-6"],
+        ),
         # run with a hostile label (same scenes)
-        ImageScore(path="renders/xl/s01.png", run=XSS_RUN, status="pass", similarity=0.5511, distance=0.4489,
-                   relative=0.5511 / ob, faces=[_face(150, 80, 360, 330)], matches=[m("obama", 0, 0.5511, ob)],
-                   expected=["obama"], width=512, height=512, scene="s01", model="sdxl", order=0),
-        ImageScore(path="renders/xl/s02.png", run=XSS_RUN, status="drift", faces=[_face(200, 100, 400, 330)],
-                   matches=[m("obama", 0, 0.4512, ob), m("biden", None, None, bi)], expected=["obama", "biden"],
-                   missing=["biden"], width=768, height=512, scene="s02", model="sdxl", order=1),
-        ImageScore(path="renders/xl/s03.png", run=XSS_RUN, status="error", expected=["obama"], scene=QUOTED_SCENE,
-                   model="sdxl", order=2, error=XSS_ERROR),
+        ImageScore(
+            path="renders/xl/s01.png",
+            run=XSS_RUN,
+            status="pass",
+            similarity=0.5511,
+            distance=0.4489,
+            relative=0.5511 / ob,
+            faces=[_face(150, 80, 360, 330)],
+            matches=[m("obama", 0, 0.5511, ob)],
+            expected=["obama"],
+            width=512,
+            height=512,
+            scene="s01",
+            model="sdxl",
+            order=0,
+        ),
+        ImageScore(
+            path="renders/xl/s02.png",
+            run=XSS_RUN,
+            status="drift",
+            faces=[_face(200, 100, 400, 330)],
+            matches=[m("obama", 0, 0.4512, ob), m("biden", None, None, bi)],
+            expected=["obama", "biden"],
+            missing=["biden"],
+            width=768,
+            height=512,
+            scene="s02",
+            model="sdxl",
+            order=1,
+        ),
+        ImageScore(
+            path="renders/xl/s03.png",
+            run=XSS_RUN,
+            status="error",
+            expected=["obama"],
+            scene=QUOTED_SCENE,
+            model="sdxl",
+            order=2,
+            error=XSS_ERROR,
+        ),
         # an external folder (no manifest: no scene ids, order from sorted paths)
-        ImageScore(path="@SUM(A1).png", run="mj", status="drift", similarity=-0.1234, distance=1.1234,
-                   relative=-0.1234 / ob, faces=[_face(10, 10, 90, 100)], matches=[m("obama", 0, -0.1234, ob)],
-                   expected=["obama"], width=256, height=320, model="+cmd", order=0, notes=[XSS_NOTE]),
-        ImageScore(path="external/mj/02.png", run="mj", status="pass", similarity=0.5004, distance=0.4996,
-                   relative=0.5004 / ob, faces=[_face(40, 30, 200, 220)], matches=[m("obama", 0, 0.5004, ob)],
-                   expected=["obama"], width=320, height=320, model="=1+2", order=1),
+        ImageScore(
+            path="@SUM(A1).png",
+            run="mj",
+            status="drift",
+            similarity=-0.1234,
+            distance=1.1234,
+            relative=-0.1234 / ob,
+            faces=[_face(10, 10, 90, 100)],
+            matches=[m("obama", 0, -0.1234, ob)],
+            expected=["obama"],
+            width=256,
+            height=320,
+            model="+cmd",
+            order=0,
+            notes=[XSS_NOTE],
+        ),
+        ImageScore(
+            path="external/mj/02.png",
+            run="mj",
+            status="pass",
+            similarity=0.5004,
+            distance=0.4996,
+            relative=0.5004 / ob,
+            faces=[_face(40, 30, 200, 220)],
+            matches=[m("obama", 0, 0.5004, ob)],
+            expected=["obama"],
+            width=320,
+            height=320,
+            model="=1+2",
+            order=1,
+        ),
     ]
     runs = [
-        RunSummary(run="sd15", images=3, passed=1, drift=1, no_face=1, errors=0, mean_similarity=0.4612,
-                   min_similarity=0.3101, pass_rate=0.5),
-        RunSummary(run=XSS_RUN, images=3, passed=1, drift=1, no_face=0, errors=1, mean_similarity=0.5511,
-                   min_similarity=0.5511, pass_rate=0.5),
-        RunSummary(run="mj", images=2, passed=1, drift=1, no_face=0, errors=0, mean_similarity=0.1885,
-                   min_similarity=-0.1234, pass_rate=0.5),
+        RunSummary(
+            run="sd15",
+            images=3,
+            passed=1,
+            drift=1,
+            no_face=1,
+            errors=0,
+            mean_similarity=0.4612,
+            min_similarity=0.3101,
+            pass_rate=0.5,
+        ),
+        RunSummary(
+            run=XSS_RUN,
+            images=3,
+            passed=1,
+            drift=1,
+            no_face=0,
+            errors=1,
+            mean_similarity=0.5511,
+            min_similarity=0.5511,
+            pass_rate=0.5,
+        ),
+        RunSummary(
+            run="mj",
+            images=2,
+            passed=1,
+            drift=1,
+            no_face=0,
+            errors=0,
+            mean_similarity=0.1885,
+            min_similarity=-0.1234,
+            pass_rate=0.5,
+        ),
     ]
-    return VerifyReport(backend=backend, threshold=0.4, characters=characters, runs=runs, images=images,
-                        licence_note=XSS_LICENCE, charkit_version="0.1.0")
+    return VerifyReport(
+        backend=backend,
+        threshold=0.4,
+        characters=characters,
+        runs=runs,
+        images=images,
+        licence_note=XSS_LICENCE,
+        charkit_version="0.1.0",
+    )
 
 
 # Which photo stands in for each rendered image (resized to the image's declared size, so boxes line up).
@@ -154,9 +287,46 @@ def tree(written):
 # -- a small DOM over html.parser ---------------------------------------------------------
 
 #: Every element report.html may contain: no script, iframe, object, embed, link or base, ever.
-ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "p", "b", "dl", "dt", "dd", "div",
-                "section", "table", "thead", "tbody", "tr", "th", "td", "span", "ul", "li", "figure", "figcaption", "img",
-                "svg", "g", "line", "polyline", "circle", "path", "rect", "text", "label", "input"}
+ALLOWED_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "header",
+    "h1",
+    "h2",
+    "p",
+    "b",
+    "dl",
+    "dt",
+    "dd",
+    "div",
+    "section",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "span",
+    "ul",
+    "li",
+    "figure",
+    "figcaption",
+    "img",
+    "svg",
+    "g",
+    "line",
+    "polyline",
+    "circle",
+    "path",
+    "rect",
+    "text",
+    "label",
+    "input",
+}
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -172,7 +342,7 @@ class Node:
     def classes(self) -> list[str]:
         return (self.attrs.get("class") or "").split()
 
-    def find_all(self, tag=None, cls=None) -> list["Node"]:
+    def find_all(self, tag=None, cls=None) -> list[Node]:
         out = []
         for c in self.children:
             if (tag is None or c.tag == tag) and (cls is None or cls in c.classes):
@@ -228,7 +398,9 @@ def parse_html(text: str) -> Tree:
 
 
 def test_write_report_writes_three_files(written, report):
-    assert written.json.name == "report.json" and written.csv.name == "report.csv" and written.html.name == "report.html"
+    assert (
+        written.json.name == "report.json" and written.csv.name == "report.csv" and written.html.name == "report.html"
+    )
     for p in (written.json, written.csv, written.html):
         assert p.is_file() and p.stat().st_size > 0
         assert p.stat().st_mode & 0o777 == 0o644
@@ -265,7 +437,11 @@ def test_html_keeps_hostile_strings_inert(written, tree):
         assert s in texts, s
     assert not any(el.tag == "img" and el.attrs.get("src") == "x" for el in tree.elements)
     # CSP: nothing may be fetched and nothing may run, even if escaping ever failed
-    csp = [el.attrs["content"] for el in tree.elements if el.tag == "meta" and el.attrs.get("http-equiv") == "Content-Security-Policy"]
+    csp = [
+        el.attrs["content"]
+        for el in tree.elements
+        if el.tag == "meta" and el.attrs.get("http-equiv") == "Content-Security-Policy"
+    ]
     assert csp == [report_writer.CSP] and "default-src 'none'" in csp[0] and "script-src" not in csp[0]
 
 
@@ -294,10 +470,29 @@ def test_template_environment_autoescapes():
     assert "|safe" not in template.replace(" ", "") and "Markup" not in Path(report_writer.__file__).read_text()
 
 
-_FRAGMENTS = st.sampled_from(["<", ">", "&", '"', "'", "<script>", "</svg>", "<!--", "]]>", "onload=", "javascript:",
-                              "&lt;", "{{ x }}", "\u2028", "=", "/"])
-_HOSTILE = st.lists(st.one_of(_FRAGMENTS, st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=6)),
-                    min_size=1, max_size=6).map("".join)
+_FRAGMENTS = st.sampled_from(
+    [
+        "<",
+        ">",
+        "&",
+        '"',
+        "'",
+        "<script>",
+        "</svg>",
+        "<!--",
+        "]]>",
+        "onload=",
+        "javascript:",
+        "&lt;",
+        "{{ x }}",
+        "\u2028",
+        "=",
+        "/",
+    ]
+)
+_HOSTILE = st.lists(
+    st.one_of(_FRAGMENTS, st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=6)), min_size=1, max_size=6
+).map("".join)
 
 
 @settings(max_examples=25, derandomize=True, deadline=None)
@@ -339,7 +534,11 @@ def test_plot_has_one_polyline_per_run_and_threshold(tree, report):
     # the threshold line sits exactly on the 0.4 grid line; one baseline line per character
     (thr,) = svg.find_all("line", "threshold")
     assert thr.attrs["y1"] == thr.attrs["y2"]
-    grid_y = {t.text(): float(t.attrs["y"]) - 4 for t in svg.find_all("g", "yaxis")[0].find_all("text") if t.text() != "similarity"}
+    grid_y = {
+        t.text(): float(t.attrs["y"]) - 4
+        for t in svg.find_all("g", "yaxis")[0].find_all("text")
+        if t.text() != "similarity"
+    }
     assert float(thr.attrs["y1"]) == pytest.approx(grid_y["0.4"], abs=0.06)
     assert len(svg.find_all("line", "baseline")) == 2
     # points: one per image with a similarity; markers on the axis for the rest
@@ -347,7 +546,9 @@ def test_plot_has_one_polyline_per_run_and_threshold(tree, report):
     assert len(svg.find_all("circle")) == len(scored)
     markers = svg.find_all("path", "mk")
     assert sorted(m.classes[1] for m in markers) == ["s-drift", "s-error", "s-no_face"]
-    (axis_y,) = {float(line.attrs["y1"]) for line in svg.find_all("line", "axis") if line.attrs["y1"] == line.attrs["y2"]}
+    (axis_y,) = {
+        float(line.attrs["y1"]) for line in svg.find_all("line", "axis") if line.attrs["y1"] == line.attrs["y2"]
+    }
     for m in markers:  # every marker straddles the x axis
         ys = [float(v) for v in re.findall(r"[ML]?[\d.]+,([\d.]+)", m.attrs["d"])]
         assert min(ys) <= axis_y <= max(ys)
@@ -464,7 +665,10 @@ def test_csv_rows_and_formula_neutralisation(written):
     ]
     assert two[0]["faces"] == "2" and two[0]["swapped"] == "obama<->biden"
     missing = [r for r in rows if r["path"] == "renders/xl/s02.png"]
-    assert [(r["character"], r["status"], r["missing"]) for r in missing] == [("obama", "pass", "biden"), ("biden", "missing", "biden")]
+    assert [(r["character"], r["status"], r["missing"]) for r in missing] == [
+        ("obama", "pass", "biden"),
+        ("biden", "missing", "biden"),
+    ]
     assert missing[1]["similarity"] == "" and missing[1]["face"] == ""
     statuses = {r["path"]: r["status"] for r in rows}
     assert statuses["renders/sd15/s03.png"] == "no_face" and statuses["renders/xl/s03.png"] == "error"
@@ -498,7 +702,9 @@ def _golden(name: str, actual: str) -> None:
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(actual.encode("utf-8"))
-    assert path.read_bytes().decode("utf-8") == actual, f"{name} changed; rerun with UPDATE_GOLDEN=1 and review the diff"
+    assert path.read_bytes().decode("utf-8") == actual, (
+        f"{name} changed; rerun with UPDATE_GOLDEN=1 and review the diff"
+    )
 
 
 def test_golden_json_csv_and_html_fragments(written):

@@ -28,26 +28,47 @@ SCHEMA_CASES = [
     ("project: t\nscenes: []\n", ["field 'scenes'", "at least 1"]),
     ("project: t\nscenez: []\n", ["field 'scenez'", "unknown field"]),
     ("project: t\nscenes:\n  - id: s1\n    promt: hi\n", ["scene 's1': field 'promt'", "unknown field"]),
-    ("project: t\nscenes:\n  - id: s1\n    prompt: hi\n    control: {type: pose, image: x.png}\n",
-     ["scene 's1': field 'control.type'", "'canny', 'openpose' or 'depth'"]),
-    ("project: t\nscenes:\n  - id: s1\n    prompt: hi\n    size: 64by64\n", ["scene 's1': field 'size'", "WIDTHxHEIGHT"]),
-    ("project: t\nscenes:\n  - id: s1\n    prompt: hi\n    seed: -1\n", ["scene 's1': field 'seed'", "greater than or equal to 0"]),
-    ("project: t\nscenes:\n  - id: s1\n    prompt: hi\n    ip_adapter: {mode: faces}\n", ["scene 's1': field 'ip_adapter.mode'"]),
+    (
+        "project: t\nscenes:\n  - id: s1\n    prompt: hi\n    control: {type: pose, image: x.png}\n",
+        ["scene 's1': field 'control.type'", "'canny', 'openpose' or 'depth'"],
+    ),
+    (
+        "project: t\nscenes:\n  - id: s1\n    prompt: hi\n    size: 64by64\n",
+        ["scene 's1': field 'size'", "WIDTHxHEIGHT"],
+    ),
+    (
+        "project: t\nscenes:\n  - id: s1\n    prompt: hi\n    seed: -1\n",
+        ["scene 's1': field 'seed'", "greater than or equal to 0"],
+    ),
+    (
+        "project: t\nscenes:\n  - id: s1\n    prompt: hi\n    ip_adapter: {mode: faces}\n",
+        ["scene 's1': field 'ip_adapter.mode'"],
+    ),
     ("project: t\nscenes:\n  - {id: s1, prompt: a}\n  - {id: s1, prompt: b}\n", ["scene id 's1' appears twice"]),
     ("project: t\nscenes:\n  - {id: ../evil, prompt: a}\n", ["scene '../evil': field 'id'", "not a safe file name"]),
     ("project: t\nscenes:\n  - {id: a/b, prompt: a}\n", ["scene 'a/b': field 'id'", "not a safe file name"]),
     ("project: t\nscenes:\n  - {id: .hidden, prompt: a}\n", ["field 'id'", "not a safe file name"]),
     ("project: t\nscenes:\n  - {prompt: a}\n", ["scene #1: field 'id'", "required field is missing"]),
-    ("project: t\ndefaults: {model: {family: sd2, source: x}}\nscenes:\n  - {id: s1, prompt: a}\n",
-     ["field 'defaults.model.family'", "'sd15', 'sdxl', 'sd3' or 'flux'"]),
+    (
+        "project: t\ndefaults: {model: {family: sd2, source: x}}\nscenes:\n  - {id: s1, prompt: a}\n",
+        ["field 'defaults.model.family'", "'sd15', 'sdxl', 'sd3' or 'flux'"],
+    ),
     ("project: t\nscenes:\n  - {id: s1, prompt: a}\n", ["no model: set defaults.model"]),
-    ("project: t\nmodels: [{model}]\nscenes:\n  - {id: s1, prompt: a, model: {model}}\n", ["cannot pick its own model"]),
-    ("project: t\ncharacters: {'../x': characters/alice}\nscenes:\n  - {id: s1, prompt: a}\n", ["character name '../x'"]),
+    (
+        "project: t\nmodels: [{model}]\nscenes:\n  - {id: s1, prompt: a, model: {model}}\n",
+        ["cannot pick its own model"],
+    ),
+    (
+        "project: t\ncharacters: {'../x': characters/alice}\nscenes:\n  - {id: s1, prompt: a}\n",
+        ["character name '../x'"],
+    ),
     ("project: t\ndefaults: {candidates: 0}\nscenes:\n  - {id: s1, prompt: a}\n", ["field 'defaults.candidates'"]),
 ]
 
 
-def _board_text(model: str, scenes: str = GOOD_SCENE, extra: str = "", characters: str = "  alice: characters/alice\n") -> str:
+def _board_text(
+    model: str, scenes: str = GOOD_SCENE, extra: str = "", characters: str = "  alice: characters/alice\n"
+) -> str:
     return f"project: t\noutput: out\ndefaults:\n  model: {model}\n  size: 32x32\n{extra}characters:\n{characters}scenes:\n{scenes}"
 
 
@@ -81,28 +102,64 @@ def _plan_cases(tiny):
     model_cn = f"{{family: sd15, source: {tiny.root}, controlnet: {{canny: {cn}, openpose: {cn}}}}}"
     ctl = "    control: {{type: {t}, image: {img}}}\n"
     return [
-        (dict(scenes="  - {id: s1, prompt: '{carol} waves'}\n"), ["scene 's1': field 'prompt'", "unknown character 'carol'"]),
-        (dict(scenes="  - {id: s1, prompt: hi, characters: [carol]}\n"), ["field 'characters'", "unknown character 'carol'"]),
-        (dict(scenes="  - {id: s1, prompt: '{alice}', characters: []}\n"), ["field 'prompt'", "{alice} is not in this scene's characters"]),
+        (
+            dict(scenes="  - {id: s1, prompt: '{carol} waves'}\n"),
+            ["scene 's1': field 'prompt'", "unknown character 'carol'"],
+        ),
+        (
+            dict(scenes="  - {id: s1, prompt: hi, characters: [carol]}\n"),
+            ["field 'characters'", "unknown character 'carol'"],
+        ),
+        (
+            dict(scenes="  - {id: s1, prompt: '{alice}', characters: []}\n"),
+            ["field 'prompt'", "{alice} is not in this scene's characters"],
+        ),
         (dict(scenes="  - {id: s1, prompt: hi, candidates: 3}\n"), ["field 'candidates'", "best-of-N"]),
-        (dict(scenes="  - {id: s1, prompt: '{alice}', lora: {alice: 0.8}}\n"), ["field 'lora.alice'", "has no sd15 LoRA"]),
-        (dict(scenes="  - {id: s1, prompt: hi, lora: {alice: 0.8}}\n"), ["field 'lora.alice'", "not in this scene's characters"]),
-        (dict(scenes="  - id: s1\n    prompt: hi\n" + ctl.format(t="canny", img="control.png")), ["field 'control.type'", "has no canny ControlNet"]),
-        (dict(model=model_cn, scenes="  - id: s1\n    prompt: hi\n" + ctl.format(t="canny", img="missing.png")),
-         ["field 'control.image'", "missing.png: no such file"]),
-        (dict(model=model_cn, scenes="  - id: s1\n    prompt: hi\n" + ctl.format(t="openpose", img="control.png")),
-         ["field 'control.type'", "openpose detection needs annotator weights", "--annotators", "preprocess: false"]),
-        (dict(scenes="  - {id: s1, prompt: '{alice}', ip_adapter: {mode: image}}\n"), ["field 'ip_adapter.mode'", "has no ip_adapter weights"]),
+        (
+            dict(scenes="  - {id: s1, prompt: '{alice}', lora: {alice: 0.8}}\n"),
+            ["field 'lora.alice'", "has no sd15 LoRA"],
+        ),
+        (
+            dict(scenes="  - {id: s1, prompt: hi, lora: {alice: 0.8}}\n"),
+            ["field 'lora.alice'", "not in this scene's characters"],
+        ),
+        (
+            dict(scenes="  - id: s1\n    prompt: hi\n" + ctl.format(t="canny", img="control.png")),
+            ["field 'control.type'", "has no canny ControlNet"],
+        ),
+        (
+            dict(model=model_cn, scenes="  - id: s1\n    prompt: hi\n" + ctl.format(t="canny", img="missing.png")),
+            ["field 'control.image'", "missing.png: no such file"],
+        ),
+        (
+            dict(model=model_cn, scenes="  - id: s1\n    prompt: hi\n" + ctl.format(t="openpose", img="control.png")),
+            ["field 'control.type'", "openpose detection needs annotator weights", "--annotators", "preprocess: false"],
+        ),
+        (
+            dict(scenes="  - {id: s1, prompt: '{alice}', ip_adapter: {mode: image}}\n"),
+            ["field 'ip_adapter.mode'", "has no ip_adapter weights"],
+        ),
         (dict(scenes="  - {id: s1, prompt: hi, size: 36x36}\n"), ["field 'size'", "multiples of 8"]),
         (dict(model="./missing.safetensors"), ["defaults.model", "no such file"]),
         (dict(model=f"{{family: sdxl, source: {tiny.root}}}"), ["defaults.model", "is a sd15 model", "family: sd15"]),
         (dict(model=str(tiny.single_file)), ["defaults.model"]),  # a single file needs config: offline
-        (dict(model=f"{{source: {tiny.root}, controlnet: {{openpose: {cn}}}}}", scenes="  - id: s1\n    prompt: hi\n"
-              + ctl.format(t="depth", img="control.png")), ["has no depth ControlNet"]),
+        (
+            dict(
+                model=f"{{source: {tiny.root}, controlnet: {{openpose: {cn}}}}}",
+                scenes="  - id: s1\n    prompt: hi\n" + ctl.format(t="depth", img="control.png"),
+            ),
+            ["has no depth ControlNet"],
+        ),
         (dict(characters="  alice: characters/nobody\n"), ["characters.alice", "no character here"]),
-        (dict(characters="  bob: characters/alice\n", scenes="  - {id: s1, prompt: hi}\n"), ["characters.bob", "holds character 'alice'"]),
+        (
+            dict(characters="  bob: characters/alice\n", scenes="  - {id: s1, prompt: hi}\n"),
+            ["characters.bob", "holds character 'alice'"],
+        ),
         (dict(extra="  scheduler: FancyScheduler\n"), ["scheduler 'FancyScheduler' is not supported"]),
-        (dict(model="{family: sd15, source: charkit-test/not-cached}"), ["defaults.model", "not in the local Hugging Face cache"]),
+        (
+            dict(model="{family: sd15, source: charkit-test/not-cached}"),
+            ["defaults.model", "not in the local Hugging Face cache"],
+        ),
     ]
 
 
@@ -144,7 +201,9 @@ def test_plan_resolves_prompts_sizes_and_hashes(tiny_models, render_env, alice):
         "  - {id: s1, prompt: '{bob} and {alice}, {{x}}', negative_prompt: dark}\n"
         "  - id: s2\n    prompt: '{alice}'\n    size: 64x48\n    control: {type: canny, image: control.png, scale: 0.5}\n"
     )
-    path = render_env.storyboard(_board_text(model, scenes, characters="  alice: characters/alice\n  bob: characters/bob\n"))
+    path = render_env.storyboard(
+        _board_text(model, scenes, characters="  alice: characters/alice\n  bob: characters/bob\n")
+    )
     plan = check_inputs(load_storyboard(path))
     s1, s2 = plan.jobs
     assert s1.prompt == "zwx and ohwx, {x}" and s1.characters == ["bob", "alice"]
@@ -171,7 +230,10 @@ def test_placeholders_and_expansion():
 
 
 @settings(derandomize=True, max_examples=60, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=40), st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True))
+@given(
+    st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=40),
+    st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
+)
 def test_expansion_property(text, name):
     # Text without braces is untouched; a placeholder becomes exactly the trigger text.
     assert expand_prompt(text, {}) == text
@@ -194,18 +256,31 @@ def test_film_grain_deterministic():
 
 def test_candidates_batches_and_selection():
     assert batches([1, 2, 3], None) == [[1, 2, 3]] and batches([1, 2, 3], 2) == [[1, 2], [3]]
-    c = lambda sim, st="drift": Candidate(0, None, sim, st)  # noqa: E731
+    c = lambda sim, st="drift": Candidate(0, None, sim, st)
     assert select_best([c(None, "no_face")]).reason == "single"
-    assert (select_best([c(None, "no_face"), c(None, "no_face")]).index, select_best([c(None, "no_face")] * 2).reason) == (0, "first_no_face")
+    assert (
+        select_best([c(None, "no_face"), c(None, "no_face")]).index,
+        select_best([c(None, "no_face")] * 2).reason,
+    ) == (0, "first_no_face")
     assert select_best([c(0.3), c(0.6, "pass"), c(0.6, "pass")]).index == 1  # ties keep the earliest
     assert select_best([c(None, "no_face"), c(0.2)]).index == 1
 
 
 def test_png_metadata_round_trip_and_deterministic_bytes():
     params = a1111_parameters(
-        prompt="ohwx, at a cafe", negative_prompt="blurry, bad", steps=2, scheduler="EulerAncestralDiscreteScheduler",
-        guidance=7.5, seed=123, width=32, height=32, model="sd15", model_hash="ab" * 32,
-        loras={"alice": ("cd" * 32, 0.8)}, control={"type": "canny", "model": "cn", "scale": 0.5}, extra={"Note": 'a, "b"'},
+        prompt="ohwx, at a cafe",
+        negative_prompt="blurry, bad",
+        steps=2,
+        scheduler="EulerAncestralDiscreteScheduler",
+        guidance=7.5,
+        seed=123,
+        width=32,
+        height=32,
+        model="sd15",
+        model_hash="ab" * 32,
+        loras={"alice": ("cd" * 32, 0.8)},
+        control={"type": "canny", "model": "cn", "scale": 0.5},
+        extra={"Note": 'a, "b"'},
     )
     parsed = parse_a1111_parameters(params)
     assert parsed["prompt"] == "ohwx, at a cafe" and parsed["negative_prompt"] == "blurry, bad"
@@ -228,7 +303,15 @@ def test_every_storyboard_field_is_documented_and_the_example_parses():
 
     root = Path(__file__).resolve().parents[1]
     doc = (root / "docs" / "rendering.md").read_text()
-    for model in (sb.Storyboard, sb.Defaults, sb.Scene, sb.ModelSpec, sb.ControlSpec, sb.IPAdapterSpec, sb.IdentitySpec):
+    for model in (
+        sb.Storyboard,
+        sb.Defaults,
+        sb.Scene,
+        sb.ModelSpec,
+        sb.ControlSpec,
+        sb.IPAdapterSpec,
+        sb.IdentitySpec,
+    ):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no help text"
             assert f"`{name}`" in doc, f"{model.__name__}.{name} is not documented in docs/rendering.md"

@@ -16,11 +16,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -43,7 +43,9 @@ SIZE = 64  # tiny models train at 64x64 (VAE factor 2)
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def make_character(root: Path, name: str = "alice", refs=("obama.jpg", "obama2.jpg", "obama3.jpg"), trigger="ohwx") -> Path:
+def make_character(
+    root: Path, name: str = "alice", refs=("obama.jpg", "obama2.jpg", "obama3.jpg"), trigger="ohwx"
+) -> Path:
     d = root / name
     (d / "refs").mkdir(parents=True)
     for r in refs:
@@ -62,7 +64,9 @@ def write_dataset(character_dir: Path, photos=("obama.jpg", "obama2.jpg", "obama
         with Image.open(FACES / n) as im:
             im.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(ds / "images" / name)
         (ds / "images" / (Path(n).stem + ".txt")).write_text("ohwx man")
-        items.append({"file": f"images/{name}", "caption": "ohwx man", "width": size[0], "height": size[1], "source": n})
+        items.append(
+            {"file": f"images/{name}", "caption": "ohwx man", "width": size[0], "height": size[1], "source": n}
+        )
     meta = {"character": character_dir.name, "family": "sd15", "resolution": SIZE, "items": items, "rejected": []}
     (ds / "dataset.json").write_text(json.dumps(meta))
     return ds
@@ -85,8 +89,14 @@ def tiny_preset(family: str, **sections) -> dict:
 
 def render_np(pipe, seed: int = 3) -> np.ndarray:
     with torch.no_grad():
-        return pipe(prompt="a photo of ohwx man", num_inference_steps=2, generator=torch.Generator().manual_seed(seed),
-                    output_type="np", height=SIZE, width=SIZE).images
+        return pipe(
+            prompt="a photo of ohwx man",
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+            height=SIZE,
+            width=SIZE,
+        ).images
 
 
 def lora_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -117,7 +127,9 @@ def test_presets_parse_and_every_field_is_commented():
         flat |= {s for s, v in data.items() if not isinstance(v, dict)}
         # Every field of the model is in the file (the file documents the whole preset)...
         sd_only = {"loss.noise_offset", "loss.snr_gamma"}
-        flow_only = {f"loss.{k}" for k in ("timestep_sampling", "logit_mean", "logit_std", "mode_scale", "weighting", "guidance")}
+        flow_only = {
+            f"loss.{k}" for k in ("timestep_sampling", "logit_mean", "logit_std", "mode_scale", "weighting", "guidance")
+        }
         expected = names - (sd_only if preset.is_flow else flow_only)
         assert expected <= flat, f"{path.name} lacks {sorted(expected - flat)}"
         # ...and every assignment sits under a comment.
@@ -178,16 +190,30 @@ def test_train_export_reload(family, changes, tiny_models, character):
     plan = loop.check_inputs(character, model=tiny.root, preset=tiny_preset(family, **changes), device="cpu")
     session = loop.load(plan)
     loop.cache(session)
-    before = {n: p.detach().clone() for m in session.trained_modules for n, p in m.named_parameters() if p.requires_grad}
+    before = {
+        n: p.detach().clone() for m in session.trained_modules for n, p in m.named_parameters() if p.requires_grad
+    }
     assert before and all("lora_" in n for n in before)
 
     # A fixed batch (same images, noise and timesteps every step): the loss must fall.
     losses = []
     for _ in range(4):
-        batch = make_batch(plan.dataset, session.latents, session.texts, batch_size=2, caption_dropout=0.0,
-                           generator=step_generator(0, 0, 0))
-        loss = session.family.training_loss(session.pipe, session.denoiser, session.noise_scheduler, batch,
-                                            loss_cfg=plan.preset.loss, generator=step_generator(0, 0, 1))
+        batch = make_batch(
+            plan.dataset,
+            session.latents,
+            session.texts,
+            batch_size=2,
+            caption_dropout=0.0,
+            generator=step_generator(0, 0, 0),
+        )
+        loss = session.family.training_loss(
+            session.pipe,
+            session.denoiser,
+            session.noise_scheduler,
+            batch,
+            loss_cfg=plan.preset.loss,
+            generator=step_generator(0, 0, 1),
+        )
         losses.append(float(loss.detach()))
         session.accelerator.backward(loss)
         session.optimizer.step()
@@ -203,7 +229,11 @@ def test_train_export_reload(family, changes, tiny_models, character):
         te1 = {n for n, p in session.pipe.text_encoder.named_parameters() if p.requires_grad}
         unchanged -= {n for n in te1 if n.startswith(last)}
     if family == "sd3":
-        unchanged -= {n for n in unchanged if n.startswith(f"transformer_blocks.{len(session.denoiser.transformer_blocks) - 1}.attn.add_q_proj.")}
+        unchanged -= {
+            n
+            for n in unchanged
+            if n.startswith(f"transformer_blocks.{len(session.denoiser.transformer_blocks) - 1}.attn.add_q_proj.")
+        }
     assert not unchanged, f"unchanged LoRA tensors: {sorted(unchanged)[:3]}"
 
     # The lifecycle proper: 2 steps, checkpoint + probe + score at step 2, choose, export, register.
@@ -233,15 +263,25 @@ def test_train_export_reload(family, changes, tiny_models, character):
     assert all(looks_like_kohya_key(k) for k in sd), [k for k in sd if not looks_like_kohya_key(k)][:3]
     head = "lora_unet_" if family in ("sd15", "sdxl") else "lora_transformer_"
     assert any(k.startswith(head) and k.endswith(".lora_down.weight") for k in sd)
-    te_heads = {"sd15": ("lora_te_",), "sdxl": ("lora_te1_", "lora_te2_")}.get(family, ()) if plan.preset.lora.text_encoder else ()
+    te_heads = (
+        {"sd15": ("lora_te_",), "sdxl": ("lora_te1_", "lora_te2_")}.get(family, ())
+        if plan.preset.lora.text_encoder
+        else ()
+    )
     for h in te_heads:
         assert any(k.startswith(h + "text_model_encoder_layers_") for k in sd), h
     alphas = {float(v) for k, v in sd.items() if k.endswith(".alpha")}
     assert alphas == {plan.preset.lora.alpha}
     assert meta["ss_network_dim"] == "4" and meta["charkit.family"] == family
     _, dmeta = read_lora(exported.diffusers)
-    assert dmeta["charkit.trigger"] == "ohwx" and dmeta["charkit.steps"] == "2" and dmeta["charkit.identity"] == "unmeasured"
-    assert json.loads(dmeta["lora_adapter_metadata"])[f"{session.family.DENOISER}.r"] == 4  # diffusers rebuilds the adapter
+    assert (
+        dmeta["charkit.trigger"] == "ohwx"
+        and dmeta["charkit.steps"] == "2"
+        and dmeta["charkit.identity"] == "unmeasured"
+    )
+    assert (
+        json.loads(dmeta["lora_adapter_metadata"])[f"{session.family.DENOISER}.r"] == 4
+    )  # diffusers rebuilds the adapter
 
     # Registered for `charkit render`, report written.
     assert load_character(character).lora_path(family) == exported.diffusers.resolve()
@@ -270,8 +310,9 @@ def test_cached_and_uncached_latents_agree(tiny_models, character):
 
 # ----------------------------------------------------------------------------------- crash safety
 
-RESUME_PRESET = tiny_preset("sd15", lora={"dropout": 0.1, "text_encoder": True}, train={"steps": 4, "batch_size": 2},
-                            eval={"every": 2})
+RESUME_PRESET = tiny_preset(
+    "sd15", lora={"dropout": 0.1, "text_encoder": True}, train={"steps": 4, "batch_size": 2}, eval={"every": 2}
+)
 
 
 class Interrupted(Exception):
@@ -288,8 +329,15 @@ def reference_run(tiny_models, tmp_path_factory):
     write_dataset(d)
     with pytest.MonkeyPatch.context() as mp:  # module scope runs before conftest's per-test cache isolation
         mp.setenv("CHARKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "charkit-cache"))
-        return train_lora(d, model=tiny_models("sd15").root, preset=RESUME_PRESET, device="cpu", out=root / "run",
-                          progress=False, register=False)
+        return train_lora(
+            d,
+            model=tiny_models("sd15").root,
+            preset=RESUME_PRESET,
+            device="cpu",
+            out=root / "run",
+            progress=False,
+            register=False,
+        )
 
 
 def _same_lora(a: Path, b: Path, atol=1e-6):
@@ -309,11 +357,27 @@ def test_resume_matches_uninterrupted_run(reference_run, tiny_models, character,
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_lora(character, model=tiny_models("sd15").root, preset=RESUME_PRESET, device="cpu", out=out,
-                   progress=False, register=False, on_step=stop_at_3)
+        train_lora(
+            character,
+            model=tiny_models("sd15").root,
+            preset=RESUME_PRESET,
+            device="cpu",
+            out=out,
+            progress=False,
+            register=False,
+            on_step=stop_at_3,
+        )
     assert [c.step for c in ckpt.list_checkpoints(out)] == [2]
-    r = train_lora(character, model=tiny_models("sd15").root, preset=RESUME_PRESET, device="cpu", out=out,
-                   progress=False, register=False, resume=True)
+    r = train_lora(
+        character,
+        model=tiny_models("sd15").root,
+        preset=RESUME_PRESET,
+        device="cpu",
+        out=out,
+        progress=False,
+        register=False,
+        resume=True,
+    )
     assert r.steps == 4 and [s.step for s in r.scores] == [2, 4]
     assert [s for s, _ in r.losses] == [1, 2, 3, 4]
     assert np.allclose([v for _, v in r.losses], [v for _, v in reference_run.losses], atol=1e-6)
@@ -352,8 +416,16 @@ def test_kill9_during_save_keeps_previous_checkpoint(reference_run, tiny_models,
 
     from charkit.train.loop import train_lora
 
-    r = train_lora(character, model=tiny_models("sd15").root, preset=RESUME_PRESET, device="cpu", out=out,
-                   progress=False, register=False, resume=True)
+    r = train_lora(
+        character,
+        model=tiny_models("sd15").root,
+        preset=RESUME_PRESET,
+        device="cpu",
+        out=out,
+        progress=False,
+        register=False,
+        resume=True,
+    )
     assert r.steps == 4 and not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     _same_lora(r.best, reference_run.best)
 
@@ -373,7 +445,9 @@ def test_two_processes_share_one_lora(tiny_models, character, tmp_path):
         from charkit.train import loop
 
         AcceleratorState._reset_state(reset_partial_state=True)  # forked from a process that already had one
-        plan = loop.check_inputs(character, model=model, preset=preset, device="cpu", out=tmp_path / "run", register=False)
+        plan = loop.check_inputs(
+            character, model=model, preset=preset, device="cpu", out=tmp_path / "run", register=False
+        )
         s = loop.load(plan)
         loop.cache(s)
         loop.train_steps(s, progress=False)
@@ -395,12 +469,21 @@ def test_non_finite_loss_stops_and_saves_nothing_non_finite(tiny_models, charact
     from charkit.train.loop import NonFiniteLossError, train_lora
 
     # A learning rate this large blows the LoRA weights up after one step: the loss turns inf/NaN.
-    preset = tiny_preset("sd15", optimizer={"learning_rate": 1e30, "max_grad_norm": 0.0},
-                         train={"steps": 8}, eval={"every": 2})
+    preset = tiny_preset(
+        "sd15", optimizer={"learning_rate": 1e30, "max_grad_norm": 0.0}, train={"steps": 8}, eval={"every": 2}
+    )
     seen = []
     with pytest.raises(NonFiniteLossError) as e:
-        train_lora(character, model=tiny_models("sd15").root, preset=preset, device="cpu", out=tmp_path / "run",
-                   progress=False, register=False, on_step=lambda s, v: seen.append(v))
+        train_lora(
+            character,
+            model=tiny_models("sd15").root,
+            preset=preset,
+            device="cpu",
+            out=tmp_path / "run",
+            progress=False,
+            register=False,
+            on_step=lambda s, v: seen.append(v),
+        )
     msg = str(e.value)
     assert "not finite" in msg and "3 consecutive steps" in msg and "learning_rate" in msg and "\n" not in msg
     # Step 1 trains (finite), blows the weights up; steps 2-4 are NaN/inf and step 4 stops the run.
@@ -412,10 +495,17 @@ def test_non_finite_loss_stops_and_saves_nothing_non_finite(tiny_models, charact
 
 def _state(step: int, value: float = 1.0) -> ckpt.CheckpointState:
     return ckpt.CheckpointState(
-        step=step, lora={"unet.a.lora_A.weight": torch.full((2, 3), value)}, lora_metadata={"format": "pt"},
-        optimizer={"state": {0: {"step": torch.tensor(float(step)), "exp_avg": torch.ones(2, 3)}},
-                   "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}]},
-        lr_scheduler={"last_epoch": step}, scaler=None, rng=ckpt.RngState.capture(), losses=[[step, 0.5]],
+        step=step,
+        lora={"unet.a.lora_A.weight": torch.full((2, 3), value)},
+        lora_metadata={"format": "pt"},
+        optimizer={
+            "state": {0: {"step": torch.tensor(float(step)), "exp_avg": torch.ones(2, 3)}},
+            "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}],
+        },
+        lr_scheduler={"last_epoch": step},
+        scaler=None,
+        rng=ckpt.RngState.capture(),
+        losses=[[step, 0.5]],
     )
 
 
@@ -455,8 +545,9 @@ def test_disk_check_stops_training_before_the_first_save(tiny_models, character,
 
     preset = tiny_preset("sd15", checkpoints={"reserve_disk_mb": 10**9})  # 1 PB reserve
     with pytest.raises(CharkitError, match="not enough free disk"):
-        train_lora(character, model=tiny_models("sd15").root, preset=preset, device="cpu", out=tmp_path / "run",
-                   progress=False)
+        train_lora(
+            character, model=tiny_models("sd15").root, preset=preset, device="cpu", out=tmp_path / "run", progress=False
+        )
     assert ckpt.list_checkpoints(tmp_path / "run") == []
     assert load_character(character).lora_path("sd15") is None
 
@@ -505,7 +596,9 @@ def test_chooser_ties_and_fallback():
     def s(step, ident, face_rate=1.0, adh=None):
         return CheckpointScore(step=step, identity=ident, face_rate=face_rate, pass_rate=face_rate, adherence=adh)
 
-    assert choose_checkpoint([s(300, 0.61234), s(100, 0.61231), s(200, 0.5)]).step == 100  # equal to 4 decimals -> earlier
+    assert (
+        choose_checkpoint([s(300, 0.61234), s(100, 0.61231), s(200, 0.5)]).step == 100
+    )  # equal to 4 decimals -> earlier
     assert choose_checkpoint([s(100, 0.9, face_rate=0.25), s(200, 0.6)]).step == 200  # too few faces to trust 0.9
     fb = choose_checkpoint([s(100, None, 0.0), s(200, None, 0.0)])
     assert fb.step == 200 and not fb.measured and "could not be measured" in fb.reason
@@ -514,8 +607,9 @@ def test_chooser_ties_and_fallback():
 
 
 _score = st.builds(
-    lambda step, ident, face, adh: CheckpointScore(step=step, identity=ident if face > 0 else None, face_rate=face,
-                                                   pass_rate=face, adherence=adh),
+    lambda step, ident, face, adh: CheckpointScore(
+        step=step, identity=ident if face > 0 else None, face_rate=face, pass_rate=face, adherence=adh
+    ),
     st.integers(1, 10_000),
     st.floats(-1.0, 1.0),
     st.sampled_from([0.0, 0.25, 0.5, 1.0]),
@@ -524,7 +618,11 @@ _score = st.builds(
 
 
 @settings(derandomize=True, max_examples=300, deadline=None)
-@given(st.lists(_score, min_size=1, max_size=8, unique_by=lambda s: s.step), st.floats(0.0, 10.0), st.sampled_from([0.0, 0.5, 1.0]))
+@given(
+    st.lists(_score, min_size=1, max_size=8, unique_by=lambda s: s.step),
+    st.floats(0.0, 10.0),
+    st.sampled_from([0.0, 0.5, 1.0]),
+)
 def test_chooser_invariants(scores, tol, min_face):
     c = choose_checkpoint(scores, adherence_tolerance=tol, min_face_rate=min_face)
     by = {s.step: s for s in scores}
@@ -551,16 +649,32 @@ def tiny_clip(tiny_models, tmp_path_factory) -> Path:
     tok = CLIPTokenizer.from_pretrained(tiny_models("sd15").root / "tokenizer")
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     CLIPModel(cfg).save_pretrained(out)
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                         tokenizer=tok)
+    proc = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tok,
+    )
     proc.save_pretrained(out)
     return out
 
@@ -568,8 +682,9 @@ def tiny_clip(tiny_models, tmp_path_factory) -> Path:
 def test_cli_end_to_end_with_prep_and_clip(tiny_models, tiny_clip, tmp_path, monkeypatch):
     """`charkit train` on a character without a dataset: prep runs, CLIP scores adherence, report + files appear."""
     base = load_preset(REPO / "training" / "sd15-lora.toml").model_dump(mode="json")
-    base["eval"].update(prompts=["a photo of {trigger} {class}", "an oil painting of {trigger} {class} in a forest"],
-                        seeds=[1], steps=2)
+    base["eval"].update(
+        prompts=["a photo of {trigger} {class}", "an oil painting of {trigger} {class} in a forest"], seeds=[1], steps=2
+    )
     base["train"].update(batch_size=2, resolution=SIZE)
     base["checkpoints"]["reserve_disk_mb"] = 0
     import tomli_w
@@ -577,15 +692,35 @@ def test_cli_end_to_end_with_prep_and_clip(tiny_models, tiny_clip, tmp_path, mon
     preset = tmp_path / "sd15-test.toml"
     preset.write_text(tomli_w.dumps(base))
     # A trigger with markup: the HTML report must show it as text.
-    d = make_character(tmp_path / "characters", refs=("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"),
-                       trigger="<i>ohwx</i>")
+    d = make_character(
+        tmp_path / "characters", refs=("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"), trigger="<i>ohwx</i>"
+    )
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(cli, ["train", str(d), "--model", str(tiny_models("sd15").root), "--preset", str(preset),
-                                   "--steps", "2", "--eval-every", "1", "--device", "cpu", "--clip-model", str(tiny_clip),
-                                   "--run", "quick", "--quiet"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(d),
+            "--model",
+            str(tiny_models("sd15").root),
+            "--preset",
+            str(preset),
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--device",
+            "cpu",
+            "--clip-model",
+            str(tiny_clip),
+            "--run",
+            "quick",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     run = d / "loras" / "sd15" / "quick"
-    assert f"best: step " in res.output and str(run / "best.safetensors") in res.output
+    assert "best: step " in res.output and str(run / "best.safetensors") in res.output
     assert (d / "dataset" / "dataset.json").is_file()  # prep ran (and dropped Biden as an identity outlier)
     sources = [it["source"] for it in json.loads((d / "dataset" / "dataset.json").read_text())["items"]]
     assert "biden.jpg" not in sources
@@ -636,8 +771,20 @@ def _all_rejected(d: Path):
 def test_bad_datasets_are_one_line_errors(breaks, needle, tiny_models, tmp_path):
     d = make_character(tmp_path / "characters")
     breaks(d)
-    res = CliRunner().invoke(cli, ["train", str(d), "--model", str(tiny_models("sd15").root), "--preset",
-                                   str(REPO / "training" / "sd15-lora.toml"), "--device", "cpu", "--quiet"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(d),
+            "--model",
+            str(tiny_models("sd15").root),
+            "--preset",
+            str(REPO / "training" / "sd15-lora.toml"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 2, res.output
     line = res.output.strip()
     assert line.startswith("Error: ") and "\n" not in line and needle in line, line
@@ -653,6 +800,8 @@ def test_bad_options_are_one_line_errors(tiny_models, character, tmp_path):
         (["--preset", str(REPO / "training" / "flux-lora.toml")], "is a sd15 model but the preset trains flux"),
     ]
     for extra, needle in cases:
-        res = CliRunner().invoke(cli, ["train", str(character), "--model", str(tiny_models("sd15").root), "--device", "cpu",
-                                       "--quiet", *extra])
+        res = CliRunner().invoke(
+            cli,
+            ["train", str(character), "--model", str(tiny_models("sd15").root), "--device", "cpu", "--quiet", *extra],
+        )
         assert res.exit_code == 2 and res.output.startswith("Error: ") and needle in res.output, (extra, res.output)

@@ -38,7 +38,12 @@ def test_verify_writes_reports_and_separates_people(shots, characters_root, tmp_
     assert data["backend"]["name"] == "dlib" and data["threshold"] == 0.4
     assert set(data["baseline"]["obama"]) >= {"mean", "min"}
     by_name = {Path(i["path"]).name: i for i in data["images"]}
-    assert [by_name[n]["status"] for n in ("s01.jpg", "s02.jpg", "s03.jpg", HOSTILE)] == ["pass", "drift", "no_face", "pass"]
+    assert [by_name[n]["status"] for n in ("s01.jpg", "s02.jpg", "s03.jpg", HOSTILE)] == [
+        "pass",
+        "drift",
+        "no_face",
+        "pass",
+    ]
     assert by_name["s03.jpg"]["similarity"] is None and by_name["s03.jpg"]["faces"] == []
     assert by_name["s01.jpg"]["similarity"] > 0.55 > 0.3 > by_name["s02.jpg"]["similarity"]
     for img in data["images"]:
@@ -53,13 +58,33 @@ def test_verify_writes_reports_and_separates_people(shots, characters_root, tmp_
 
 
 def test_fail_on_drift_and_json(shots, characters_root, tmp_path):
-    r = run("verify", shots, "-c", characters_root / "obama", "--backend", "dlib", "--out", tmp_path / "o", "--fail-on-drift")
+    r = run(
+        "verify",
+        shots,
+        "-c",
+        characters_root / "obama",
+        "--backend",
+        "dlib",
+        "--out",
+        tmp_path / "o",
+        "--fail-on-drift",
+    )
     assert r.exit_code == 1
     only_pass = tmp_path / "pass"
     only_pass.mkdir()
     shutil.copy(shots / "s01.jpg", only_pass)
-    r = run("verify", only_pass, "-c", characters_root / "obama", "--backend", "dlib", "--out", tmp_path / "p",
-            "--fail-on-drift", "--json")
+    r = run(
+        "verify",
+        only_pass,
+        "-c",
+        characters_root / "obama",
+        "--backend",
+        "dlib",
+        "--out",
+        tmp_path / "p",
+        "--fail-on-drift",
+        "--json",
+    )
     assert r.exit_code == 0
     assert json.loads(r.stdout)["images"][0]["status"] == "pass"
 
@@ -68,8 +93,19 @@ def test_runs_side_by_side(shots, characters_root, tmp_path):
     ext = tmp_path / "midjourney"
     ext.mkdir()
     shutil.copy(FACES_DIR / "obama2.jpg", ext / "s01.png")
-    r = run("verify", "--run", f"sd15={shots}", "--run", f"midjourney={ext}", "-c", characters_root / "obama",
-            "--backend", "dlib", "--out", tmp_path / "cmp")
+    r = run(
+        "verify",
+        "--run",
+        f"sd15={shots}",
+        "--run",
+        f"midjourney={ext}",
+        "-c",
+        characters_root / "obama",
+        "--backend",
+        "dlib",
+        "--out",
+        tmp_path / "cmp",
+    )
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "cmp" / "report.json").read_text())
     assert [x["run"] for x in data["runs"]] == ["sd15", "midjourney"]
@@ -131,12 +167,24 @@ def test_character_init_and_show(tmp_path):
     for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"):
         shutil.copy(FACES_DIR / n, refs / n)
     (refs / "broken.jpg").write_bytes(b"nope")
-    r = run("character", "init", "barack", "--refs", refs, "--root", tmp_path / "chars", "--trigger", "ohwx",
-            "--class-word", "man")
+    r = run(
+        "character",
+        "init",
+        "barack",
+        "--refs",
+        refs,
+        "--root",
+        tmp_path / "chars",
+        "--trigger",
+        "ohwx",
+        "--class-word",
+        "man",
+    )
     assert r.exit_code == 0, r.output
     assert "4 reference photos" in r.output and "skipped" in r.output and "broken.jpg" in r.output
     assert sorted(p.name for p in (tmp_path / "chars" / "barack" / "refs").iterdir()) == sorted(
-        ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"])
+        ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]
+    )
     r = run("character", "show", "barack", "--root", tmp_path / "chars", "--backend", "dlib")
     assert r.exit_code == 0, r.output
     assert "trigger = ['ohwx']" in r.output and "baseline" in r.output
@@ -147,8 +195,17 @@ def test_character_init_and_show(tmp_path):
 
 
 def test_loose_image_files_form_one_run(shots, characters_root, tmp_path):
-    r = run("verify", shots / "s01.jpg", shots / "s02.jpg", "-c", characters_root / "obama", "--backend", "dlib",
-            "--out", tmp_path / "loose")
+    r = run(
+        "verify",
+        shots / "s01.jpg",
+        shots / "s02.jpg",
+        "-c",
+        characters_root / "obama",
+        "--backend",
+        "dlib",
+        "--out",
+        tmp_path / "loose",
+    )
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "loose" / "report.json").read_text())
     assert len(data["runs"]) == 1 and data["runs"][0]["images"] == 2

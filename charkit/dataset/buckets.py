@@ -48,7 +48,11 @@ def bucket_step(resolution: int, size_multiple: int = 8) -> int:
 
 
 def aspect_buckets(
-    resolution: int, *, step: int | None = None, ratios: tuple[tuple[int, int], ...] = DEFAULT_RATIOS, size_multiple: int = 8
+    resolution: int,
+    *,
+    step: int | None = None,
+    ratios: tuple[tuple[int, int], ...] = DEFAULT_RATIOS,
+    size_multiple: int = 8,
 ) -> list[Bucket]:
     """Buckets of area about ``resolution**2`` (within 15%) with sides that are multiples of ``step``.
 
@@ -56,7 +60,9 @@ def aspect_buckets(
     ['384x704', '448x576', '448x640']
     """
     if not isinstance(resolution, int) or resolution < 64 or resolution % 8:
-        raise CharkitError(f"resolution {resolution!r}: must be a whole number of pixels, at least 64 and a multiple of 8")
+        raise CharkitError(
+            f"resolution {resolution!r}: must be a whole number of pixels, at least 64 and a multiple of 8"
+        )
     step = bucket_step(resolution, size_multiple) if step is None else step
     out = set()
     for w_r, h_r in ratios:

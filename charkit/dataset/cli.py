@@ -9,18 +9,47 @@ from ..families import FAMILIES
 
 @click.command()
 @click.argument("character", metavar="CHARACTER")
-@click.option("--family", type=click.Choice(FAMILIES), default="sd15", show_default=True,
-              help="Model family the dataset is for; sets the default resolution and aspect buckets.")
-@click.option("--resolution", type=int, default=None,
-              help="Training resolution in pixels (buckets keep about resolution² pixels); default: the family's.")
-@click.option("--backend", type=click.Choice(["auto", "dlib", "insightface"]), default="auto", show_default=True,
-              help="Face model: insightface when a pack is found (auto), else the embedded dlib model.")
-@click.option("--face-models", type=click.Path(path_type=str), default=None, metavar="DIR",
-              help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).")
-@click.option("--out", type=click.Path(path_type=str), default=None, metavar="DIR",
-              help="Output folder (default: CHARACTER/dataset); replaced as a whole on success.")
-@click.option("--max-duplicates-distance", type=click.IntRange(0, 64), default=10, show_default=True,
-              help="Perceptual-hash bits (of 64) at or under which two photos with near-identical faces are duplicates.")
+@click.option(
+    "--family",
+    type=click.Choice(FAMILIES),
+    default="sd15",
+    show_default=True,
+    help="Model family the dataset is for; sets the default resolution and aspect buckets.",
+)
+@click.option(
+    "--resolution",
+    type=int,
+    default=None,
+    help="Training resolution in pixels (buckets keep about resolution² pixels); default: the family's.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "dlib", "insightface"]),
+    default="auto",
+    show_default=True,
+    help="Face model: insightface when a pack is found (auto), else the embedded dlib model.",
+)
+@click.option(
+    "--face-models",
+    type=click.Path(path_type=str),
+    default=None,
+    metavar="DIR",
+    help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=str),
+    default=None,
+    metavar="DIR",
+    help="Output folder (default: CHARACTER/dataset); replaced as a whole on success.",
+)
+@click.option(
+    "--max-duplicates-distance",
+    type=click.IntRange(0, 64),
+    default=10,
+    show_default=True,
+    help="Perceptual-hash bits (of 64) at or under which two photos with near-identical faces are duplicates.",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (face models that can use a GPU).")
 def prep(character, family, resolution, backend, face_models, out, max_duplicates_distance, device):
     """Filter, crop and caption a character's reference photos into a training dataset.
@@ -38,8 +67,15 @@ def prep(character, family, resolution, backend, face_models, out, max_duplicate
     from .prep import onnx_providers, prep_dataset
 
     fb = get_backend(backend, face_models=face_models, providers=onnx_providers(device))
-    r = prep_dataset(character, family=family, resolution=resolution, backend=fb, out=out,
-                     max_duplicates_distance=max_duplicates_distance, device=device)
+    r = prep_dataset(
+        character,
+        family=family,
+        resolution=resolution,
+        backend=fb,
+        out=out,
+        max_duplicates_distance=max_duplicates_distance,
+        device=device,
+    )
     for rej in r.rejected:
         click.echo(f"rejected {rej.path}: {rej.reason}")
     for w in r.warnings:

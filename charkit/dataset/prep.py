@@ -32,11 +32,11 @@ from ..character import Character, load_character, resolve_character_dir
 from ..errors import CharkitError
 from ..identity import BackendInfo, Face, FaceBackend, FaceCache, get_backend
 from ..identity.analyze import THUMB_SIDE as CACHE_THUMB_SIDE
-from ..report.thumbnails import make_thumbnail
 from ..identity.cache import CachedImage
 from ..identity.profile import leave_one_out
 from ..images import ImageRejection, LoadedImage, read_image
 from ..paths import atomic_write_bytes, atomic_write_json, atomic_write_text, check_name, sha256_bytes
+from ..report.thumbnails import make_thumbnail
 from . import report as report_mod
 from .buckets import Bucket, CropPlan, aspect_buckets, bucket_step, choose_bucket, plan_crop
 from .phash import hamming, phash
@@ -117,7 +117,7 @@ class DatasetItem:
     face_cut: bool = False
 
     def to_dict(self) -> dict:
-        r = lambda v, nd=1: round(float(v), nd)  # noqa: E731
+        r = lambda v, nd=1: round(float(v), nd)
         return {
             "file": self.file,
             "caption": self.caption,
@@ -208,14 +208,14 @@ def check_inputs(
 def _check_out(out: Path, character: Character) -> None:
     # The output folder is replaced as a whole: make sure that can never remove the photos or the character.
     o, refs, cdir = out.resolve(), character.refs_dir.resolve(), character.dir.resolve()
-    if o == cdir or o == refs or o in refs.parents:
+    if o in (cdir, refs) or o in refs.parents:
         raise CharkitError(
             f"--out {out}: would replace the folder holding the reference photos; choose a new folder such as {cdir / 'dataset'}"
         )
     if refs in o.parents:
         raise CharkitError(
             f"--out {out}: is inside the refs folder {refs}, so the crops would become references next time; "
-            "keep photos in their own folder (refs = \"refs\") or choose another --out"
+            'keep photos in their own folder (refs = "refs") or choose another --out'
         )
     if o.exists() and not o.is_dir():
         raise CharkitError(f"--out {out}: is a file; choose a folder")
@@ -250,8 +250,14 @@ def detect(
             entry = CachedImage(faces, img.width, img.height, list(loaded.notes), make_thumbnail(img, CACHE_THUMB_SIDE))
             cache.put(backend.info.cache_key, sha256, entry)
     cand = Candidate(
-        path=Path(loaded.path), source=source, width=img.width, height=img.height, faces=faces, sha256=sha256,
-        notes=list(loaded.notes), phash_image=phash(img),
+        path=Path(loaded.path),
+        source=source,
+        width=img.width,
+        height=img.height,
+        faces=faces,
+        sha256=sha256,
+        notes=list(loaded.notes),
+        phash_image=phash(img),
     )
     if faces:
         region = img.crop(_face_region(faces[0].box, img.width, img.height))
@@ -449,10 +455,22 @@ def make_item(
     yaw = report_mod.estimate_yaw(cand.face.landmarks, backend.info.name)
     frac = cand.face.area / float(cand.width * cand.height)
     item = DatasetItem(
-        file=f"{IMAGES_DIR}/{name}.png", caption=text, width=cp.bucket.width, height=cp.bucket.height, source=cand.source,
-        face_box=cp.face_box, similarity=cand.similarity, yaw=yaw, pose=report_mod.pose_bin(yaw), face_fraction=frac,
-        size_bin=report_mod.size_bin(frac), source_width=cand.width, source_height=cand.height, crop_box=cp.box,
-        scale=cp.scale, face_cut=cp.face_cut,
+        file=f"{IMAGES_DIR}/{name}.png",
+        caption=text,
+        width=cp.bucket.width,
+        height=cp.bucket.height,
+        source=cand.source,
+        face_box=cp.face_box,
+        similarity=cand.similarity,
+        yaw=yaw,
+        pose=report_mod.pose_bin(yaw),
+        face_fraction=frac,
+        size_bin=report_mod.size_bin(frac),
+        source_width=cand.width,
+        source_height=cand.height,
+        crop_box=cp.box,
+        scale=cp.scale,
+        face_cut=cp.face_cut,
     )
     return item, make_thumbnail(crop, THUMB_SIDE)
 
@@ -597,7 +615,9 @@ def prep_dataset(
     """
     plan = check_inputs(character_dir, family=family, resolution=resolution, out=out)
     if not isinstance(max_duplicates_distance, int) or not 0 <= max_duplicates_distance <= 64:
-        raise CharkitError(f"--max-duplicates-distance {max_duplicates_distance!r}: must be a number of bits from 0 to 64")
+        raise CharkitError(
+            f"--max-duplicates-distance {max_duplicates_distance!r}: must be a number of bits from 0 to 64"
+        )
     providers = onnx_providers(device)
     backend = backend if backend is not None else get_backend("auto", providers=providers)
     face_cache = FaceCache() if cache is True else (cache or None)
@@ -619,7 +639,10 @@ def prep_dataset(
     settings = {
         "max_duplicates_distance": max_duplicates_distance,
         "duplicate_similarity": round(
-            duplicate_similarity(backend.info.threshold) if duplicate_similarity_min is None else duplicate_similarity_min, 4
+            duplicate_similarity(backend.info.threshold)
+            if duplicate_similarity_min is None
+            else duplicate_similarity_min,
+            4,
         ),
         "several_faces_area": SEVERAL_FACES_AREA,
         "buckets": [b.label for b in plan.buckets],
@@ -661,4 +684,3 @@ def prep_dataset(
         coverage=report["coverage"],
         warnings=list(report["coverage"]["warnings"]),
     )
-

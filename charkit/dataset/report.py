@@ -110,7 +110,9 @@ def coverage(items: list[dict], *, threshold: float | None = None) -> dict:
     n = len(items)
     warnings = []
     if 0 < n < MIN_RECOMMENDED:
-        warnings.append(f"only {n} image{'s' if n != 1 else ''} kept; 10-30 varied photos train a steadier character LoRA")
+        warnings.append(
+            f"only {n} image{'s' if n != 1 else ''} kept; 10-30 varied photos train a steadier character LoRA"
+        )
     known = n - pose["unknown"]
     if known >= 2 and pose["frontal"] == known:
         warnings.append(f"all {known} kept faces are frontal: add three-quarter and profile shots (left and right)")

@@ -57,4 +57,15 @@ def load_tiny(folder):
     return _load_tiny(folder)
 
 
-__all__ = ["CONTROLS", "FAMILIES", "FEATURES", "FamilySpec", "detect_family", "get_family", "get_spec", "load_tiny", "resolve_family", "set_scheduler"]
+__all__ = [
+    "CONTROLS",
+    "FAMILIES",
+    "FEATURES",
+    "FamilySpec",
+    "detect_family",
+    "get_family",
+    "get_spec",
+    "load_tiny",
+    "resolve_family",
+    "set_scheduler",
+]

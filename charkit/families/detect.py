@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import CharkitError
 from .sources import check_weights_file, hub_offline, resolve_source
@@ -43,7 +43,9 @@ def family_from_keys(keys: Iterable[str], *, what: str = "checkpoint") -> str:
         if any(f in k for k in keys for f in fragments):
             return family
     if any(k.startswith("conditioner.embedders.0.") for k in keys):
-        raise CharkitError(f"{what}: looks like an SDXL refiner, which charkit does not render with; use an SDXL base model")
+        raise CharkitError(
+            f"{what}: looks like an SDXL refiner, which charkit does not render with; use an SDXL base model"
+        )
     # diffusers-layout single files (a bare UNet / transformer state dict)
     if any(k.startswith("transformer_blocks.") and ".attn.add_q_proj." in k for k in keys):
         return "flux" if any(k.startswith("single_transformer_blocks.") for k in keys) else "sd3"
@@ -60,7 +62,9 @@ def family_from_pipeline_class(class_name: str, *, what: str = "model") -> str:
     for prefix, family in _PIPELINE_PREFIXES:
         if class_name.startswith(prefix):
             return family
-    raise CharkitError(f"{what}: pipeline class {class_name!r} is not one of charkit's families (sd15, sdxl, sd3, flux)")
+    raise CharkitError(
+        f"{what}: pipeline class {class_name!r} is not one of charkit's families (sd15, sdxl, sd3, flux)"
+    )
 
 
 def safetensors_keys(path: str | os.PathLike) -> list[str]:

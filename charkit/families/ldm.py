@@ -154,7 +154,12 @@ def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], num_heads: int) -> dic
         out[q + "attn.in_proj_bias"] = torch.cat([sd[p + f"self_attn.{x}_proj.bias"] for x in "qkv"], 0)
         out[q + "attn.out_proj.weight"] = sd[p + "self_attn.out_proj.weight"]
         out[q + "attn.out_proj.bias"] = sd[p + "self_attn.out_proj.bias"]
-        for a, b in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+        for a, b in (
+            ("layer_norm1", "ln_1"),
+            ("layer_norm2", "ln_2"),
+            ("mlp.fc1", "mlp.c_fc"),
+            ("mlp.fc2", "mlp.c_proj"),
+        ):
             out[q + f"{b}.weight"] = sd[p + f"{a}.weight"]
             out[q + f"{b}.bias"] = sd[p + f"{a}.bias"]
     del num_heads  # in_proj packs q|k|v across heads: no per-head reshuffle needed

@@ -12,9 +12,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -22,11 +22,59 @@ from ..errors import CharkitError
 from ..paths import atomic_write_bytes
 
 # Words that get whole-word BPE merges, so prompts tokenise into a few realistic tokens.
-_WORDS = (
-    "a photo of the person portrait woman man girl boy character face smiling standing sitting in on at with "
-    "and city street park forest beach night day light red blue green black white hair eyes wearing dress "
-    "shirt jacket closeup full body cinematic lifelike realistic detailed film grain ugly blurry bad"
-).split()
+_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "person",
+    "portrait",
+    "woman",
+    "man",
+    "girl",
+    "boy",
+    "character",
+    "face",
+    "smiling",
+    "standing",
+    "sitting",
+    "in",
+    "on",
+    "at",
+    "with",
+    "and",
+    "city",
+    "street",
+    "park",
+    "forest",
+    "beach",
+    "night",
+    "day",
+    "light",
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "hair",
+    "eyes",
+    "wearing",
+    "dress",
+    "shirt",
+    "jacket",
+    "closeup",
+    "full",
+    "body",
+    "cinematic",
+    "lifelike",
+    "realistic",
+    "detailed",
+    "film",
+    "grain",
+    "ugly",
+    "blurry",
+    "bad",
+]
 
 FACEID_DIM = 512  # insightface buffalo_l ArcFace embedding size (what FaceID adapters consume)
 
@@ -275,7 +323,11 @@ class TinyModel:
     single_file: Path | None = None  # original-layout single-file checkpoint (load with config=root)
 
     def files(self) -> list[Path]:
-        return [p for p in (self.root, self.controlnet, self.ip_adapter, self.image_encoder, self.faceid, self.single_file) if p]
+        return [
+            p
+            for p in (self.root, self.controlnet, self.ip_adapter, self.image_encoder, self.faceid, self.single_file)
+            if p
+        ]
 
     def to_json(self) -> dict:
         """Paths relative to ``root`` (what ``charkit-tiny.json`` in the folder records)."""
@@ -310,7 +362,9 @@ def load_tiny(folder: str | os.PathLike) -> TinyModel:
     try:
         data = json.loads((root / MANIFEST).read_text("utf-8"))
     except (OSError, ValueError) as e:
-        raise CharkitError(f"{root}: no readable {MANIFEST} ({type(e).__name__}); build it with `charkit tiny-model`") from None
+        raise CharkitError(
+            f"{root}: no readable {MANIFEST} ({type(e).__name__}); build it with `charkit tiny-model`"
+        ) from None
 
     def path(key: str) -> Path | None:
         return None if data.get(key) is None else root / data[key]

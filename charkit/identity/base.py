@@ -41,7 +41,7 @@ class Face:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Face":
+    def from_dict(cls, d: dict) -> Face:
         emb = d.get("embedding")
         return cls(
             box=tuple(d["box"]),

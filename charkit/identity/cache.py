@@ -72,9 +72,11 @@ class FaceCache:
         return conn
 
     def get(self, backend_key: str, image_sha: str) -> CachedImage | None:
-        row = self._conn().execute(
-            "SELECT data, emb, thumb FROM faces WHERE backend=? AND image_sha=?", (backend_key, image_sha)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT data, emb, thumb FROM faces WHERE backend=? AND image_sha=?", (backend_key, image_sha))
+            .fetchone()
+        )
         if row is None:
             return None
         data, emb, thumb = row
@@ -89,10 +91,16 @@ class FaceCache:
 
     def put(self, backend_key: str, image_sha: str, entry: CachedImage) -> None:
         data = json.dumps(
-            {"faces": [f.to_dict() for f in entry.faces], "width": entry.width, "height": entry.height, "notes": entry.notes}
+            {
+                "faces": [f.to_dict() for f in entry.faces],
+                "width": entry.width,
+                "height": entry.height,
+                "notes": entry.notes,
+            }
         )
         emb = b"".join(np.asarray(f.embedding, np.float32).tobytes() for f in entry.faces)
         with self._conn() as c:
             c.execute(
-                "INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?)", (backend_key, image_sha, data, emb, entry.thumbnail)
+                "INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?)",
+                (backend_key, image_sha, data, emb, entry.thumbnail),
             )

@@ -32,7 +32,7 @@ class Calibration:
     errors_at_default: int  # ... and of the backend's current threshold
 
     def to_dict(self) -> dict:
-        r = lambda v: round(float(v), 4)  # noqa: E731
+        r = lambda v: round(float(v), 4)
         return {
             "backend": self.backend.to_dict(),
             "characters": self.characters,
@@ -47,9 +47,7 @@ class Calibration:
 
 def pair_similarities(profiles: list[ReferenceProfile], backend: FaceBackend) -> tuple[list[float], list[float]]:
     """(same-person, different-person) similarities over every pair of reference embeddings."""
-    same = [
-        backend.similarity(a, b) for p in profiles for a, b in itertools.combinations(list(p.embeddings), 2)
-    ]
+    same = [backend.similarity(a, b) for p in profiles for a, b in itertools.combinations(list(p.embeddings), 2)]
     different = [
         backend.similarity(a, b)
         for p, q in itertools.combinations(profiles, 2)
@@ -84,15 +82,19 @@ def calibrate(characters: list, backend: FaceBackend, *, cache: FaceCache | None
     0.41
     """
     if len(characters) < 2:
-        raise CharkitError("calibrate needs at least two characters (--character A --character B): "
-                           "different-person pairs come from across characters")
+        raise CharkitError(
+            "calibrate needs at least two characters (--character A --character B): "
+            "different-person pairs come from across characters"
+        )
     # profile.embeddings holds every reference with a face, outliers included: a mislabelled photo
     # shows up as a misclassified pair (duplicates are skipped: a copy is not a second photo)
     profiles = [profile_for_character(c, backend, cache=cache) for c in characters]
     same, different = pair_similarities(profiles, backend)
     if not same:
-        raise CharkitError("calibrate needs a character with at least two usable reference photos "
-                           "(same-person pairs come from within one character)")
+        raise CharkitError(
+            "calibrate needs a character with at least two usable reference photos "
+            "(same-person pairs come from within one character)"
+        )
     t = suggest_threshold(same, different)
     return Calibration(
         backend=backend.info,

@@ -12,10 +12,20 @@ from .verify import verify as run_verify
 
 def echo_summary(report, out) -> None:
     rows = [("run", "images", "pass", "drift", "no_face", "error", "mean sim", "min sim")]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
     for r in report.runs:
-        rows.append((r.run, str(r.images), str(r.passed), str(r.drift), str(r.no_face), str(r.errors),
-                     fmt(r.mean_similarity), fmt(r.min_similarity)))
+        rows.append(
+            (
+                r.run,
+                str(r.images),
+                str(r.passed),
+                str(r.drift),
+                str(r.no_face),
+                str(r.errors),
+                fmt(r.mean_similarity),
+                fmt(r.min_similarity),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)))
@@ -30,18 +40,49 @@ def echo_summary(report, out) -> None:
 
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
-@click.option("--character", "-c", "characters", multiple=True, metavar="DIR",
-              help="Character folder (characters/NAME) every image should show; repeat for multi-character scenes.")
-@click.option("--run", "runs", multiple=True, metavar="LABEL=PATH",
-              help="A labelled run to compare side by side (a render folder, or images from Midjourney/Leonardo/DALL-E).")
-@click.option("--backend", type=click.Choice(["auto", "dlib", "insightface"]), default="auto", show_default=True,
-              help="Face model: insightface when a pack is found (auto), else the embedded dlib model.")
-@click.option("--face-models", type=click.Path(path_type=str), default=None, metavar="DIR",
-              help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).")
-@click.option("--threshold", type=float, default=None,
-              help="Similarity at or above which a face counts as the character (default: the backend's calibrated value).")
-@click.option("--out", "out", type=click.Path(path_type=str), default="verify-report", show_default=True,
-              help="Folder for report.json, report.csv and report.html.")
+@click.option(
+    "--character",
+    "-c",
+    "characters",
+    multiple=True,
+    metavar="DIR",
+    help="Character folder (characters/NAME) every image should show; repeat for multi-character scenes.",
+)
+@click.option(
+    "--run",
+    "runs",
+    multiple=True,
+    metavar="LABEL=PATH",
+    help="A labelled run to compare side by side (a render folder, or images from Midjourney/Leonardo/DALL-E).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "dlib", "insightface"]),
+    default="auto",
+    show_default=True,
+    help="Face model: insightface when a pack is found (auto), else the embedded dlib model.",
+)
+@click.option(
+    "--face-models",
+    type=click.Path(path_type=str),
+    default=None,
+    metavar="DIR",
+    help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Similarity at or above which a face counts as the character (default: the backend's calibrated value).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=str),
+    default="verify-report",
+    show_default=True,
+    help="Folder for report.json, report.csv and report.html.",
+)
 @click.option("--fail-on-drift", is_flag=True, help="Exit with code 1 when any image drifted.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the summary.")
 def verify(paths, characters, runs, backend, face_models, threshold, out, fail_on_drift, as_json):
@@ -56,8 +97,15 @@ def verify(paths, characters, runs, backend, face_models, threshold, out, fail_o
     from . import get_backend
 
     fb = get_backend(backend, face_models=face_models, threshold=threshold)
-    report = run_verify(list(paths), characters=list(characters), runs=list(runs), backend=fb,
-                        threshold=threshold, out=out, progress=not as_json and sys.stderr.isatty())
+    report = run_verify(
+        list(paths),
+        characters=list(characters),
+        runs=list(runs),
+        backend=fb,
+        threshold=threshold,
+        out=out,
+        progress=not as_json and sys.stderr.isatty(),
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -67,12 +115,29 @@ def verify(paths, characters, runs, backend, face_models, threshold, out, fail_o
 
 
 @click.command()
-@click.option("--character", "-c", "characters", multiple=True, required=True, metavar="DIR",
-              help="Character folder; give two or more (same-person pairs within, different-person pairs across).")
-@click.option("--backend", type=click.Choice(["auto", "dlib", "insightface"]), default="auto", show_default=True,
-              help="Face model to calibrate.")
-@click.option("--face-models", type=click.Path(path_type=str), default=None, metavar="DIR",
-              help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).")
+@click.option(
+    "--character",
+    "-c",
+    "characters",
+    multiple=True,
+    required=True,
+    metavar="DIR",
+    help="Character folder; give two or more (same-person pairs within, different-person pairs across).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "dlib", "insightface"]),
+    default="auto",
+    show_default=True,
+    help="Face model to calibrate.",
+)
+@click.option(
+    "--face-models",
+    type=click.Path(path_type=str),
+    default=None,
+    metavar="DIR",
+    help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def calibrate(characters, backend, face_models, as_json):
     """Measure same-person vs different-person similarity on your cast and suggest a threshold.
@@ -92,8 +157,12 @@ def calibrate(characters, backend, face_models, as_json):
         return
     click.echo(f"backend {fb.info.name} ({fb.info.model}), characters: {', '.join(c.characters)}")
     click.echo(f"same person      : {len(c.same):4d} pairs, similarity {min(c.same):.3f} - {max(c.same):.3f}")
-    click.echo(f"different people : {len(c.different):4d} pairs, similarity {min(c.different):.3f} - {max(c.different):.3f}")
+    click.echo(
+        f"different people : {len(c.different):4d} pairs, similarity {min(c.different):.3f} - {max(c.different):.3f}"
+    )
     gap = "separate cleanly" if c.separable else "overlap"
-    click.echo(f"the two sets {gap}; suggested --threshold {c.suggested:.3f} "
-               f"({c.errors_at_suggested} pairs misclassified; the current {fb.info.threshold:.2f} misclassifies "
-               f"{c.errors_at_default})")
+    click.echo(
+        f"the two sets {gap}; suggested --threshold {c.suggested:.3f} "
+        f"({c.errors_at_suggested} pairs misclassified; the current {fb.info.threshold:.2f} misclassifies "
+        f"{c.errors_at_default})"
+    )

@@ -14,8 +14,8 @@ import functools
 import numpy as np
 
 from ..errors import MissingModelError
-from .base import BackendInfo, Face, FaceBackend
 from ..hashing import files_sha256
+from .base import BackendInfo, Face, FaceBackend
 
 #: similarity = 1 - L2; dlib's documented same-person cut-off is L2 < 0.6
 DEFAULT_THRESHOLD = 0.40

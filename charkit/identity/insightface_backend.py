@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CharkitError, MissingModelError
+from ..hashing import files_sha256
 from ..paths import check_name
 from .base import BackendInfo, Face, FaceBackend
-from ..hashing import files_sha256
 
 #: environment variable naming a pack folder or a root of packs
 ENV_VAR = "CHARKIT_FACE_MODELS"
@@ -275,9 +275,14 @@ class InsightFaceBackend(FaceBackend):
                 f"{folder}: cannot load the face-model pack ({type(e).__name__}: {detail}); "
                 "replace the pack with a complete copy"
             ) from None
-        for task, kind in (("detection", "SCRFD-style, 5+ outputs"), ("recognition", "ArcFace-style, square input >= 112")):
+        for task, kind in (
+            ("detection", "SCRFD-style, 5+ outputs"),
+            ("recognition", "ArcFace-style, square input >= 112"),
+        ):
             if app is None or task not in app.models:
-                raise MissingModelError(f"{folder}: the face-model pack has no {task} .onnx model ({kind}); {_HOW_TO_GET}")
+                raise MissingModelError(
+                    f"{folder}: the face-model pack has no {task} .onnx model ({kind}); {_HOW_TO_GET}"
+                )
         cpu_only = all(_provider_name(p) == "CPUExecutionProvider" for p in self.providers)
         with contextlib.redirect_stdout(io.StringIO()):
             app.prepare(ctx_id=-1 if cpu_only else 0, det_size=self.det_size)

@@ -136,7 +136,9 @@ def build_profile(
     )
 
 
-def profile_for_character(character, backend: FaceBackend, *, cache: FaceCache | None = None, threshold=None) -> ReferenceProfile:
+def profile_for_character(
+    character, backend: FaceBackend, *, cache: FaceCache | None = None, threshold=None
+) -> ReferenceProfile:
     """:func:`build_profile` over a loaded :class:`charkit.character.Character`'s references."""
     return build_profile(
         character.name, character.ref_paths(), backend, cache=cache, folder=character.dir, threshold=threshold

@@ -152,7 +152,10 @@ class VerifyReport:
 
     @property
     def baseline(self) -> dict[str, dict]:
-        return {c.name: {"mean": _r(c.baseline_mean), "min": _r(c.baseline_min), "references": c.references} for c in self.characters}
+        return {
+            c.name: {"mean": _r(c.baseline_mean), "min": _r(c.baseline_min), "references": c.references}
+            for c in self.characters
+        }
 
     @property
     def drift_found(self) -> bool:

@@ -153,5 +153,3 @@ def score_image(
             path="<memory>", sha256=None, faces=analyze_array(arr, backend), width=arr.shape[1], height=arr.shape[0]
         )
     return score_faces(analyzed, profiles, backend, threshold=threshold, run=run, left_to_right=left_to_right)
-
-

@@ -56,7 +56,7 @@ class ImageJob:
 
 @dataclass
 class VerifyInputs:
-    runs: "OrderedDict[str, list[Path]]"
+    runs: OrderedDict[str, list[Path]]
     characters: list[Path]
     jobs: list[ImageJob] = field(default_factory=list)
     manifest_characters: dict[str, Path] = field(default_factory=dict)
@@ -77,7 +77,7 @@ def check_inputs(
     characters: list[str | os.PathLike] | None = None,
 ) -> VerifyInputs:
     """Validate paths and run labels and list the images; nothing is written."""
-    named: "OrderedDict[str, list[Path]]" = OrderedDict()
+    named: OrderedDict[str, list[Path]] = OrderedDict()
     for spec in runs or []:
         label, p = parse_run(spec)
         if label in named:
@@ -109,7 +109,9 @@ def check_inputs(
     if not inputs.jobs:
         raise CharkitError(f"no images found under {', '.join(str(p) for g in named.values() for p in g)}")
     if not inputs.characters and not inputs.manifest_characters:
-        raise CharkitError("no character to compare with: pass --character characters/NAME (or a folder with a render manifest.json)")
+        raise CharkitError(
+            "no character to compare with: pass --character characters/NAME (or a folder with a render manifest.json)"
+        )
     return inputs
 
 
@@ -208,7 +210,9 @@ def score(
     for job in tqdm(inputs.jobs, desc="verify", unit="img", disable=not progress):
         expected = [profiles[n] for n in job.characters] if job.characters else default
         analyzed = analyze_file(job.path, backend, cache)
-        s = score_faces(analyzed, expected, backend, threshold=threshold, run=job.run, left_to_right=bool(job.characters))
+        s = score_faces(
+            analyzed, expected, backend, threshold=threshold, run=job.run, left_to_right=bool(job.characters)
+        )
         s.order, s.scene, s.model, s.prompt = job.order, job.scene, job.model, job.prompt
         scores.append(s)
         if analyzed.thumbnail:
@@ -218,7 +222,7 @@ def score(
 
 def summarize(scores: list[ImageScore]) -> list[RunSummary]:
     """Counts and similarity statistics per run, in first-seen run order."""
-    runs: "OrderedDict[str, list[ImageScore]]" = OrderedDict()
+    runs: OrderedDict[str, list[ImageScore]] = OrderedDict()
     for s in scores:
         runs.setdefault(s.run, []).append(s)
     out = []

@@ -28,7 +28,12 @@ def _auto_dtype(dtype: str, device: str) -> str:
 
 @click.command("render")
 @click.argument("storyboard", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: the storyboard's `output:`).")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: the storyboard's `output:`).",
+)
 @click.option(
     "--model",
     "models",
@@ -45,12 +50,28 @@ def _auto_dtype(dtype: str, device: str) -> str:
     show_default=True,
     help="Precision (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU).",
 )
-@click.option("--verify", is_flag=True, help="Score every image by identity and write report.json/.csv/.html into the output folder.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Score every image by identity and write report.json/.csv/.html into the output folder.",
+)
 @click.option("--force", is_flag=True, help="Render every scene again, even unchanged ones.")
-@click.option("--scene", "scenes", multiple=True, metavar="ID", help="Render only this scene (repeatable); others keep their images.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Best-of-N candidates per pipeline call (default: all at once).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet / transformer (pays off on long runs, GPU).")
-@click.option("--cpu-offload", is_flag=True, help="Keep models in CPU memory and move each to the GPU only while it runs.")
+@click.option(
+    "--scene",
+    "scenes",
+    multiple=True,
+    metavar="ID",
+    help="Render only this scene (repeatable); others keep their images.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Best-of-N candidates per pipeline call (default: all at once)."
+)
+@click.option(
+    "--compile", "compile_", is_flag=True, help="torch.compile the UNet / transformer (pays off on long runs, GPU)."
+)
+@click.option(
+    "--cpu-offload", is_flag=True, help="Keep models in CPU memory and move each to the GPU only while it runs."
+)
 @click.option("--vae-tiling", is_flag=True, help="Decode in tiles (large images on small GPUs).")
 @click.option(
     "--allow-pickle-weights",
@@ -67,10 +88,31 @@ def _auto_dtype(dtype: str, device: str) -> str:
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="insightface model pack folder (FaceID conditioning; --backend insightface).",
 )
-@click.option("--backend", type=click.Choice(["auto", "dlib", "insightface"]), help="Face backend for best-of-N and --verify (default: the storyboard's, dlib).")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "dlib", "insightface"]),
+    help="Face backend for best-of-N and --verify (default: the storyboard's, dlib).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def render(storyboard, out, models, device, dtype, verify, force, scenes, batch_size, compile_, cpu_offload, vae_tiling,
-           allow_pickle_weights, annotators, face_models, backend, quiet):
+def render(
+    storyboard,
+    out,
+    models,
+    device,
+    dtype,
+    verify,
+    force,
+    scenes,
+    batch_size,
+    compile_,
+    cpu_offload,
+    vae_tiling,
+    allow_pickle_weights,
+    annotators,
+    face_models,
+    backend,
+    quiet,
+):
     """Render a storyboard: every scene as DIR/<scene>.png plus DIR/manifest.json.
 
     Reruns render only scenes whose inputs changed. Under `accelerate launch` the scenes

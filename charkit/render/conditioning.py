@@ -30,7 +30,9 @@ ANNOTATOR_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_annotators(control_type: str, annotators: str | os.PathLike | None, *, allow_pickle_weights: bool, where: str) -> None:
+def check_annotators(
+    control_type: str, annotators: str | os.PathLike | None, *, allow_pickle_weights: bool, where: str
+) -> None:
     """Raise a one-line error unless ``control_type`` can be preprocessed with what is on disk."""
     files = ANNOTATOR_FILES.get(control_type)
     if not files:
@@ -58,8 +60,14 @@ def canny_map(image: Image.Image, width: int, height: int, *, low: int = 100, hi
     src = image.convert("RGB").resize((width, height), Image.LANCZOS)
     # CannyDetector rounds sides to multiples of 64: detect at >= 64 px, then map back to the scene size.
     res = max(64, 64 * round(min(width, height) / 64))
-    edges = CannyDetector()(src, low_threshold=low, high_threshold=high, detect_resolution=res, image_resolution=res, output_type="pil")
-    return edges.convert("RGB").resize((width, height), Image.BILINEAR) if edges.size != (width, height) else edges.convert("RGB")
+    edges = CannyDetector()(
+        src, low_threshold=low, high_threshold=high, detect_resolution=res, image_resolution=res, output_type="pil"
+    )
+    return (
+        edges.convert("RGB").resize((width, height), Image.BILINEAR)
+        if edges.size != (width, height)
+        else edges.convert("RGB")
+    )
 
 
 @dataclass
@@ -74,7 +82,16 @@ class Conditioner:
     _faceid: dict = field(default_factory=dict, repr=False)
 
     def control_map(
-        self, control_type: str, image_path: Path, width: int, height: int, *, preprocess: bool, low: int = 100, high: int = 200, where: str = "control"
+        self,
+        control_type: str,
+        image_path: Path,
+        width: int,
+        height: int,
+        *,
+        preprocess: bool,
+        low: int = 100,
+        high: int = 200,
+        where: str = "control",
     ) -> Image.Image:
         """The control image a ControlNet of ``control_type`` receives, at the scene size.
 

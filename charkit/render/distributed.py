@@ -13,9 +13,9 @@ every rank silently renders everything (see docs/rendering.md).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .manifest import MANIFEST, PARTIAL_GLOB, ImageRecord, Manifest, merge_records, read_records, write_manifest
 

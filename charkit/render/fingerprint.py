@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from ..hashing import file_sha256  # noqa: F401  (re-exported: part of this module's API)
+from ..hashing import file_sha256
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> str:
@@ -18,8 +18,14 @@ def folder_fingerprint(folder: str | os.PathLike) -> str:
     root = Path(folder)
     index = root / "model_index.json"
     if index.is_file():
-        components = [k for k, v in json.loads(index.read_text("utf-8")).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
-        files = [index] + [f for c in sorted(components) if (root / c).is_dir() for f in sorted((root / c).rglob("*")) if f.is_file()]
+        components = [
+            k
+            for k, v in json.loads(index.read_text("utf-8")).items()
+            if not k.startswith("_") and isinstance(v, list) and v[0]
+        ]
+        files = [index] + [
+            f for c in sorted(components) if (root / c).is_dir() for f in sorted((root / c).rglob("*")) if f.is_file()
+        ]
     else:
         files = sorted(f for f in root.rglob("*") if f.is_file())
     h = hashlib.sha256()
@@ -61,4 +67,6 @@ def stable_hash(obj) -> str:
     >>> stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
     True
     """
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    ).hexdigest()

@@ -36,7 +36,16 @@ from ..paths import under_root
 from .candidates import Candidate, Selection, batches, candidate_seeds, select_best
 from .conditioning import Conditioner
 from .distributed import device_for, final_merge, my_share, partial_path, process_state, recover_partials
-from .manifest import MANIFEST, ImageRecord, Manifest, is_complete, merge_records, read_records, write_manifest, write_partial
+from .manifest import (
+    MANIFEST,
+    ImageRecord,
+    Manifest,
+    is_complete,
+    merge_records,
+    read_records,
+    write_manifest,
+    write_partial,
+)
 from .outputs import a1111_parameters, encode_png, write_png
 from .plan import ModelPlan, RenderOptions, RenderPlan, SceneJob, check_inputs, manifest_header
 from .presets import postprocess
@@ -134,7 +143,9 @@ class RenderContext:
         from ..identity import profile_for_character
 
         if name not in self._profiles:
-            self._profiles[name] = profile_for_character(self.plan.characters[name], self.plan.scoring_backend, cache=self.face_cache)
+            self._profiles[name] = profile_for_character(
+                self.plan.characters[name], self.plan.scoring_backend, cache=self.face_cache
+            )
         return self._profiles[name]
 
 
@@ -260,7 +271,13 @@ def condition(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) -> Conditi
     if job.control is not None:
         c = job.control
         cond.control_image = ctx.conditioner.control_map(
-            c.type, c.image, job.width, job.height, preprocess=c.preprocess, low=c.low, high=c.high,
+            c.type,
+            c.image,
+            job.width,
+            job.height,
+            preprocess=c.preprocess,
+            low=c.low,
+            high=c.high,
             where=f"scene {job.scene.id!r}: control",
         )
         cond.control_scale = c.scale
@@ -272,7 +289,9 @@ def condition(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) -> Conditi
     return cond
 
 
-def denoise(loaded: LoadedModel, cond: Conditioning, job: SceneJob, seeds: list[int], ctx: RenderContext) -> list[Image.Image]:
+def denoise(
+    loaded: LoadedModel, cond: Conditioning, job: SceneJob, seeds: list[int], ctx: RenderContext
+) -> list[Image.Image]:
     """One pipeline call rendering one image per seed (a CPU ``torch.Generator`` each: same noise on any device)."""
     import torch
 
@@ -312,7 +331,7 @@ def score_candidates(candidates: list[Candidate], job: SceneJob, ctx: RenderCont
     return True
 
 
-def record(rendered: "Rendered", ctx: RenderContext) -> ImageRecord:
+def record(rendered: Rendered, ctx: RenderContext) -> ImageRecord:
     """Write the kept candidate as ``DIR/<file>`` (atomic, with metadata) and return its manifest record."""
     job, candidates, selection, scored = rendered.job, rendered.candidates, rendered.selection, rendered.scored
     kept = candidates[selection.index]
@@ -339,11 +358,18 @@ def record(rendered: "Rendered", ctx: RenderContext) -> ImageRecord:
         lora=dict(job.lora),
         control=None
         if job.control is None
-        else {"type": job.control.type, "image": job.control.image_text, "scale": job.control.scale, "preprocess": job.control.preprocess},
+        else {
+            "type": job.control.type,
+            "image": job.control.image_text,
+            "scale": job.control.scale,
+            "preprocess": job.control.preprocess,
+        },
         ip_adapter=None
         if job.ip is None
         else {"mode": job.ip.mode, "scale": job.ip.scale, "character": job.ip.character},
-        identity={"similarity": kept.similarity, "status": kept.status, "backend": backend.info.name} if scored else None,
+        identity={"similarity": kept.similarity, "status": kept.status, "backend": backend.info.name}
+        if scored
+        else None,
         candidates=[c.score() for c in candidates],
         selection=selection.reason,
         inputs_hash=job.inputs_hash,
@@ -371,7 +397,9 @@ def record(rendered: "Rendered", ctx: RenderContext) -> ImageRecord:
         model=m.label,
         model_hash=m.fingerprint if len(m.fingerprint) == 64 else None,
         loras=loras,
-        control=None if job.control is None else {"type": job.control.type, "model": Path(m.controlnet[job.control.type]).name, "scale": job.control.scale},
+        control=None
+        if job.control is None
+        else {"type": job.control.type, "model": Path(m.controlnet[job.control.type]).name, "scale": job.control.scale},
         extra=extra,
     )
     data = encode_png(kept.image, parameters=params, meta=rec.png_meta())
@@ -413,7 +441,9 @@ def render_candidates(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) ->
             for seed, image in zip(chunk, denoise(loaded, cond, job, chunk, ctx)):
                 candidates.append(Candidate(seed=seed, image=postprocess(image, job.preset, seed=seed)))
     scored = score_candidates(candidates, job, ctx)
-    selection = select_best(candidates) if scored else Selection(0, "single" if len(candidates) == 1 else "first_no_face")
+    selection = (
+        select_best(candidates) if scored else Selection(0, "single" if len(candidates) == 1 else "first_no_face")
+    )
     return Rendered(job, candidates, selection, scored, time.perf_counter() - t0)
 
 

@@ -77,7 +77,7 @@ class ImageRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ImageRecord":
+    def from_dict(cls, d: dict) -> ImageRecord:
         d = dict(d)
         d["candidates"] = [CandidateScore(**c) for c in d.get("candidates", [])]
         known = set(cls.__dataclass_fields__)
@@ -152,4 +152,3 @@ def merge_records(order: list[tuple[str, str]], *groups: list[ImageRecord]) -> l
         for r in group:
             by_key[r.key] = r
     return [by_key[k] for k in order if k in by_key]
-

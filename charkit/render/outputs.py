@@ -42,7 +42,7 @@ SAMPLER_NAMES = {
 def _quote(value: Any) -> str:
     # A1111's own rule: quote a value that would break the "key: value, key: value" line.
     text = str(value)
-    if any(c in text for c in ",:\n\""):
+    if any(c in text for c in ',:\n"'):
         return json.dumps(text, ensure_ascii=False)
     return text
 
@@ -85,7 +85,10 @@ def a1111_parameters(
     fields.append(("Model", model))
     if control:
         fields.append(
-            ("ControlNet 0", f"Module: {control['type']}, Model: {control.get('model', '')}, Weight: {control['scale']}")
+            (
+                "ControlNet 0",
+                f"Module: {control['type']}, Model: {control.get('model', '')}, Weight: {control['scale']}",
+            )
         )
     if loras:
         fields.append(("Lora hashes", ", ".join(f"{name}: {sha[:12]}" for name, (sha, _) in loras.items())))

@@ -24,7 +24,14 @@ from .storyboard import ModelSpec, Scene, Storyboard, expand_prompt, placeholder
 
 #: Bump when charkit changes how the same inputs turn into pixels: every scene renders again.
 RENDER_VERSION = 1
-DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+DTYPES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
 
 
 @dataclass
@@ -169,7 +176,9 @@ def _local_or_text(board: Storyboard, text: str) -> str:
     return str(p) if p.exists() else text
 
 
-def resolve_model(spec: ModelSpec, board: Storyboard, options: RenderOptions, *, where: str, scheduler: str | None) -> ModelPlan:
+def resolve_model(
+    spec: ModelSpec, board: Storyboard, options: RenderOptions, *, where: str, scheduler: str | None
+) -> ModelPlan:
     """Resolve one model entry (family detection, pickle refusal, adapters) or raise naming ``where``."""
     from ..families import get_family
     from ..families.detect import detect_family
@@ -187,7 +196,9 @@ def resolve_model(spec: ModelSpec, board: Storyboard, options: RenderOptions, *,
         elif src.kind in ("folder", "file") and not src.pickle:
             found = detect_family(src.ref)
             if found != family:
-                raise CharkitError(f"source {spec.source} is a {found} model, but family is {family}; set family: {found}")
+                raise CharkitError(
+                    f"source {spec.source} is a {found} model, but family is {family}; set family: {found}"
+                )
         fam = get_family(family)
         config = None
         if spec.config is not None:
@@ -200,7 +211,9 @@ def resolve_model(spec: ModelSpec, board: Storyboard, options: RenderOptions, *,
         controlnet = {}
         for ctype, cn in spec.controlnet.items():
             fam.SPEC.require_control(ctype)
-            cn_src = resolve_source(_local_or_text(board, cn), what=f"controlnet.{ctype}", allow_pickle_weights=options.allow_pickle_weights)
+            cn_src = resolve_source(
+                _local_or_text(board, cn), what=f"controlnet.{ctype}", allow_pickle_weights=options.allow_pickle_weights
+            )
             if cn_src.kind == "hub":
                 require_cached(cn_src.ref, f"controlnet.{ctype}")
             controlnet[ctype] = cn_src.ref
@@ -218,11 +231,15 @@ def resolve_model(spec: ModelSpec, board: Storyboard, options: RenderOptions, *,
             elif text.count("/") >= 2 and not text.startswith((".", "/", "~")):
                 weights[name] = text  # org/repo/path/file.safetensors on the hub
             else:
-                raise CharkitError(f"{name} {text}: no such file; give a .safetensors file (relative to the storyboard)")
+                raise CharkitError(
+                    f"{name} {text}: no such file; give a .safetensors file (relative to the storyboard)"
+                )
         encoder = None
         if spec.image_encoder is not None:
             encoder = resolve_source(
-                _local_or_text(board, spec.image_encoder), what="image_encoder", allow_pickle_weights=options.allow_pickle_weights
+                _local_or_text(board, spec.image_encoder),
+                what="image_encoder",
+                allow_pickle_weights=options.allow_pickle_weights,
             ).ref
         sched = scheduler or fam.SPEC.scheduler
         from ..families.spec import SCHEDULERS
@@ -281,7 +298,11 @@ def override_models(board: Storyboard, models: list[ModelSpec | str]) -> Storybo
     ControlNet / IP-Adapter weights of the storyboard's model of the same family carry over.
     """
     specs = [m if isinstance(m, ModelSpec) else parse_model_option(m) for m in models]
-    originals = [m for m in ([board.defaults.model] + list(board.models or []) + [s.model for s in board.scenes]) if m is not None]
+    originals = [
+        m
+        for m in ([board.defaults.model] + list(board.models or []) + [s.model for s in board.scenes])
+        if m is not None
+    ]
     merged = []
     for spec in specs:
         same = [o for o in originals if spec.family is None or o.family in (None, spec.family)]
@@ -379,13 +400,18 @@ def plan_job(
         raise err("size", str(e)) from None
     candidates = scene.candidates or d.candidates
     if candidates > 1 and not chars:
-        raise err("candidates", "best-of-N scores candidates by identity, but the scene has no characters; add characters or set candidates: 1")
+        raise err(
+            "candidates",
+            "best-of-N scores candidates by identity, but the scene has no characters; add characters or set candidates: 1",
+        )
 
     # LoRA: every character with a LoRA for this family, at its scene scale (default defaults.lora_scale).
     lora: dict[str, float] = {}
     for name in scene.lora:
         if name not in chars:
-            raise err(f"lora.{name}", f"{name!r} is not in this scene's characters {chars}; remove it or add the character")
+            raise err(
+                f"lora.{name}", f"{name!r} is not in this scene's characters {chars}; remove it or add the character"
+            )
     for name in chars:
         explicit = scene.lora.get(name)
         path = characters[name].lora_path(model.family)
@@ -398,7 +424,10 @@ def plan_job(
                 )
             continue
         if not path.is_file():
-            raise err(f"lora.{name}", f"LoRA file {path} (from {characters[name].dir}/character.toml) does not exist; retrain or fix the path")
+            raise err(
+                f"lora.{name}",
+                f"LoRA file {path} (from {characters[name].dir}/character.toml) does not exist; retrain or fix the path",
+            )
         from ..families.sources import check_weights_file
 
         try:
@@ -426,7 +455,12 @@ def plan_job(
         if not img.is_file():
             raise err("control.image", f"{c.image}: no such file (paths are relative to the storyboard)")
         if c.preprocess:
-            check_annotators(c.type, options.annotators, allow_pickle_weights=options.allow_pickle_weights, where=f"{board.label}: scene {scene.id!r}: field 'control.type'")
+            check_annotators(
+                c.type,
+                options.annotators,
+                allow_pickle_weights=options.allow_pickle_weights,
+                where=f"{board.label}: scene {scene.id!r}: field 'control.type'",
+            )
         control = ControlPlan(c.type, img, c.image, c.scale, c.preprocess, c.low_threshold, c.high_threshold)
 
     ip = None
@@ -440,10 +474,16 @@ def plan_job(
         weights = model.faceid if ipspec.mode == "face" else model.ip_adapter
         if weights is None:
             key = "faceid" if ipspec.mode == "face" else "ip_adapter"
-            raise err("ip_adapter.mode", f"model {model.label!r} has no {key} weights; add {key}: <file.safetensors> to the model")
+            raise err(
+                "ip_adapter.mode",
+                f"model {model.label!r} has no {key} weights; add {key}: <file.safetensors> to the model",
+            )
         who = ipspec.character or (chars[0] if chars else None)
         if who is None:
-            raise err("ip_adapter.character", f"mode {ipspec.mode} needs a character whose references condition the scene; add one")
+            raise err(
+                "ip_adapter.character",
+                f"mode {ipspec.mode} needs a character whose references condition the scene; add one",
+            )
         if who not in characters:
             raise err("ip_adapter.character", f"unknown character {who!r}; declare it under characters:")
         image = None
@@ -451,7 +491,9 @@ def plan_job(
             if ipspec.image is not None:
                 image = board.resolve(ipspec.image)
                 if not image.is_file():
-                    raise err("ip_adapter.image", f"{ipspec.image}: no such file (paths are relative to the storyboard)")
+                    raise err(
+                        "ip_adapter.image", f"{ipspec.image}: no such file (paths are relative to the storyboard)"
+                    )
             else:
                 image = characters[who].ref_paths()[0]
         else:
@@ -475,7 +517,9 @@ def plan_job(
         width=width,
         height=height,
         steps=scene.steps or d.steps or spec.steps,
-        guidance=scene.guidance if scene.guidance is not None else (d.guidance if d.guidance is not None else spec.guidance),
+        guidance=scene.guidance
+        if scene.guidance is not None
+        else (d.guidance if d.guidance is not None else spec.guidance),
         preset=scene.preset or d.preset,
         candidates=candidates,
         lora=lora,
@@ -563,7 +607,9 @@ def check_inputs(
     options = options or RenderOptions()
     options.dtype = _dtype_name(options.dtype)
     if options.cpu_offload and str(options.device).startswith("cpu"):
-        raise CharkitError("--cpu-offload moves models between CPU and GPU memory: it needs --device cuda (or another GPU)")
+        raise CharkitError(
+            "--cpu-offload moves models between CPU and GPU memory: it needs --device cuda (or another GPU)"
+        )
     if options.batch_size is not None and options.batch_size < 1:
         raise CharkitError(f"--batch-size {options.batch_size}: must be at least 1")
     if models:
@@ -573,7 +619,9 @@ def check_inputs(
     if options.scenes:
         unknown = [s for s in options.scenes if s not in {sc.id for sc in board.scenes}]
         if unknown:
-            raise CharkitError(f"--scene {unknown[0]!r}: no such scene in {sb}; scenes: {', '.join(s.id for s in board.scenes)}")
+            raise CharkitError(
+                f"--scene {unknown[0]!r}: no such scene in {sb}; scenes: {', '.join(s.id for s in board.scenes)}"
+            )
 
     sched = board.defaults.scheduler
     model_plans: dict[str, ModelPlan] = {}
@@ -582,9 +630,21 @@ def check_inputs(
         mp = resolve_model(spec, board, options, where=where, scheduler=sched)
         key = stable_hash([mp.family, mp.path, mp.config, mp.controlnet, mp.ip_adapter, mp.image_encoder, mp.faceid])
         for other in model_plans.values():
-            if other.label == mp.label and stable_hash(
-                [other.family, other.path, other.config, other.controlnet, other.ip_adapter, other.image_encoder, other.faceid]
-            ) != key:
+            if (
+                other.label == mp.label
+                and stable_hash(
+                    [
+                        other.family,
+                        other.path,
+                        other.config,
+                        other.controlnet,
+                        other.ip_adapter,
+                        other.image_encoder,
+                        other.faceid,
+                    ]
+                )
+                != key
+            ):
                 raise CharkitError(
                     f"{sb}: {where}: label {mp.label!r} is already used by model {other.source}; give each model its own label:"
                 )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..errors import CharkitError
 from ..paths import check_name
@@ -121,7 +121,9 @@ class ControlSpec(_Model):
     """ControlNet conditioning of one scene."""
 
     type: ControlType = Field(description="Control type: canny (edges), openpose (body pose) or depth.")
-    image: str = Field(description="Control source image; a photo that is turned into the control map, or the map itself.")
+    image: str = Field(
+        description="Control source image; a photo that is turned into the control map, or the map itself."
+    )
     scale: float = Field(default=1.0, ge=0.0, le=2.0, description="controlnet_conditioning_scale (0 = off, 1 = full).")
     preprocess: bool = Field(
         default=True,
@@ -155,16 +157,25 @@ class Defaults(_Model):
 
     model: ModelSpec | None = Field(default=None, description="The model every scene renders with (see `model`).")
     steps: int | None = Field(default=None, ge=1, le=500, description="Denoising steps (family default when unset).")
-    guidance: float | None = Field(default=None, ge=0.0, le=50.0, description="Guidance (CFG) scale (family default when unset).")
+    guidance: float | None = Field(
+        default=None, ge=0.0, le=50.0, description="Guidance (CFG) scale (family default when unset)."
+    )
     size: Size | None = Field(default=None, description="Image size WIDTHxHEIGHT (family default when unset).")
     scheduler: str | None = Field(
-        default=None, description="diffusers scheduler class, e.g. DPMSolverMultistepScheduler (family default when unset)."
+        default=None,
+        description="diffusers scheduler class, e.g. DPMSolverMultistepScheduler (family default when unset).",
     )
-    negative_prompt: str = Field(default="", description="Negative prompt; each character's own negative prompt is appended.")
+    negative_prompt: str = Field(
+        default="", description="Negative prompt; each character's own negative prompt is appended."
+    )
     preset: Preset = Field(default="none", description="Post-processing: lifelike (deterministic film grain) or none.")
     seed: int = Field(default=0, ge=0, lt=2**63, description="Base seed of scenes without their own seed.")
-    candidates: int = Field(default=1, ge=1, le=64, description="Best-of-N: candidates per scene, kept by identity score.")
-    lora_scale: float = Field(default=1.0, ge=-2.0, le=4.0, description="LoRA scale of each character without a per-scene value.")
+    candidates: int = Field(
+        default=1, ge=1, le=64, description="Best-of-N: candidates per scene, kept by identity score."
+    )
+    lora_scale: float = Field(
+        default=1.0, ge=-2.0, le=4.0, description="LoRA scale of each character without a per-scene value."
+    )
     ip_adapter: IPAdapterSpec = Field(default_factory=IPAdapterSpec, description="IP-Adapter default of every scene.")
 
 
@@ -173,7 +184,9 @@ class Scene(_Model):
 
     id: str = Field(description="Scene id; the output file name (letters, digits, '.', '_', '-').")
     prompt: str = Field(description="Prompt; `{name}` expands to that character's trigger words; `{{`/`}}` are braces.")
-    negative_prompt: str | None = Field(default=None, description="Replaces the default negative prompt for this scene.")
+    negative_prompt: str | None = Field(
+        default=None, description="Replaces the default negative prompt for this scene."
+    )
     characters: list[str] | None = Field(
         default=None,
         description="Characters in the shot, left to right (verification matches faces in this order). "
@@ -190,12 +203,18 @@ class Scene(_Model):
     steps: int | None = Field(default=None, ge=1, le=500, description="Denoising steps.")
     guidance: float | None = Field(default=None, ge=0.0, le=50.0, description="Guidance (CFG) scale.")
     control: ControlSpec | None = Field(default=None, description="ControlNet conditioning (type, image, scale).")
-    ip_adapter: IPAdapterSpec | None = Field(default=None, description="IP-Adapter mode and scale (default: defaults.ip_adapter).")
+    ip_adapter: IPAdapterSpec | None = Field(
+        default=None, description="IP-Adapter mode and scale (default: defaults.ip_adapter)."
+    )
     lora: dict[str, float] = Field(
         default_factory=dict, description="LoRA scale per character, e.g. {alice: 0.8}; 0 disables that LoRA."
     )
-    candidates: int | None = Field(default=None, ge=1, le=64, description="Best-of-N candidates (seeds seed..seed+N-1).")
-    model: ModelSpec | None = Field(default=None, description="Render this scene on another model (not with a models matrix).")
+    candidates: int | None = Field(
+        default=None, ge=1, le=64, description="Best-of-N candidates (seeds seed..seed+N-1)."
+    )
+    model: ModelSpec | None = Field(
+        default=None, description="Render this scene on another model (not with a models matrix)."
+    )
     preset: Preset | None = Field(default=None, description="Post-processing preset for this scene.")
 
     @field_validator("id")
@@ -211,7 +230,8 @@ class IdentitySpec(_Model):
         default="dlib", description="Scoring backend: dlib (embedded, offline default), insightface, or auto."
     )
     face_models: str | None = Field(
-        default=None, description="insightface model pack folder (needed for ip_adapter mode face and backend insightface)."
+        default=None,
+        description="insightface model pack folder (needed for ip_adapter mode face and backend insightface).",
     )
     threshold: float | None = Field(default=None, description="Pass threshold (default: the backend's calibrated one).")
 
@@ -246,7 +266,7 @@ class Storyboard(_Model):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Storyboard":
+    def _consistent(self) -> Storyboard:
         seen: set[str] = set()
         for scene in self.scenes:
             if scene.id in seen:
@@ -352,7 +372,11 @@ def _scene_label(data: Any, loc: tuple) -> str:
 
 
 def _field_names() -> set[str]:
-    return {f for m in (Size, ModelSpec, ControlSpec, IPAdapterSpec, Defaults, Scene, IdentitySpec, Storyboard) for f in m.model_fields}
+    return {
+        f
+        for m in (Size, ModelSpec, ControlSpec, IPAdapterSpec, Defaults, Scene, IdentitySpec, Storyboard)
+        for f in m.model_fields
+    }
 
 
 def _error_message(source: str, data: Any, err: ValidationError) -> str:
@@ -377,10 +401,14 @@ def _error_message(source: str, data: Any, err: ValidationError) -> str:
     return f"{source}: {where}: {msg}"
 
 
-def parse_storyboard(data: Any, *, source: str = "storyboard", path: Path | None = None, sha256: str | None = None) -> Storyboard:
+def parse_storyboard(
+    data: Any, *, source: str = "storyboard", path: Path | None = None, sha256: str | None = None
+) -> Storyboard:
     """Validate already-parsed YAML data (a dict) into a :class:`Storyboard`."""
     if not isinstance(data, dict):
-        raise CharkitError(f"{source}: a storyboard is a YAML mapping with project, characters and scenes; see examples/episode.yaml")
+        raise CharkitError(
+            f"{source}: a storyboard is a YAML mapping with project, characters and scenes; see examples/episode.yaml"
+        )
     try:
         board = Storyboard.model_validate(data)
     except ValidationError as e:

@@ -183,7 +183,9 @@ def render_json(report: VerifyReport) -> str:
     try:
         return json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
     except ValueError as e:
-        raise ValueError(f"report.json: the report holds a NaN or infinite number ({e}); this is a scoring bug") from None
+        raise ValueError(
+            f"report.json: the report holds a NaN or infinite number ({e}); this is a scoring bug"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -428,7 +430,10 @@ def build_view(report: VerifyReport, thumbnails: dict[str, bytes] | None = None)
     thumbs = _data_uris(report, thumbnails or {})
     run_names = list(dict.fromkeys([r.run for r in report.runs] + [i.run for i in report.images]))
     summaries = {r.run: r for r in report.runs}
-    runs = [RunView(run=r, colour=RUN_COLOURS[k % len(RUN_COLOURS)], summary=summaries.get(r)) for k, r in enumerate(run_names)]
+    runs = [
+        RunView(run=r, colour=RUN_COLOURS[k % len(RUN_COLOURS)], summary=summaries.get(r))
+        for k, r in enumerate(run_names)
+    ]
     run_index = {r: k for k, r in enumerate(run_names)}
     slots, of_image = scene_slots(report.images)
 
@@ -495,7 +500,17 @@ def _card(img: ImageScore, slot: Slot, run_index: int, colour: str, thumb: str |
             # Label above the box when there is room, else just inside its top edge.
             ly = y0 - font * 0.3 if y0 > font * 1.2 else y0 + font * 1.05
             boxes.append(
-                Box(x=x0, y=y0, w=x1 - x0, h=y1 - y0, matched=bool(ms), status=status, label=text, label_x=x0, label_y=ly)
+                Box(
+                    x=x0,
+                    y=y0,
+                    w=x1 - x0,
+                    h=y1 - y0,
+                    matched=bool(ms),
+                    status=status,
+                    label=text,
+                    label_x=x0,
+                    label_y=ly,
+                )
             )
     matches = [
         MatchLine(character=m.character, similarity=_fmt(m.similarity), relative=_rel(m.relative), status=m.status)
@@ -564,7 +579,11 @@ def build_plot(report: VerifyReport, runs: list[RunView], slots: list[Slot], car
             x = left + (c.slot.index + 0.5) * step + dx
             title = f"{img.run} \u00b7 {c.slot.label} \u00b7 {c.name} \u00b7 {img.status}"
             if _finite(img.similarity):
-                points.append(PlotPoint(x=x, y=y_of(img.similarity), status=img.status, title=f"{title} \u00b7 {img.similarity:.3f}"))
+                points.append(
+                    PlotPoint(
+                        x=x, y=y_of(img.similarity), status=img.status, title=f"{title} \u00b7 {img.similarity:.3f}"
+                    )
+                )
             else:
                 markers.append(PlotMarker(path=_marker(img.status, x, bottom), status=img.status, title=title))
         series.append(PlotSeries(run=run.run, colour=run.colour, points=points, markers=markers))
@@ -572,7 +591,11 @@ def build_plot(report: VerifyReport, runs: list[RunView], slots: list[Slot], car
     lines = [HLine(y=y_of(report.threshold), label="threshold", value=_fmt(report.threshold), kind="threshold")]
     for ch in report.characters:
         if _finite(ch.baseline_mean):
-            lines.append(HLine(y=y_of(ch.baseline_mean), label=f"baseline {ch.name}", value=_fmt(ch.baseline_mean), kind="baseline"))
+            lines.append(
+                HLine(
+                    y=y_of(ch.baseline_mean), label=f"baseline {ch.name}", value=_fmt(ch.baseline_mean), kind="baseline"
+                )
+            )
     _spread_labels(lines, gap=12.0)
     return Plot(
         width=width,
@@ -591,7 +614,7 @@ def build_plot(report: VerifyReport, runs: list[RunView], slots: list[Slot], car
 def _spread_labels(lines: list[HLine], gap: float) -> None:
     # Walk the lines top to bottom and push each label down until it clears the one above.
     last = -math.inf
-    for line in sorted(lines, key=lambda l: l.y):
+    for line in sorted(lines, key=lambda ln: ln.y):
         line.label_y = max(line.y + 4, last + gap)
         last = line.label_y
 

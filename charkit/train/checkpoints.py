@@ -50,7 +50,7 @@ class RngState:
     numpy: list
 
     @classmethod
-    def capture(cls) -> "RngState":
+    def capture(cls) -> RngState:
         np_state = np.random.get_state()
         return cls(
             torch_cpu=torch.get_rng_state(),
@@ -156,14 +156,16 @@ def estimate_bytes(state: CheckpointState) -> int:
     return int(n * 1.05) + 256 * 1024
 
 
-def ensure_free_space(folder: str | os.PathLike, need_bytes: int, *, reserve_bytes: int = 0, what: str = "checkpoint") -> None:
+def ensure_free_space(
+    folder: str | os.PathLike, need_bytes: int, *, reserve_bytes: int = 0, what: str = "checkpoint"
+) -> None:
     """Refuse to write ``need_bytes`` into ``folder`` when less than that plus the reserve is free."""
     p = Path(folder)
     while not p.exists() and p != p.parent:
         p = p.parent
     free = shutil.disk_usage(p).free
     if free < need_bytes + reserve_bytes:
-        mb = lambda b: f"{b / 2**20:,.1f}"  # noqa: E731
+        mb = lambda b: f"{b / 2**20:,.1f}"
         raise CharkitError(
             f"{folder}: not enough free disk to save the {what}: it needs about {mb(need_bytes)} MB plus the "
             f"{mb(reserve_bytes)} MB reserve (checkpoints.reserve_disk_mb), and {mb(free)} MB are free; free some space, "
@@ -189,7 +191,9 @@ def save_checkpoint(run_dir: str | os.PathLike, state: CheckpointState, *, reser
             "diverged: lower optimizer.learning_rate, or use mixed_precision 'bf16' instead of 'fp16'"
         )
     root = checkpoints_dir(run_dir)
-    ensure_free_space(root, estimate_bytes(state), reserve_bytes=reserve_bytes, what=f"checkpoint {step_name(state.step)}")
+    ensure_free_space(
+        root, estimate_bytes(state), reserve_bytes=reserve_bytes, what=f"checkpoint {step_name(state.step)}"
+    )
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(state.step)
     tmp = root / f".{step_name(state.step)}.tmp-{os.getpid()}"
@@ -301,7 +305,9 @@ def load_checkpoint(info: CheckpointInfo) -> CheckpointState:
     opt_tensors = {k: v for k, v in st_load((p / "optimizer.safetensors").read_bytes()).items() if k != "empty"}
     rng_t = st_load((p / "rng.safetensors").read_bytes())
     st = json.loads((p / "state.json").read_text(encoding="utf-8"))
-    cuda = [rng_t[k] for k in sorted((k for k in rng_t if k.startswith("torch_cuda.")), key=lambda k: int(k.split(".")[1]))]
+    cuda = [
+        rng_t[k] for k in sorted((k for k in rng_t if k.startswith("torch_cuda.")), key=lambda k: int(k.split(".")[1]))
+    ]
     return CheckpointState(
         step=int(st["step"]),
         lora=lora,
@@ -309,7 +315,9 @@ def load_checkpoint(info: CheckpointInfo) -> CheckpointState:
         optimizer=unflatten_optimizer(opt_tensors, st["optimizer"]),
         lr_scheduler=st["lr_scheduler"],
         scaler=st.get("scaler"),
-        rng=RngState(torch_cpu=rng_t["torch_cpu"], torch_cuda=cuda, python=st["rng"]["python"], numpy=st["rng"]["numpy"]),
+        rng=RngState(
+            torch_cpu=rng_t["torch_cpu"], torch_cuda=cuda, python=st["rng"]["python"], numpy=st["rng"]["numpy"]
+        ),
         losses=st.get("losses", []),
         extra=st.get("extra", {}),
     )

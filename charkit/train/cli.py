@@ -7,30 +7,89 @@ import click
 
 @click.command("train")
 @click.argument("character", type=click.Path(file_okay=False, path_type=str))
-@click.option("--model", "-m", required=True, help="Base model: hub id, local diffusers folder, or single .safetensors file.")
-@click.option("--preset", "-p", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Training preset, e.g. training/sd15-lora.toml (its 'family' must match the model).")
+@click.option(
+    "--model", "-m", required=True, help="Base model: hub id, local diffusers folder, or single .safetensors file."
+)
+@click.option(
+    "--preset",
+    "-p",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Training preset, e.g. training/sd15-lora.toml (its 'family' must match the model).",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override train.steps (quick runs).")
-@click.option("--eval-every", type=click.IntRange(min=1), default=None,
-              help="Override eval.every: checkpoint + probe renders every N steps.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Run folder (default: CHARACTER/loras/<family>/<run>).")
-@click.option("--run", "run_name", default=None, help="Run name under CHARACTER/loras/<family>/ (default: run-<date>-<time>).")
-@click.option("--resume", is_flag=True, help="Continue the run (--run/--out, else the newest) from its newest complete checkpoint.")
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override eval.every: checkpoint + probe renders every N steps.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Run folder (default: CHARACTER/loras/<family>/<run>).",
+)
+@click.option(
+    "--run", "run_name", default=None, help="Run name under CHARACTER/loras/<family>/ (default: run-<date>-<time>)."
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run (--run/--out, else the newest) from its newest complete checkpoint.",
+)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:N (auto: cuda when available).")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-              help="Mixed precision on GPU (auto: the preset's train.mixed_precision); CPU always trains in fp32.")
-@click.option("--backend", type=click.Choice(["dlib", "insightface", "auto"]), default="dlib", show_default=True,
-              help="Face backend that scores identity of the probe renders.")
-@click.option("--clip-model", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Local CLIP model folder for prompt adherence (default: eval.clip_model, then $CHARKIT_CLIP_MODEL).")
-@click.option("--model-config", type=click.Path(path_type=str), default=None,
-              help="Diffusers folder or hub id with the configs of a single-file --model (needed offline).")
-@click.option("--allow-pickle-weights", is_flag=True, help="Allow .ckpt/.pt/.bin model files (pickle can run code: trusted files only).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Mixed precision on GPU (auto: the preset's train.mixed_precision); CPU always trains in fp32.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["dlib", "insightface", "auto"]),
+    default="dlib",
+    show_default=True,
+    help="Face backend that scores identity of the probe renders.",
+)
+@click.option(
+    "--clip-model",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Local CLIP model folder for prompt adherence (default: eval.clip_model, then $CHARKIT_CLIP_MODEL).",
+)
+@click.option(
+    "--model-config",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Diffusers folder or hub id with the configs of a single-file --model (needed offline).",
+)
+@click.option(
+    "--allow-pickle-weights",
+    is_flag=True,
+    help="Allow .ckpt/.pt/.bin model files (pickle can run code: trusted files only).",
+)
 @click.option("--no-register", is_flag=True, help="Do not record the LoRA in character.toml.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(character, model, preset, steps, eval_every, out, run_name, resume, device, dtype, backend, clip_model,
-          model_config, allow_pickle_weights, no_register, quiet):
+def train(
+    character,
+    model,
+    preset,
+    steps,
+    eval_every,
+    out,
+    run_name,
+    resume,
+    device,
+    dtype,
+    backend,
+    clip_model,
+    model_config,
+    allow_pickle_weights,
+    no_register,
+    quiet,
+):
     """Train a character LoRA and pick its best checkpoint by measured identity.
 
     \b
@@ -48,9 +107,21 @@ def train(character, model, preset, steps, eval_every, out, run_name, resume, de
     from .loop import train_lora
 
     result = train_lora(
-        character, model=model, preset=preset, steps=steps, eval_every=eval_every, out=out, run=run_name, resume=resume,
-        device=device, dtype=None if dtype == "auto" else dtype, backend=backend, clip_model=clip_model,
-        model_config=model_config, allow_pickle_weights=allow_pickle_weights, register=not no_register,
+        character,
+        model=model,
+        preset=preset,
+        steps=steps,
+        eval_every=eval_every,
+        out=out,
+        run=run_name,
+        resume=resume,
+        device=device,
+        dtype=None if dtype == "auto" else dtype,
+        backend=backend,
+        clip_model=clip_model,
+        model_config=model_config,
+        allow_pickle_weights=allow_pickle_weights,
+        register=not no_register,
         progress=not quiet,
     )
     if result is None:  # a non-main process of a multi-GPU run

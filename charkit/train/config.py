@@ -11,10 +11,10 @@ typo in field 40 fails in the first second, not after the model has loaded::
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import CharkitError, validation_message
@@ -29,7 +29,9 @@ class _Section(BaseModel):
 
 
 class LoraSection(_Section):
-    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r: width of the low-rank update (4-32 is typical for a face).")
+    rank: int = Field(
+        16, ge=1, le=1024, description="LoRA rank r: width of the low-rank update (4-32 is typical for a face)."
+    )
     alpha: float = Field(
         16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank (alpha = rank gives scale 1)."
     )
@@ -119,7 +121,9 @@ class LossSection(_Section):
         "none", description="Flow families: per-timestep loss weighting ('none' is what the diffusers examples use)."
     )
     guidance: float = Field(
-        1.0, ge=0.0, description="Flux: the distilled-guidance value fed to guidance-embedded transformers while training."
+        1.0,
+        ge=0.0,
+        description="Flux: the distilled-guidance value fed to guidance-embedded transformers while training.",
     )
 
 
@@ -171,7 +175,9 @@ class EvalSection(_Section):
 
 class CheckpointSection(_Section):
     reserve_disk_mb: int = Field(
-        512, ge=0, description="Free disk to keep beyond a checkpoint's size; a save that would leave less stops training."
+        512,
+        ge=0,
+        description="Free disk to keep beyond a checkpoint's size; a save that would leave less stops training.",
     )
     kohya: bool = Field(True, description="Also export best.kohya.safetensors (A1111 / ComfyUI key layout).")
 
@@ -188,7 +194,7 @@ class TrainPreset(_Section):
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection, description="Saving and export.")
 
     @model_validator(mode="after")
-    def _family_rules(self) -> "TrainPreset":
+    def _family_rules(self) -> TrainPreset:
         if self.lora.text_encoder and self.family not in TEXT_ENCODER_LORA_FAMILIES:
             raise ValueError(
                 f"lora.text_encoder: text-encoder LoRA is supported for {', '.join(TEXT_ENCODER_LORA_FAMILIES)}, "
@@ -196,7 +202,9 @@ class TrainPreset(_Section):
             )
         flow = self.family in FLOW_FAMILIES
         if flow and (self.loss.snr_gamma or self.loss.noise_offset):
-            raise ValueError("loss.snr_gamma / loss.noise_offset apply to SD families only; set them to 0 for a flow model")
+            raise ValueError(
+                "loss.snr_gamma / loss.noise_offset apply to SD families only; set them to 0 for a flow model"
+            )
         return self
 
     @property
@@ -205,8 +213,11 @@ class TrainPreset(_Section):
 
 
 def _field_names() -> set[str]:
-    return {f for m in (LoraSection, OptimizerSection, TrainSection, LossSection, EvalSection, CheckpointSection, TrainPreset)
-            for f in m.model_fields}
+    return {
+        f
+        for m in (LoraSection, OptimizerSection, TrainSection, LossSection, EvalSection, CheckpointSection, TrainPreset)
+        for f in m.model_fields
+    }
 
 
 def parse_preset(data: dict, source: str = "preset") -> TrainPreset:
@@ -214,7 +225,9 @@ def parse_preset(data: dict, source: str = "preset") -> TrainPreset:
     try:
         return TrainPreset.model_validate(data)
     except ValidationError as e:
-        raise CharkitError(validation_message(source, e, known_fields=_field_names(), docs="docs/training.md")) from None
+        raise CharkitError(
+            validation_message(source, e, known_fields=_field_names(), docs="docs/training.md")
+        ) from None
 
 
 def load_preset(path: str | os.PathLike) -> TrainPreset:
@@ -234,7 +247,11 @@ def load_preset(path: str | os.PathLike) -> TrainPreset:
 
 
 def apply_overrides(
-    preset: TrainPreset, *, steps: int | None = None, eval_every: int | None = None, mixed_precision: str | None = None,
+    preset: TrainPreset,
+    *,
+    steps: int | None = None,
+    eval_every: int | None = None,
+    mixed_precision: str | None = None,
     clip_model: str | None = None,
 ) -> TrainPreset:
     """A copy of ``preset`` with the CLI's quick-run overrides applied (validated like the file)."""

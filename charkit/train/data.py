@@ -117,7 +117,9 @@ def load_dataset(
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CharkitError(f"{meta_path}: unreadable dataset file ({e}); re-run `charkit prep {character_dir}`") from None
+        raise CharkitError(
+            f"{meta_path}: unreadable dataset file ({e}); re-run `charkit prep {character_dir}`"
+        ) from None
     items_raw = meta.get("items") if isinstance(meta, dict) else None
     if not isinstance(items_raw, list):
         raise CharkitError(f"{meta_path}: no 'items' list; re-run `charkit prep {character_dir}`")
@@ -131,10 +133,14 @@ def load_dataset(
         try:
             rel, caption, w, h = raw["file"], str(raw.get("caption", "")), int(raw["width"]), int(raw["height"])
         except (KeyError, TypeError, ValueError):
-            raise CharkitError(f"{meta_path}: item {n} needs 'file', 'width' and 'height'; re-run `charkit prep`") from None
+            raise CharkitError(
+                f"{meta_path}: item {n} needs 'file', 'width' and 'height'; re-run `charkit prep`"
+            ) from None
         path = (root / rel).resolve()
         if root.resolve() not in path.parents:
-            raise CharkitError(f"{meta_path}: item {n} file {rel!r} is outside the dataset folder; re-run `charkit prep`")
+            raise CharkitError(
+                f"{meta_path}: item {n} file {rel!r} is outside the dataset folder; re-run `charkit prep`"
+            )
         items.append(TrainItem(path=path, caption=caption, width=w, height=h))
     notes: list[str] = []
     # Prep's resolution is nominal: buckets keep an area of about resolution**2 at several aspect ratios.
@@ -157,8 +163,12 @@ def load_dataset(
     if meta.get("family") and meta["family"] != family:
         notes.append(f"dataset prepped for {meta['family']}, training {family}")
     return TrainDataset(
-        root=root, character=str(meta.get("character", Path(character_dir).name)), family=family,
-        resolution=target, items=items, notes=notes,
+        root=root,
+        character=str(meta.get("character", Path(character_dir).name)),
+        family=family,
+        resolution=target,
+        items=items,
+        notes=notes,
     )
 
 

@@ -65,7 +65,7 @@ class ProbeResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ProbeResult":
+    def from_dict(cls, d: dict) -> ProbeResult:
         return cls(d["prompt"], int(d["seed"]), d["image"], d["status"], d.get("similarity"), d.get("adherence"))
 
 
@@ -95,7 +95,7 @@ class CheckpointScore:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CheckpointScore":
+    def from_dict(cls, d: dict) -> CheckpointScore:
         return cls(
             step=int(d["step"]),
             identity=d.get("identity"),
@@ -152,7 +152,9 @@ def probe_specs(prompts: list[str], seeds: list[int], *, trigger: str, class_wor
     return out
 
 
-def score_probes(images, specs: list[ProbeSpec], image_paths: list[str], *, profile, backend, clip=None) -> list[ProbeResult]:
+def score_probes(
+    images, specs: list[ProbeSpec], image_paths: list[str], *, profile, backend, clip=None
+) -> list[ProbeResult]:
     """Score probe renders (PIL images or files) for identity and, with ``clip``, prompt adherence."""
     from ..identity import score_image
 
@@ -164,7 +166,9 @@ def score_probes(images, specs: list[ProbeSpec], image_paths: list[str], *, prof
     return out
 
 
-def summarize(step: int, probes: list[ProbeResult], *, loss: float | None = None, checkpoint: str = "") -> CheckpointScore:
+def summarize(
+    step: int, probes: list[ProbeResult], *, loss: float | None = None, checkpoint: str = ""
+) -> CheckpointScore:
     """Aggregate probe results into a :class:`CheckpointScore`."""
     n = max(len(probes), 1)
     sims = [p.similarity for p in probes if p.similarity is not None]
@@ -245,7 +249,9 @@ class ClipScorer:
         self.path = str(path)
         self.device = torch.device(device)
         try:
-            self.model = CLIPModel.from_pretrained(self.path, local_files_only=True, use_safetensors=True).to(self.device).eval()
+            self.model = (
+                CLIPModel.from_pretrained(self.path, local_files_only=True, use_safetensors=True).to(self.device).eval()
+            )
             self.processor = CLIPProcessor.from_pretrained(self.path, local_files_only=True)
         except (OSError, ValueError) as e:
             raise CharkitError(
@@ -258,7 +264,11 @@ class ClipScorer:
         import torch
 
         inputs = self.processor(
-            text=[text], images=[image], return_tensors="pt", padding="max_length", truncation=True,
+            text=[text],
+            images=[image],
+            return_tensors="pt",
+            padding="max_length",
+            truncation=True,
             max_length=self.max_length,
         )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}

@@ -80,7 +80,11 @@ def _config_json(cfg: dict) -> dict:
 
 def pack_diffusers(layers: dict[str, dict[str, torch.Tensor]], configs: dict[str, dict]) -> tuple[dict, dict[str, str]]:
     """One flat state dict with ``<prefix>.`` keys, and the safetensors metadata diffusers reads back."""
-    sd = {f"{prefix}.{k}": v.detach().to("cpu", torch.float32).contiguous() for prefix, d in layers.items() for k, v in d.items()}
+    sd = {
+        f"{prefix}.{k}": v.detach().to("cpu", torch.float32).contiguous()
+        for prefix, d in layers.items()
+        for k, v in d.items()
+    }
     meta = {f"{prefix}.{k}": v for prefix, cfg in configs.items() for k, v in cfg.items()}
     return sd, {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(meta, indent=2, sort_keys=True)}
 
@@ -95,8 +99,17 @@ def unpack_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str,
 
 
 def charkit_metadata(
-    *, family: str, base_model: str, trigger: str, rank: int, alpha: float, steps: int, identity: float | None,
-    adherence: float | None = None, run: str = "", choice: str = "",
+    *,
+    family: str,
+    base_model: str,
+    trigger: str,
+    rank: int,
+    alpha: float,
+    steps: int,
+    identity: float | None,
+    adherence: float | None = None,
+    run: str = "",
+    choice: str = "",
 ) -> dict[str, str]:
     """``charkit.*`` keys recorded in every exported file (strings, as safetensors requires)."""
     return {
@@ -127,10 +140,17 @@ def to_kohya(layers: dict[str, dict[str, torch.Tensor]], *, family: str, alpha: 
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 
     # The converter keys off "unet" / "text_encoder." prefixes; a transformer gets kohya's lora_transformer_ naming.
-    prefix_map = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "transformer": "lora_transformer"}
+    prefix_map = {
+        "unet": "unet",
+        "text_encoder": "text_encoder",
+        "text_encoder_2": "text_encoder_2",
+        "transformer": "lora_transformer",
+    }
     flat = {}
     for prefix, d in layers.items():
-        flat.update({f"{prefix_map[prefix]}.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in d.items()})
+        flat.update(
+            {f"{prefix_map[prefix]}.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in d.items()}
+        )
     kohya = convert_state_dict_to_kohya(flat)
     out = {}
     for k, v in kohya.items():
@@ -152,8 +172,13 @@ def kohya_metadata(meta: dict[str, str], *, family: str, rank: int, alpha: float
     }
 
 
-_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_transformer_": "transformer", "lora_te_": "text_encoder",
-                   "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+_KOHYA_PREFIXES = {
+    "lora_unet_": "unet",
+    "lora_transformer_": "transformer",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+}
 
 
 def kohya_to_diffusers(state_dict: dict[str, torch.Tensor], pipe) -> dict[str, torch.Tensor]:
@@ -177,9 +202,11 @@ def kohya_to_diffusers(state_dict: dict[str, torch.Tensor], pipe) -> dict[str, t
             lookup[comp] = {n.replace(".", "_"): n for n, _ in model.named_modules() if n}
             # CLIP LoRAs name modules text_model.*; accept them with or without that level.
             lookup[comp].update({"text_model_" + k: v for k, v in list(lookup[comp].items())})
-        module = lookup[comp].get(base[len(kp):])
+        module = lookup[comp].get(base[len(kp) :])
         if module is None:
-            raise CharkitError(f"kohya key {key!r}: no module {base[len(kp):]!r} in the {comp}; is this LoRA for this model?")
+            raise CharkitError(
+                f"kohya key {key!r}: no module {base[len(kp) :]!r} in the {comp}; is this LoRA for this model?"
+            )
         up = state_dict[f"{base}.lora_up.weight"]
         rank = down.shape[0]
         alpha = float(state_dict.get(f"{base}.alpha", torch.tensor(float(rank))))

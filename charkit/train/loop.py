@@ -23,9 +23,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -49,7 +49,15 @@ from .evaluate import (
 #: consecutive steps with a non-finite loss after which training stops
 MAX_BAD_STEPS = 3
 RUN_FILE = "run.json"
-DTYPES = {"fp32": "no", "float32": "no", "no": "no", "fp16": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
+DTYPES = {
+    "fp32": "no",
+    "float32": "no",
+    "no": "no",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+}
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -206,8 +214,13 @@ def check_inputs(
         if str(dtype) not in DTYPES:
             raise CharkitError(f"--dtype {dtype!r}: choose fp32, fp16 or bf16")
         mp = DTYPES[str(dtype)]
-    p = apply_overrides(p, steps=steps, eval_every=eval_every, mixed_precision=mp,
-                        clip_model=None if clip_model is None else str(clip_model))
+    p = apply_overrides(
+        p,
+        steps=steps,
+        eval_every=eval_every,
+        mixed_precision=mp,
+        clip_model=None if clip_model is None else str(clip_model),
+    )
     family = p.family
     spec = family_module(family, "defaults").SPEC
     notes: list[str] = []
@@ -226,7 +239,7 @@ def check_inputs(
         if found != family:
             raise CharkitError(
                 f"--model {src.ref}: this is a {found} model but the preset trains {family}; use "
-                f"training/{found}-lora.toml (or a preset with family = \"{found}\") or a {family} model"
+                f'training/{found}-lora.toml (or a preset with family = "{found}") or a {family} model'
             )
     if backend not in ("dlib", "insightface", "auto"):
         raise CharkitError(f"--backend {backend!r}: choose dlib, insightface or auto")
@@ -247,20 +260,27 @@ def check_inputs(
     if resume:
         resume_from = ckpt.latest_checkpoint(run_dir)
         if resume_from is None:
-            raise CharkitError(f"--resume: no complete checkpoint in {ckpt.checkpoints_dir(run_dir)}; start without --resume")
+            raise CharkitError(
+                f"--resume: no complete checkpoint in {ckpt.checkpoints_dir(run_dir)}; start without --resume"
+            )
         _check_same_run(run_dir, p, src.ref)
         if resume_from.step > p.train.steps:
             raise CharkitError(
                 f"--resume: the newest checkpoint is step {resume_from.step}, past train.steps={p.train.steps}; raise --steps"
             )
     elif int(os.environ.get("RANK", "0")) == 0 and ((run_dir / RUN_FILE).exists() or ckpt.list_checkpoints(run_dir)):
-        raise CharkitError(f"{run_dir}: a run is already there; pass --resume to continue it, or choose another --run/--out")
+        raise CharkitError(
+            f"{run_dir}: a run is already there; pass --resume to continue it, or choose another --run/--out"
+        )
 
     resolution = p.train.resolution or None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (character.dir / "dataset" / "dataset.json").is_file():
-        raise CharkitError(f"{character.dir / 'dataset'}: no dataset; run `charkit prep {character.dir}` once before a multi-GPU run")
-    dataset = load_dataset(character.dir, family=family, resolution=resolution, size_multiple=spec.size_multiple,
-                           backend=backend)
+        raise CharkitError(
+            f"{character.dir / 'dataset'}: no dataset; run `charkit prep {character.dir}` once before a multi-GPU run"
+        )
+    dataset = load_dataset(
+        character.dir, family=family, resolution=resolution, size_multiple=spec.size_multiple, backend=backend
+    )
     check_images(dataset)
     if p.eval.every > p.train.steps:
         notes.append(f"eval.every={p.eval.every} > train.steps={p.train.steps}: only the last step is evaluated")
@@ -269,10 +289,24 @@ def check_inputs(
     spec.check_size(width, height)
     clip = resolve_clip_model(p.eval.clip_model)
     return TrainPlan(
-        character=character, preset=p, family=family, model=src.ref, model_config=str(model_config) if model_config else None,
-        dataset=dataset, run_dir=run_dir, run_name=run_name, resume=resume_from, device=dev, mixed_precision=effective,
-        backend=backend, clip_model=clip, probe_width=width, probe_height=height,
-        allow_pickle_weights=allow_pickle_weights, register=register, notes=notes + list(dataset.notes),
+        character=character,
+        preset=p,
+        family=family,
+        model=src.ref,
+        model_config=str(model_config) if model_config else None,
+        dataset=dataset,
+        run_dir=run_dir,
+        run_name=run_name,
+        resume=resume_from,
+        device=dev,
+        mixed_precision=effective,
+        backend=backend,
+        clip_model=clip,
+        probe_width=width,
+        probe_height=height,
+        allow_pickle_weights=allow_pickle_weights,
+        register=register,
+        notes=notes + list(dataset.notes),
     )
 
 
@@ -291,12 +325,16 @@ def _check_same_run(run_dir: Path, preset: TrainPreset, model: str) -> None:
         return
     old = json.loads(f.read_text(encoding="utf-8"))
     if old.get("model") != model:
-        raise CharkitError(f"--resume: {run_dir} was trained from {old.get('model')!r}, not {model!r}; use the same --model")
+        raise CharkitError(
+            f"--resume: {run_dir} was trained from {old.get('model')!r}, not {model!r}; use the same --model"
+        )
     new = preset.model_dump(mode="json")
     for section, values in old.get("preset", {}).items():
         if not isinstance(values, dict):
             if new.get(section) != values:
-                raise CharkitError(f"--resume: preset field '{section}' differs from the run's ({values!r}); use the run's preset")
+                raise CharkitError(
+                    f"--resume: preset field '{section}' differs from the run's ({values!r}); use the run's preset"
+                )
             continue
         for k, v in values.items():
             if (section, k) not in _RESUMABLE and new.get(section, {}).get(k) != v:
@@ -309,7 +347,9 @@ def _check_same_run(run_dir: Path, preset: TrainPreset, model: str) -> None:
 # ---------------------------------------------------------------------------------------------- load
 
 
-def _make_optimizer(preset: TrainPreset, groups: list[dict], device: torch.device) -> tuple[torch.optim.Optimizer, str, str | None]:
+def _make_optimizer(
+    preset: TrainPreset, groups: list[dict], device: torch.device
+) -> tuple[torch.optim.Optimizer, str, str | None]:
     o = preset.optimizer
     kw = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     if o.name == "adamw8bit":
@@ -318,7 +358,7 @@ def _make_optimizer(preset: TrainPreset, groups: list[dict], device: torch.devic
             why = "8-bit AdamW needs CUDA"
         else:
             try:
-                import bitsandbytes as bnb  # noqa: F401
+                import bitsandbytes as bnb
             except ImportError:
                 why = "8-bit AdamW needs bitsandbytes (pip install bitsandbytes)"
         if why is None:
@@ -333,7 +373,9 @@ def _lr_scheduler(preset: TrainPreset, optimizer):
     from diffusers.optimization import get_scheduler
 
     name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[preset.optimizer.scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=preset.optimizer.warmup_steps, num_training_steps=preset.train.steps)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=preset.optimizer.warmup_steps, num_training_steps=preset.train.steps
+    )
 
 
 def _accelerator(plan: TrainPlan):
@@ -343,7 +385,11 @@ def _accelerator(plan: TrainPlan):
     # accelerate keeps one process-wide state; a second run in the same (single-process) Python session with
     # another precision would be refused, so start that state afresh.
     shared = AcceleratorState._shared_state
-    if shared and shared.get("_mixed_precision") not in (None, plan.mixed_precision) and PartialState().num_processes == 1:
+    if (
+        shared
+        and shared.get("_mixed_precision") not in (None, plan.mixed_precision)
+        and PartialState().num_processes == 1
+    ):
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=plan.mixed_precision, cpu=plan.device.type == "cpu")
 
@@ -382,17 +428,33 @@ def load(plan: TrainPlan) -> TrainSession:
     denoiser = getattr(pipe, fam.DENOISER)
     targets = list(lcfg.targets or fam.LORA_TARGETS)
     try:
-        denoiser.add_adapter(LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
-                                        init_lora_weights="gaussian", target_modules=targets))
+        denoiser.add_adapter(
+            LoraConfig(
+                r=lcfg.rank,
+                lora_alpha=lcfg.alpha,
+                lora_dropout=lcfg.dropout,
+                init_lora_weights="gaussian",
+                target_modules=targets,
+            )
+        )
     except ValueError as e:
-        raise CharkitError(f"preset field 'lora.targets' {targets}: {' '.join(str(e).split())[:200]}; use module names of the "
-                           f"{fam.DENOISER} (or leave it empty for the family default)") from None
+        raise CharkitError(
+            f"preset field 'lora.targets' {targets}: {' '.join(str(e).split())[:200]}; use module names of the "
+            f"{fam.DENOISER} (or leave it empty for the family default)"
+        ) from None
     modules = [denoiser]
     if lcfg.text_encoder:
         for name in fam.TEXT_ENCODERS:
             te = getattr(pipe, name)
-            te.add_adapter(LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
-                                      init_lora_weights="gaussian", target_modules=list(fam.TEXT_ENCODER_TARGETS)))
+            te.add_adapter(
+                LoraConfig(
+                    r=lcfg.rank,
+                    lora_alpha=lcfg.alpha,
+                    lora_dropout=lcfg.dropout,
+                    init_lora_weights="gaussian",
+                    target_modules=list(fam.TEXT_ENCODER_TARGETS),
+                )
+            )
             modules.append(te)
     cast_training_params(modules, dtype=torch.float32)  # LoRA weights train in fp32 whatever the base dtype
     if preset.train.gradient_checkpointing:
@@ -415,9 +477,19 @@ def load(plan: TrainPlan) -> TrainSession:
 
     clip = ClipScorer(plan.clip_model, device=plan.device) if plan.clip_model and accelerator.is_main_process else None
     session = TrainSession(
-        plan=plan, family=fam, pipeline=pipeline_mod, pipe=pipe, accelerator=accelerator,
-        noise_scheduler=fam.noise_scheduler(pipe), params=den_params + te_params, optimizer=optimizer,
-        lr_scheduler=lr_scheduler, optimizer_name=opt_name, backend=backend, profile=profile, clip=clip,
+        plan=plan,
+        family=fam,
+        pipeline=pipeline_mod,
+        pipe=pipe,
+        accelerator=accelerator,
+        noise_scheduler=fam.noise_scheduler(pipe),
+        params=den_params + te_params,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        optimizer_name=opt_name,
+        backend=backend,
+        profile=profile,
+        clip=clip,
     )
     if plan.resume is not None:
         restore(session, plan.resume)
@@ -440,7 +512,9 @@ def restore(session: TrainSession, info: ckpt.CheckpointInfo) -> None:
         result = set_peft_model_state_dict(model, sd, adapter_name="default")
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
-            raise CharkitError(f"{info.path}: checkpoint keys do not fit the model ({unexpected[0]}); resume with the same preset")
+            raise CharkitError(
+                f"{info.path}: checkpoint keys do not fit the model ({unexpected[0]}); resume with the same preset"
+            )
     session.optimizer.load_state_dict(state.optimizer)
     session.lr_scheduler.load_state_dict(state.lr_scheduler)
     scaler = getattr(session.accelerator, "scaler", None)
@@ -473,11 +547,18 @@ def cache(session: TrainSession) -> None:
     t = time.perf_counter()
     plan, preset = session.plan, session.preset
     session.latents = LatentSource(
-        session.pipe, plan.dataset, session.family, cached=preset.train.cache_latents, device=plan.device,
+        session.pipe,
+        plan.dataset,
+        session.family,
+        cached=preset.train.cache_latents,
+        device=plan.device,
         dtype=plan.weight_dtype,
     )
     session.texts = TextSource(
-        session.pipe, session.family, cached=preset.train.cache_text_embeddings, device=plan.device,
+        session.pipe,
+        session.family,
+        cached=preset.train.cache_text_embeddings,
+        device=plan.device,
         trainable=preset.lora.text_encoder,
     )
     if preset.lora.text_encoder and preset.train.cache_text_embeddings:
@@ -505,10 +586,17 @@ def train_step(session: TrainSession) -> float:
     for micro in range(ga):
         g = step_generator(preset.train.seed, acc.process_index, session.step, micro)
         with autocast(plan):
-            batch = make_batch(plan.dataset, session.latents, session.texts, batch_size=preset.train.batch_size,
-                               caption_dropout=preset.train.caption_dropout, generator=g)
-            loss = session.family.training_loss(session.pipe, session.denoiser, session.noise_scheduler, batch,
-                                                loss_cfg=preset.loss, generator=g)
+            batch = make_batch(
+                plan.dataset,
+                session.latents,
+                session.texts,
+                batch_size=preset.train.batch_size,
+                caption_dropout=preset.train.caption_dropout,
+                generator=g,
+            )
+            loss = session.family.training_loss(
+                session.pipe, session.denoiser, session.noise_scheduler, batch, loss_cfg=preset.loss, generator=g
+            )
         value = float(loss.detach())
         if not math.isfinite(value):
             session.optimizer.zero_grad(set_to_none=True)
@@ -529,15 +617,18 @@ def train_step(session: TrainSession) -> float:
 
 def write_run_file(session: TrainSession) -> None:
     plan = session.plan
-    atomic_write_json(plan.run_dir / RUN_FILE, {
-        "charkit_version": __version__,
-        "character": plan.character.name,
-        "family": plan.family,
-        "model": plan.model,
-        "run": plan.run_name,
-        "preset": plan.preset.model_dump(mode="json"),
-        "started": _dt.datetime.now().isoformat(timespec="seconds"),
-    })
+    atomic_write_json(
+        plan.run_dir / RUN_FILE,
+        {
+            "charkit_version": __version__,
+            "character": plan.character.name,
+            "family": plan.family,
+            "model": plan.model,
+            "run": plan.run_name,
+            "preset": plan.preset.model_dump(mode="json"),
+            "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        },
+    )
 
 
 def train_steps(
@@ -560,8 +651,14 @@ def train_steps(
         ckpt.clean_incomplete(plan.run_dir)
         if not (plan.run_dir / RUN_FILE).exists():
             write_run_file(session)
-    bar = tqdm(total=total, initial=session.step, desc=f"train {plan.family} LoRA", unit="step",
-               disable=not (progress and session.is_main), dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=session.step,
+        desc=f"train {plan.family} LoRA",
+        unit="step",
+        disable=not (progress and session.is_main),
+        dynamic_ncols=True,
+    )
     try:
         while session.step < until:
             t = time.perf_counter()
@@ -619,7 +716,12 @@ def checkpoint(session: TrainSession) -> ckpt.CheckpointInfo:
     state = ckpt.CheckpointState(
         step=session.step,
         lora=lora,
-        lora_metadata={**meta, "charkit.family": plan.family, "charkit.base_model": plan.model, "charkit.steps": str(session.step)},
+        lora_metadata={
+            **meta,
+            "charkit.family": plan.family,
+            "charkit.base_model": plan.model,
+            "charkit.steps": str(session.step),
+        },
         optimizer=session.optimizer.state_dict(),
         lr_scheduler=session.lr_scheduler.state_dict(),
         scaler=scaler.state_dict() if scaler is not None else None,
@@ -660,9 +762,15 @@ def render_probes(session: TrainSession, specs) -> list:
             by_prompt.setdefault(s.index, []).append(s)
         for group in by_prompt.values():
             images += session.pipeline.generate(
-                session.pipe, prompt=group[0].prompt, negative_prompt=negative, width=plan.probe_width,
-                height=plan.probe_height, steps=steps, guidance=guidance,
-                generator=[torch.Generator("cpu").manual_seed(s.seed) for s in group], num_images=len(group),
+                session.pipe,
+                prompt=group[0].prompt,
+                negative_prompt=negative,
+                width=plan.probe_width,
+                height=plan.probe_height,
+                steps=steps,
+                guidance=guidance,
+                generator=[torch.Generator("cpu").manual_seed(s.seed) for s in group],
+                num_images=len(group),
             )
     return images
 
@@ -685,8 +793,12 @@ def evaluate(session: TrainSession, info: ckpt.CheckpointInfo) -> CheckpointScor
     probes = score_probes(images, specs, rels, profile=session.profile, backend=session.backend, clip=session.clip)
     prev = session.scores[-1].step if session.scores else 0
     window = [loss for st, loss in session.losses if prev < st <= session.step and math.isfinite(loss)]
-    score = summarize(session.step, probes, loss=sum(window) / len(window) if window else None,
-                      checkpoint=info.path.relative_to(plan.run_dir).as_posix())
+    score = summarize(
+        session.step,
+        probes,
+        loss=sum(window) / len(window) if window else None,
+        checkpoint=info.path.relative_to(plan.run_dir).as_posix(),
+    )
     atomic_write_json(plan.run_dir / "evals" / f"{ckpt.step_name(session.step)}.json", score.to_dict())
     session.scores = [s for s in session.scores if s.step != score.step] + [score]
     return score
@@ -713,12 +825,27 @@ def export(session: TrainSession, choice: CheckpointChoice):
     info = next(c for c in ckpt.list_checkpoints(plan.run_dir) if c.step == choice.step)
     score = next(s for s in session.scores if s.step == choice.step)
     meta = charkit_metadata(
-        family=plan.family, base_model=plan.model, trigger=plan.character.trigger_text, rank=preset.lora.rank,
-        alpha=preset.lora.alpha, steps=choice.step, identity=score.identity, adherence=score.adherence,
-        run=plan.run_name, choice=choice.reason,
+        family=plan.family,
+        base_model=plan.model,
+        trigger=plan.character.trigger_text,
+        rank=preset.lora.rank,
+        alpha=preset.lora.alpha,
+        steps=choice.step,
+        identity=score.identity,
+        adherence=score.adherence,
+        run=plan.run_name,
+        choice=choice.reason,
     )
-    result = export_lora(info.lora_file, plan.run_dir, family=plan.family, meta=meta, rank=preset.lora.rank,
-                         alpha=preset.lora.alpha, steps=choice.step, kohya=preset.checkpoints.kohya)
+    result = export_lora(
+        info.lora_file,
+        plan.run_dir,
+        family=plan.family,
+        meta=meta,
+        rank=preset.lora.rank,
+        alpha=preset.lora.alpha,
+        steps=choice.step,
+        kohya=preset.checkpoints.kohya,
+    )
     registered = register_lora(plan.character.dir, plan.family, result.diffusers) if plan.register else None
     report_json, report_html = write_report(session, choice=choice, export=result)
     return result, registered, report_json, report_html
@@ -752,7 +879,14 @@ def train_lora(
     choice = choose(session)
     exported, registered, report_json, report_html = export(session, choice)
     return TrainResult(
-        run_dir=plan.run_dir, best=exported.diffusers, kohya=exported.kohya, report_json=report_json,
-        report_html=report_html, choice=choice, scores=list(session.scores), losses=list(session.losses),
-        steps=session.step, registered=registered,
+        run_dir=plan.run_dir,
+        best=exported.diffusers,
+        kohya=exported.kohya,
+        report_json=report_json,
+        report_html=report_html,
+        choice=choice,
+        scores=list(session.scores),
+        losses=list(session.losses),
+        steps=session.step,
+        registered=registered,
     )

@@ -67,7 +67,9 @@ def build_report(session, *, choice=None, export=None) -> dict:
         "checkpoints": [s.to_dict() for s in sorted(session.scores, key=lambda s: s.step)],
         "choice": choice.to_dict() if choice is not None else None,
         "rule": CHOICE_RULE,
-        "exports": None if export is None else {
+        "exports": None
+        if export is None
+        else {
             "diffusers": export.diffusers.name,
             "kohya": export.kohya.name if export.kohya else None,
             "sha256": export.sha256,
@@ -106,8 +108,15 @@ def loss_chart(losses: list, *, width: int = 640, height: int = 200, pad: int = 
     }
 
 
-def identity_chart(checkpoints: list[dict], chosen: int | None, threshold: float | None, *, width: int = 640,
-                   height: int = 200, pad: int = 36) -> dict:
+def identity_chart(
+    checkpoints: list[dict],
+    chosen: int | None,
+    threshold: float | None,
+    *,
+    width: int = 640,
+    height: int = 200,
+    pad: int = 36,
+) -> dict:
     """Bars of mean identity per checkpoint (a grey stub where no face was found), threshold line, chosen marked."""
     n = max(len(checkpoints), 1)
     slot = (width - pad - 8) / n
@@ -115,15 +124,27 @@ def identity_chart(checkpoints: list[dict], chosen: int | None, threshold: float
     for i, c in enumerate(checkpoints):
         v = c["identity"]
         h = 0 if v is None else max(0.0, min(1.0, v)) * (height - pad - 8)
-        bars.append({
-            "x": round(pad + i * slot + slot * 0.15, 1), "w": round(slot * 0.7, 1),
-            "y": round(height - pad - (h if v is not None else 4), 1), "h": round(h if v is not None else 4, 1),
-            "cls": "chosen" if c["step"] == chosen else ("noface" if v is None else "bar"),
-            "label": f"{c['step']}", "value": "no face" if v is None else f"{v:.3f}",
-            "lx": round(pad + i * slot + slot / 2, 1),
-        })
+        bars.append(
+            {
+                "x": round(pad + i * slot + slot * 0.15, 1),
+                "w": round(slot * 0.7, 1),
+                "y": round(height - pad - (h if v is not None else 4), 1),
+                "h": round(h if v is not None else 4, 1),
+                "cls": "chosen" if c["step"] == chosen else ("noface" if v is None else "bar"),
+                "label": f"{c['step']}",
+                "value": "no face" if v is None else f"{v:.3f}",
+                "lx": round(pad + i * slot + slot / 2, 1),
+            }
+        )
     ty = None if threshold is None else round(height - pad - threshold * (height - pad - 8), 1)
-    return {"width": width, "height": height, "bars": bars, "threshold_y": ty, "threshold": threshold, "base": height - pad}
+    return {
+        "width": width,
+        "height": height,
+        "bars": bars,
+        "threshold_y": ty,
+        "threshold": threshold,
+        "base": height - pad,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- html
@@ -159,12 +180,16 @@ def render_html(report: dict, run_dir: Path) -> str:
     chosen = report["choice"]["step"] if report.get("choice") else None
     backend = report["identity"]["backend"] or {}
     thumbs = {p["image"]: _thumb(run_dir, p["image"]) for c in report["checkpoints"] for p in c["probes"]}
-    return _env().get_template("training_report.html.j2").render(
-        r=report,
-        loss=loss_chart(report["losses"]),
-        ident=identity_chart(report["checkpoints"], chosen, backend.get("threshold")),
-        thumbs=thumbs,
-        chosen=chosen,
+    return (
+        _env()
+        .get_template("training_report.html.j2")
+        .render(
+            r=report,
+            loss=loss_chart(report["losses"]),
+            ident=identity_chart(report["checkpoints"], chosen, backend.get("threshold")),
+            thumbs=thumbs,
+            chosen=chosen,
+        )
     )
 
 

@@ -33,7 +33,9 @@ def prediction_type(scheduler) -> str:
 
 
 def encode_text(pipe, captions: list[str], *, device) -> dict[str, torch.Tensor]:
-    prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=captions, prompt_2=None, device=device, num_images_per_prompt=1)
+    prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+        prompt=captions, prompt_2=None, device=device, num_images_per_prompt=1
+    )
     return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
 
 
@@ -46,7 +48,11 @@ def sample_sigmas(scheduler, batch_size: int, *, loss_cfg, generator: torch.Gene
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
     u = compute_density_for_timestep_sampling(
-        loss_cfg.timestep_sampling, batch_size, loss_cfg.logit_mean, loss_cfg.logit_std, loss_cfg.mode_scale,
+        loss_cfg.timestep_sampling,
+        batch_size,
+        loss_cfg.logit_mean,
+        loss_cfg.logit_std,
+        loss_cfg.mode_scale,
         generator=generator,
     )
     n = scheduler.config.num_train_timesteps

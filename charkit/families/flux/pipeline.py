@@ -93,7 +93,9 @@ def _load_single_file(src: ModelSource, *, config, dtype):
         return FluxPipeline.from_single_file(src.ref, dtype=dtype, **kw)
 
 
-def load_controlnet(source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False):
+def load_controlnet(
+    source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False
+):
     """A FluxControlNetModel from a hub id or a diffusers folder."""
     from diffusers import FluxControlNetModel
 
@@ -146,11 +148,15 @@ def load_ip_adapter(
         check_weights_file(p, what="IP-Adapter", allow_pickle_weights=allow_pickle_weights)
         folder, subfolder, weight_name = str(p.parent.resolve()), "", p.name
         if p.suffix == ".safetensors" and "ip_adapter_proj_model.proj.weight" not in safetensors_keys(p):
-            raise CharkitError(f"{p}: not a Flux IP-Adapter (no ip_adapter_proj_model.proj.weight); use an XLabs-layout file")
+            raise CharkitError(
+                f"{p}: not a Flux IP-Adapter (no ip_adapter_proj_model.proj.weight); use an XLabs-layout file"
+            )
     else:
         parts = os.fspath(path).split("/")
         if p.is_dir() or len(parts) < 3 or os.fspath(path).startswith((".", "/", "~")):
-            raise CharkitError(f"IP-Adapter {os.fspath(path)!r}: no such weights file; give a local file or org/repo/file")
+            raise CharkitError(
+                f"IP-Adapter {os.fspath(path)!r}: no such weights file; give a local file or org/repo/file"
+            )
         check_weights_file(parts[-1], what="IP-Adapter", allow_pickle_weights=allow_pickle_weights)
         folder, subfolder, weight_name = "/".join(parts[:2]), "/".join(parts[2:-1]), parts[-1]
     if _has_ip_adapter(pipe):
@@ -212,16 +218,22 @@ def generate(
     if steps < 1 or num_images < 1:
         raise CharkitError(f"steps={steps}, num_images={num_images}: both must be at least 1")
     if isinstance(generator, (list, tuple)) and len(generator) != num_images:
-        raise CharkitError(f"{len(generator)} generators for {num_images} images: pass one generator per image (or one)")
+        raise CharkitError(
+            f"{len(generator)} generators for {num_images} images: pass one generator per image (or one)"
+        )
     wants_ip = ip_adapter_image is not None or ip_adapter_embeds is not None
     if wants_ip and not _has_ip_adapter(pipe):
         raise CharkitError("IP-Adapter input given, but no IP-Adapter is loaded: call load_ip_adapter first")
     if _has_ip_adapter(pipe) and not wants_ip:
-        raise CharkitError("an IP-Adapter is loaded: pass ip_adapter_image or ip_adapter_embeds, or unload_ip_adapter(pipe)")
+        raise CharkitError(
+            "an IP-Adapter is loaded: pass ip_adapter_image or ip_adapter_embeds, or unload_ip_adapter(pipe)"
+        )
     if control_image is not None and not is_cn:
         raise CharkitError("control image given, but the pipeline has no ControlNet: load it with controlnet=<model>")
     if control_image is None and is_cn:
-        raise CharkitError("this pipeline has a ControlNet: pass control_image (or load the pipeline without controlnet)")
+        raise CharkitError(
+            "this pipeline has a ControlNet: pass control_image (or load the pipeline without controlnet)"
+        )
     kwargs: dict = {}
     if control_image is not None:
         kwargs.update(control_image=control_image, controlnet_conditioning_scale=float(control_scale))

@@ -64,7 +64,12 @@ def tiny_pipeline(seed: int = 0):
         text_encoder = CLIPTextModel(clip_text_config(32))
     text_encoder_2 = t5_encoder(seed + 3, d_model=32)
     scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     )
     return FluxPipeline(
         scheduler=scheduler,

@@ -27,4 +27,15 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["SPEC", "TinyModel", "build_tiny", "generate", "load_controlnet", "load_ip_adapter", "load_pipeline", "tiny_pipeline", "unload_ip_adapter", "with_controlnet"]
+__all__ = [
+    "SPEC",
+    "TinyModel",
+    "build_tiny",
+    "generate",
+    "load_controlnet",
+    "load_ip_adapter",
+    "load_pipeline",
+    "tiny_pipeline",
+    "unload_ip_adapter",
+    "with_controlnet",
+]

@@ -92,7 +92,9 @@ def _load_single_file(src: ModelSource, *, config, dtype):
         return StableDiffusion3Pipeline.from_single_file(src.ref, dtype=dtype, **kw)
 
 
-def load_controlnet(source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False):
+def load_controlnet(
+    source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False
+):
     """A SD3ControlNetModel from a hub id or a diffusers folder."""
     from diffusers import SD3ControlNetModel
 
@@ -152,13 +154,17 @@ def generate(
     if steps < 1 or num_images < 1:
         raise CharkitError(f"steps={steps}, num_images={num_images}: both must be at least 1")
     if isinstance(generator, (list, tuple)) and len(generator) != num_images:
-        raise CharkitError(f"{len(generator)} generators for {num_images} images: pass one generator per image (or one)")
+        raise CharkitError(
+            f"{len(generator)} generators for {num_images} images: pass one generator per image (or one)"
+        )
     if ip_adapter_image is not None or ip_adapter_embeds is not None:
         SPEC.require("ip_adapter")
     if control_image is not None and not is_cn:
         raise CharkitError("control image given, but the pipeline has no ControlNet: load it with controlnet=<model>")
     if control_image is None and is_cn:
-        raise CharkitError("this pipeline has a ControlNet: pass control_image (or load the pipeline without controlnet)")
+        raise CharkitError(
+            "this pipeline has a ControlNet: pass control_image (or load the pipeline without controlnet)"
+        )
     kwargs: dict = {}
     if control_image is not None:
         kwargs.update(control_image=control_image, controlnet_conditioning_scale=float(control_scale))

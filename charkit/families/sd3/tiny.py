@@ -28,7 +28,12 @@ __all__ = ["TinyModel", "build_tiny", "tiny_pipeline"]
 
 def tiny_pipeline(seed: int = 0):
     """An in-memory tiny StableDiffusion3Pipeline (deterministic in ``seed``)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextModelWithProjection
 
     with seeded(seed):

@@ -28,4 +28,16 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["SPEC", "TinyModel", "build_tiny", "faceid_embeds", "generate", "load_controlnet", "load_ip_adapter", "load_pipeline", "tiny_pipeline", "unload_ip_adapter", "with_controlnet"]
+__all__ = [
+    "SPEC",
+    "TinyModel",
+    "build_tiny",
+    "faceid_embeds",
+    "generate",
+    "load_controlnet",
+    "load_ip_adapter",
+    "load_pipeline",
+    "tiny_pipeline",
+    "unload_ip_adapter",
+    "with_controlnet",
+]

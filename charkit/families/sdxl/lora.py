@@ -53,7 +53,9 @@ def training_loss(pipe, denoiser, scheduler, batch, *, loss_cfg, generator: torc
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     if loss_cfg.noise_offset:
-        noise = noise + loss_cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents)
+        noise = noise + loss_cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(
+            latents
+        )
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     kind = prediction_type(scheduler)

@@ -95,12 +95,12 @@ def _load_single_file(src: ModelSource, *, config, dtype, allow_pickle_weights: 
     if hub_offline():
         kw["local_files_only"] = True
     with loading(f"{FAMILY} single file", src):
-        return StableDiffusionXLPipeline.from_single_file(
-            src.ref, dtype=dtype, add_watermarker=False, **kw
-        )
+        return StableDiffusionXLPipeline.from_single_file(src.ref, dtype=dtype, add_watermarker=False, **kw)
 
 
-def load_controlnet(source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False):
+def load_controlnet(
+    source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False
+):
     """A ControlNetModel from a hub id or a diffusers folder."""
     from diffusers import ControlNetModel
 
@@ -192,7 +192,10 @@ def load_ip_adapter(
 
 
 def _has_ip_adapter(pipe) -> bool:
-    return getattr(pipe.unet, "encoder_hid_proj", None) is not None and pipe.unet.config.encoder_hid_dim_type == "ip_image_proj"
+    return (
+        getattr(pipe.unet, "encoder_hid_proj", None) is not None
+        and pipe.unet.config.encoder_hid_dim_type == "ip_image_proj"
+    )
 
 
 def unload_ip_adapter(pipe) -> None:
@@ -254,26 +257,44 @@ def generate(
 
 
 def _check_generate(
-    pipe, *, is_controlnet, width, height, steps, generator, num_images, control_image, ip_adapter_image, ip_adapter_embeds
+    pipe,
+    *,
+    is_controlnet,
+    width,
+    height,
+    steps,
+    generator,
+    num_images,
+    control_image,
+    ip_adapter_image,
+    ip_adapter_embeds,
 ) -> dict:
     SPEC.check_size(width, height)
     if steps < 1 or num_images < 1:
         raise CharkitError(f"steps={steps}, num_images={num_images}: both must be at least 1")
     if isinstance(generator, (list, tuple)) and len(generator) != num_images:
-        raise CharkitError(f"{len(generator)} generators for {num_images} images: pass one generator per image (or one)")
+        raise CharkitError(
+            f"{len(generator)} generators for {num_images} images: pass one generator per image (or one)"
+        )
     if control_image is not None and not is_controlnet:
         raise CharkitError("control image given, but the pipeline has no ControlNet: load it with controlnet=<model>")
     if control_image is None and is_controlnet:
-        raise CharkitError("this pipeline has a ControlNet: pass control_image (or load the pipeline without controlnet)")
+        raise CharkitError(
+            "this pipeline has a ControlNet: pass control_image (or load the pipeline without controlnet)"
+        )
     kwargs: dict = {}
     wants_ip = ip_adapter_image is not None or ip_adapter_embeds is not None
     if wants_ip and not _has_ip_adapter(pipe):
         raise CharkitError("IP-Adapter input given, but no IP-Adapter is loaded: call load_ip_adapter first")
     if _has_ip_adapter(pipe) and not wants_ip:
-        raise CharkitError("an IP-Adapter is loaded: pass ip_adapter_image or ip_adapter_embeds, or unload_ip_adapter(pipe)")
+        raise CharkitError(
+            "an IP-Adapter is loaded: pass ip_adapter_image or ip_adapter_embeds, or unload_ip_adapter(pipe)"
+        )
     if ip_adapter_image is not None:
         if getattr(pipe, "image_encoder", None) is None:
-            raise CharkitError("this IP-Adapter has no image encoder (FaceID?): pass ip_adapter_embeds instead of an image")
+            raise CharkitError(
+                "this IP-Adapter has no image encoder (FaceID?): pass ip_adapter_embeds instead of an image"
+            )
         kwargs["ip_adapter_image"] = ip_adapter_image
     if ip_adapter_embeds is not None:
         kwargs["ip_adapter_image_embeds"] = (
