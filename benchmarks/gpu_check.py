@@ -52,7 +52,7 @@ def _clip_text(
     hidden: int, layers: int, heads: int, intermediate: int, *, projection: int | None = None, act: str = "quick_gelu"
 ):
     """A CLIP text config of real size whose special-token ids match charkit's offline tokenizer."""
-    from charkit.families.tinyparts import clip_text_config
+    from charkit.testing.tinyparts import clip_text_config
 
     cfg = clip_text_config(hidden, projection_dim=projection or hidden, layers=layers, positions=77)
     cfg.vocab_size = 49408
@@ -82,7 +82,7 @@ def build_sd15(models=contextlib.nullcontext):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from charkit.families.tinyparts import clip_tokenizer
+    from charkit.testing.tinyparts import clip_tokenizer
 
     with models():
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
@@ -108,7 +108,7 @@ def build_sd15(models=contextlib.nullcontext):
 def build_sdxl(models=contextlib.nullcontext):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from charkit.families.tinyparts import clip_tokenizer
+    from charkit.testing.tinyparts import clip_tokenizer
 
     with models():
         unet, vae, te, te2 = _sdxl_models()
@@ -157,7 +157,7 @@ def build_flux(models=contextlib.nullcontext):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from charkit.families.tinyparts import clip_tokenizer, t5_tokenizer
+    from charkit.testing.tinyparts import clip_tokenizer, t5_tokenizer
 
     t5 = T5Config(
         vocab_size=32128,

@@ -29,11 +29,11 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import CharkitError, validation_message
+from .families.registry import FAMILIES
 from .images import ImageRejection, list_images, read_image
 from .paths import atomic_write_text, check_name
 
 SPEC_FILE = "character.toml"
-FAMILIES = ("sd15", "sdxl", "sd3", "flux")
 
 
 class CharacterSpec(BaseModel):
@@ -58,7 +58,7 @@ class CharacterSpec(BaseModel):
     negative_prompt: str = Field(default="", description="Default negative prompt for scenes with this character.")
     lora: dict[str, str] = Field(
         default_factory=dict,
-        description="Trained LoRA per model family (sd15, sdxl, sd3, flux), paths relative to the character folder; "
+        description=f"Trained LoRA per model family ({', '.join(FAMILIES)}), paths relative to the character folder; "
         "filled in by `charkit train`.",
     )
 

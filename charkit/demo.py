@@ -35,7 +35,8 @@ BIDEN_REFS = ("biden.jpg",)
 #: "external" images (stand-ins for a Midjourney/Leonardo/DALL-E download folder), in scene order
 EXTERNAL = (("01-obama3.jpg", "obama3.jpg"), ("02-biden.jpg", "biden.jpg"), ("03-hall.jpg", None))
 
-TINY_FAMILIES = ("sd15", "sdxl")
+#: the demo's tiny models: the UNet families (fast on a CPU); the transformer families have tiny models too
+TINY_DENOISER = "unet"
 TINY_SIZE = 64
 
 
@@ -71,7 +72,9 @@ def prepare_models(out: Path, model: str | None, *, allow_pickle_weights: bool =
         family = resolve_family(model, allow_pickle_weights=allow_pickle_weights)
         return [DemoModel(label=family, family=family, source=str(model), tiny=False)]
     models = []
-    for fam in TINY_FAMILIES:
+    from .families import specs
+
+    for fam in [s.name for s in specs() if s.denoiser == TINY_DENOISER]:
         folder = out / "models" / f"tiny-{fam}"
         if not (folder / "model_index.json").is_file():
             shutil.rmtree(folder, ignore_errors=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from charkit.identity.fake_pack import draw_marker_image, write_fake_pack
+from charkit.testing.fake_insightface import draw_marker_image, write_fake_pack
 
 
 class NetworkAttempt(RuntimeError):

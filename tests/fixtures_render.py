@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from pathlib import Path
 
@@ -16,10 +15,10 @@ def _save_tiny_lora(family: str, tiny, out_file: Path, *, seed: int = 0) -> Path
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from charkit.families import get_family
+    from charkit.families import get_family, get_spec
 
     pipe = get_family(family).load_pipeline(tiny.root)
-    targets = importlib.import_module(f"charkit.families.{family}.lora").LORA_TARGETS
+    targets = get_spec(family).lora_targets
     unet = getattr(pipe, "unet", None)
     den = unet if unet is not None else pipe.transformer
     den.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(targets), init_lora_weights=True))
@@ -76,7 +75,7 @@ class RenderEnv:
         d = self.root / "characters" / name
         (d / "refs").mkdir(parents=True, exist_ok=True)
         if markers is not None:
-            from charkit.identity.fake_pack import draw_marker_image
+            from charkit.testing.fake_insightface import draw_marker_image
 
             for i, (cx, cy) in enumerate([(256, 256), (240, 270), (270, 240)]):
                 draw_marker_image(512, [(cx, cy, 160, markers)]).save(d / "refs" / f"m{i}.png")

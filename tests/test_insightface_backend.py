@@ -1,5 +1,5 @@
 """The insightface backend, run through insightface's real FaceAnalysis / SCRFD / ArcFaceONNX
-classes over a generated pack in the real ONNX format (charkit.identity.fake_pack): marker
+classes over a generated pack in the real ONNX format (charkit.testing.fake_insightface): marker
 squares stand in for faces, their colour layout for identity."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 
 from charkit.errors import CharkitError, MissingModelError
 from charkit.hashing import files_sha256
-from charkit.identity.fake_pack import DET_FILE, PATTERNS, REC_FILE, draw_marker_image, write_fake_pack
 from charkit.identity.insightface_backend import (
     AURAFACE_LICENCE,
     DEFAULT_THRESHOLD,
@@ -25,6 +24,7 @@ from charkit.identity.insightface_backend import (
     locate_pack,
     pack_licence,
 )
+from charkit.testing.fake_insightface import DET_FILE, PATTERNS, REC_FILE, draw_marker_image, write_fake_pack
 
 
 def iou(a, b) -> float:

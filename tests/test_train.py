@@ -30,13 +30,13 @@ from PIL import Image
 from charkit.character import CharacterSpec, load_character, save_spec
 from charkit.cli import cli
 from charkit.errors import CharkitError
+from charkit.families import FAMILIES, get_spec
 from charkit.train import checkpoints as ckpt
 from charkit.train.config import field_docs, load_preset, parse_preset
 from charkit.train.evaluate import CheckpointScore, ProbeSpec, choose_checkpoint, score_probes, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(__file__).parent / "data" / "faces"
-FAMILIES = ("sd15", "sdxl", "sd3", "flux")
 SIZE = 64  # tiny models train at 64x64 (VAE factor 2)
 
 
@@ -261,7 +261,7 @@ def test_train_export_reload(family, changes, tiny_models, character):
     # kohya layout: lora_unet_/lora_transformer_ (+ text encoders), down/up/alpha, alpha = the trained alpha.
     sd, meta = read_lora(exported.kohya)
     assert all(looks_like_kohya_key(k) for k in sd), [k for k in sd if not looks_like_kohya_key(k)][:3]
-    head = "lora_unet_" if family in ("sd15", "sdxl") else "lora_transformer_"
+    head = "lora_unet_" if get_spec(family).denoiser == "unet" else "lora_transformer_"
     assert any(k.startswith(head) and k.endswith(".lora_down.weight") for k in sd)
     te_heads = (
         {"sd15": ("lora_te_",), "sdxl": ("lora_te1_", "lora_te2_")}.get(family, ())
@@ -280,7 +280,7 @@ def test_train_export_reload(family, changes, tiny_models, character):
         and dmeta["charkit.identity"] == "unmeasured"
     )
     assert (
-        json.loads(dmeta["lora_adapter_metadata"])[f"{session.family.DENOISER}.r"] == 4
+        json.loads(dmeta["lora_adapter_metadata"])[f"{session.spec.denoiser}.r"] == 4
     )  # diffusers rebuilds the adapter
 
     # Registered for `charkit render`, report written.
@@ -296,10 +296,10 @@ def test_cached_and_uncached_latents_agree(tiny_models, character):
     from charkit.train.data import LatentSource, step_generator
 
     plan = loop.check_inputs(character, model=tiny_models("sd15").root, preset=tiny_preset("sd15"), device="cpu")
-    from charkit.families import get_family
+    from charkit.families import family_part, get_family
 
     pipe = get_family("sd15").load_pipeline(plan.model)
-    fam = loop.family_module("sd15", "lora")
+    fam = family_part("sd15", "lora")
     cached = LatentSource(pipe, plan.dataset, fam, cached=True, device="cpu")
     cached.prepare()
     uncached = LatentSource(pipe, plan.dataset, fam, cached=False, device="cpu")

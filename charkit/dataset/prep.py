@@ -41,8 +41,6 @@ from . import report as report_mod
 from .buckets import Bucket, CropPlan, aspect_buckets, bucket_step, choose_bucket, plan_crop
 from .phash import hamming, phash
 
-#: used when a family module does not say (charkit.families.<f>.SPEC.width is the source of truth)
-FALLBACK_RESOLUTION = {"sd15": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
 #: a second face larger than this fraction of the largest face makes the photo ambiguous
 SEVERAL_FACES_AREA = 0.25
 #: near-duplicates: perceptual-hash Hamming distance (of 64 bits) at or under this ...
@@ -160,18 +158,11 @@ class PrepResult:
 
 
 def family_defaults(family: str) -> tuple[int, int]:
-    """(resolution, size multiple) of a family: its SPEC when the family module is there, else the known defaults."""
-    from .. import families
+    """(resolution, size multiple) of a family, from its spec (no torch, no diffusers)."""
+    from ..families import get_spec
 
-    if family not in families.FAMILIES:
-        families.get_family(family)  # raises the one-line "unknown model family" error
-    try:
-        # get_spec (when the registry has it) reads the defaults without importing torch/diffusers
-        get_spec = getattr(families, "get_spec", None)
-        spec = get_spec(family) if get_spec is not None else families.get_family(family).SPEC
-        return int(spec.width), int(getattr(spec, "size_multiple", 8))
-    except (ImportError, AttributeError):
-        return FALLBACK_RESOLUTION[family], 8
+    spec = get_spec(family)
+    return int(spec.width), int(spec.size_multiple)
 
 
 def check_inputs(

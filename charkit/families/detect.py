@@ -12,24 +12,19 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import CharkitError
+from .registry import FAMILIES, specs
 from .sources import check_weights_file, hub_offline, resolve_source
 
-# (family, any of these key prefixes/fragments) in priority order: SDXL checkpoints also hold
-# "model.diffusion_model.input_blocks", so their second text encoder decides first.
-_KEY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("flux", ("double_blocks.", "single_blocks.0.linear1")),
-    ("sd3", ("joint_blocks.",)),
-    ("sdxl", ("conditioner.embedders.1.",)),
-    ("sd15", ("model.diffusion_model.input_blocks.",)),
-)
 
-# diffusers pipeline class-name prefixes -> family (most specific first)
-_PIPELINE_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("StableDiffusionXL", "sdxl"),
-    ("StableDiffusion3", "sd3"),
-    ("Flux", "flux"),
-    ("StableDiffusion", "sd15"),
-)
+def _key_rules() -> list[tuple[str, tuple[str, ...]]]:
+    # (family, tensor-name fragments) in each spec's detection priority: SDXL checkpoints also hold
+    # "model.diffusion_model.input_blocks", so their second text encoder decides first.
+    return [(sp.name, sp.single_file_keys) for sp in sorted(specs(), key=lambda sp: sp.detect_priority)]
+
+
+def _pipeline_prefixes() -> list[tuple[str, str]]:
+    # diffusers pipeline class-name prefixes -> family, most specific (longest) first
+    return sorted(((sp.pipeline_prefix, sp.name) for sp in specs()), key=lambda t: -len(t[0]))
 
 
 def family_from_keys(keys: Iterable[str], *, what: str = "checkpoint") -> str:
@@ -39,7 +34,7 @@ def family_from_keys(keys: Iterable[str], *, what: str = "checkpoint") -> str:
     'sd15'
     """
     keys = list(keys)
-    for family, fragments in _KEY_RULES:
+    for family, fragments in _key_rules():
         if any(f in k for k in keys for f in fragments):
             return family
     if any(k.startswith("conditioner.embedders.0.") for k in keys):
@@ -54,16 +49,16 @@ def family_from_keys(keys: Iterable[str], *, what: str = "checkpoint") -> str:
             f"{what}: holds a bare diffusers UNet, not a full checkpoint; pass its diffusers pipeline folder instead"
         )
     raise CharkitError(
-        f"{what}: unrecognised checkpoint layout (no SD1.5/SDXL/SD3/Flux keys); pass a diffusers folder or hub id"
+        f"{what}: unrecognised checkpoint layout (no {'/'.join(FAMILIES)} keys); pass a diffusers folder or hub id"
     )
 
 
 def family_from_pipeline_class(class_name: str, *, what: str = "model") -> str:
-    for prefix, family in _PIPELINE_PREFIXES:
+    for prefix, family in _pipeline_prefixes():
         if class_name.startswith(prefix):
             return family
     raise CharkitError(
-        f"{what}: pipeline class {class_name!r} is not one of charkit's families (sd15, sdxl, sd3, flux)"
+        f"{what}: pipeline class {class_name!r} is not one of charkit's families ({', '.join(FAMILIES)})"
     )
 
 
@@ -79,7 +74,7 @@ def safetensors_keys(path: str | os.PathLike) -> list[str]:
 
 
 def detect_family(path_or_keys: str | os.PathLike | Iterable[str], *, allow_pickle_weights: bool = False) -> str:
-    """``"sd15" | "sdxl" | "sd3" | "flux"`` for a single file, a diffusers folder, a hub id or a list of key names.
+    """The family name (``"sd15"``, ``"sdxl"``, ...) of a single file, a diffusers folder, a hub id or a list of key names.
 
     >>> detect_family("models/realisticVision.safetensors")  # doctest: +SKIP
     'sd15'

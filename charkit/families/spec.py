@@ -30,27 +30,48 @@ SCHEDULERS = frozenset(
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """Defaults and capabilities of one model family.
+    """Every fact charkit knows about one model family: defaults, capabilities, structure, file conventions.
 
-    >>> from charkit.families import get_family
-    >>> get_family("sd15").SPEC.width
+    Validation, CLI choices, docs and tests all read these fields; no other module keeps a per-family table.
+
+    >>> from charkit.families import get_spec
+    >>> get_spec("sd15").width
     512
     """
 
     name: str
-    pipeline_class: str  # diffusers text-to-image pipeline class
-    controlnet_pipeline_class: str | None  # diffusers ControlNet pipeline class (None: no ControlNet)
-    controlnet_class: str | None  # diffusers ControlNet model class
+    description: str
+    # -- diffusers classes --------------------------------------------------------------------------
+    pipeline_class: str  # text-to-image pipeline
+    controlnet_pipeline_class: str | None  # ControlNet pipeline (None: no ControlNet)
+    controlnet_class: str | None  # ControlNet model
+    pipeline_prefix: str  # model_index.json `_class_name` prefix that marks this family ("StableDiffusionXL")
+    # -- defaults ------------------------------------------------------------------------------------
     width: int
     height: int
     steps: int
     guidance: float
     scheduler: str  # diffusers scheduler class name used by default
+    size_multiple: int  # width/height must be multiples of this (in pixels)
+    example_model: str  # a hub id of this family, for hints in error messages
+    # -- capabilities --------------------------------------------------------------------------------
     supports: frozenset[str]
     controls: frozenset[str]
     prediction: str  # "epsilon" | "v_prediction" | "flow"
-    size_multiple: int  # width/height must be multiples of this (in pixels)
-    description: str = ""
+    # -- structure (what LoRA training and export touch) ---------------------------------------------
+    denoiser: str  # pipeline attribute of the UNet / transformer ("unet" | "transformer")
+    lora_targets: tuple[str, ...]  # default peft target_modules of the denoiser
+    lora_text_encoders: tuple[str, ...] = ()  # pipeline attributes trained by a text-encoder LoRA
+    text_encoder_lora_targets: tuple[str, ...] = ()
+    shared_text_keys: tuple[str, ...] = ()  # text-conditioning entries shared by a batch (not concatenated)
+    # -- files written and read by other tools -------------------------------------------------------
+    kohya_base: str = ""  # kohya `ss_base_model_version`
+    single_file_keys: tuple[str, ...] = ()  # tensor-name fragments that identify an original-layout single file
+    detect_priority: int = 0  # lower is checked first (SDXL files also hold SD1.5-style UNet keys)
+
+    @property
+    def is_flow(self) -> bool:
+        return self.prediction == "flow"
 
     def can(self, feature: str) -> bool:
         return feature in self.supports

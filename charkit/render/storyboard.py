@@ -24,9 +24,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..errors import CharkitError
+from ..families.registry import FAMILIES, FamilyName
 from ..paths import check_name
 
-FamilyName = Literal["sd15", "sdxl", "sd3", "flux"]
 ControlType = Literal["canny", "openpose", "depth"]
 IPMode = Literal["face", "image", "off"]
 Preset = Literal["lifelike", "none"]
@@ -73,7 +73,7 @@ class ModelSpec(_Model):
     )
     family: FamilyName | None = Field(
         default=None,
-        description="Model family (sd15, sdxl, sd3, flux). Detected when omitted: from the tensor names of a single "
+        description=f"Model family ({', '.join(FAMILIES)}). Detected when omitted: from the tensor names of a single "
         "file, from model_index.json of a folder or cached hub model.",
     )
     config: str | None = Field(

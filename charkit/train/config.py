@@ -18,10 +18,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import CharkitError, validation_message
-
-FAMILIES = ("sd15", "sdxl", "sd3", "flux")
-FLOW_FAMILIES = ("sd3", "flux")
-TEXT_ENCODER_LORA_FAMILIES = ("sd15", "sdxl")
+from ..families.registry import FAMILIES, FamilyName, families_that, get_spec
 
 
 class _Section(BaseModel):
@@ -43,7 +40,8 @@ class LoraSection(_Section):
     )
     text_encoder: bool = Field(
         False,
-        description="Also train a LoRA on the text encoder(s) (sd15 and sdxl only). Turns the text-embedding cache off, "
+        description=f"Also train a LoRA on the text encoder(s) ({' and '.join(families_that('text_encoder_lora'))} only). "
+        "Turns the text-embedding cache off, "
         "since the embeddings change while training.",
     )
 
@@ -185,7 +183,7 @@ class CheckpointSection(_Section):
 class TrainPreset(_Section):
     """A training preset (``training/<family>-lora.toml``)."""
 
-    family: Literal["sd15", "sdxl", "sd3", "flux"] = Field(description="Model family this preset trains.")
+    family: FamilyName = Field(description="Model family this preset trains.")
     lora: LoraSection = Field(default_factory=LoraSection, description="The adapter: rank, alpha, targets.")
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection, description="Optimizer and learning rate.")
     train: TrainSection = Field(default_factory=TrainSection, description="Steps, batch, precision, caches.")
@@ -195,12 +193,12 @@ class TrainPreset(_Section):
 
     @model_validator(mode="after")
     def _family_rules(self) -> TrainPreset:
-        if self.lora.text_encoder and self.family not in TEXT_ENCODER_LORA_FAMILIES:
+        if self.lora.text_encoder and not get_spec(self.family).can("text_encoder_lora"):
             raise ValueError(
-                f"lora.text_encoder: text-encoder LoRA is supported for {', '.join(TEXT_ENCODER_LORA_FAMILIES)}, "
+                f"lora.text_encoder: text-encoder LoRA is supported for {', '.join(families_that('text_encoder_lora'))}, "
                 f"not {self.family}; set it to false"
             )
-        flow = self.family in FLOW_FAMILIES
+        flow = self.is_flow
         if flow and (self.loss.snr_gamma or self.loss.noise_offset):
             raise ValueError(
                 "loss.snr_gamma / loss.noise_offset apply to SD families only; set them to 0 for a flow model"
@@ -209,7 +207,7 @@ class TrainPreset(_Section):
 
     @property
     def is_flow(self) -> bool:
-        return self.family in FLOW_FAMILIES
+        return get_spec(self.family).is_flow
 
 
 def _field_names() -> set[str]:
@@ -238,7 +236,7 @@ def load_preset(path: str | os.PathLike) -> TrainPreset:
     """
     p = Path(path)
     if not p.is_file():
-        raise CharkitError(f"--preset {p}: no such file; use one of training/{{sd15,sdxl,sd3,flux}}-lora.toml")
+        raise CharkitError(f"--preset {p}: no such file; use one of training/{{{','.join(FAMILIES)}}}-lora.toml")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -294,8 +294,9 @@ class LatentSource:
 class TextSource:
     """Text conditioning per caption: encoded once (cached) or every step (always when the encoder trains)."""
 
-    def __init__(self, pipe, family_mod, *, cached: bool, device, trainable: bool = False):
+    def __init__(self, pipe, family_mod, *, cached: bool, device, trainable: bool = False, shared_keys=()):
         self.pipe, self.family, self.device = pipe, family_mod, torch.device(device)
+        self.shared_keys = tuple(shared_keys)  # the family's SPEC.shared_text_keys
         self.cached = cached and not trainable
         self.trainable = trainable
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
@@ -319,7 +320,7 @@ class TextSource:
         if missing:
             self.prepare(missing)
         parts = [self._cache[c] for c in captions]
-        shared = set(getattr(self.family, "SHARED_TEXT_KEYS", ()))
+        shared = set(self.shared_keys)
         return {k: (parts[0][k] if k in shared else torch.cat([p[k] for p in parts])) for k in parts[0]}
 
 

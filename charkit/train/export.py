@@ -28,11 +28,10 @@ from safetensors.torch import save as st_save
 
 from .. import __version__
 from ..errors import CharkitError
+from ..families import get_spec
 from ..paths import atomic_write_bytes, sha256_file
 
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' key (diffusers.loaders.lora_base)
-#: kohya ``ss_base_model_version`` per family
-KOHYA_BASE = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0", "sd3": "sd3", "flux": "flux1"}
 
 
 @dataclass
@@ -45,7 +44,7 @@ class ExportResult:
 # ------------------------------------------------------------------------------------ from the model
 
 
-def adapter_layers(pipe, family_mod, *, text_encoder: bool) -> dict[str, dict[str, torch.Tensor]]:
+def adapter_layers(pipe, spec, *, text_encoder: bool) -> dict[str, dict[str, torch.Tensor]]:
     """``prefix -> peft state dict`` of the trained adapters (adapter name stripped).
 
     Text-encoder keys get the ``text_model.`` prefix that CLIP LoRA files have always used
@@ -53,17 +52,17 @@ def adapter_layers(pipe, family_mod, *, text_encoder: bool) -> dict[str, dict[st
     """
     from peft import get_peft_model_state_dict
 
-    out = {family_mod.DENOISER: get_peft_model_state_dict(getattr(pipe, family_mod.DENOISER))}
+    out = {spec.denoiser: get_peft_model_state_dict(getattr(pipe, spec.denoiser))}
     if text_encoder:
-        for name in family_mod.TEXT_ENCODERS:
+        for name in spec.lora_text_encoders:
             sd = get_peft_model_state_dict(getattr(pipe, name))
             out[name] = {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in sd.items()}
     return out
 
 
-def adapter_configs(pipe, family_mod, *, text_encoder: bool) -> dict[str, dict]:
+def adapter_configs(pipe, spec, *, text_encoder: bool) -> dict[str, dict]:
     """``prefix -> LoraConfig dict`` (what diffusers stores as ``lora_adapter_metadata``)."""
-    names = [family_mod.DENOISER] + (list(family_mod.TEXT_ENCODERS) if text_encoder else [])
+    names = [spec.denoiser] + (list(spec.lora_text_encoders) if text_encoder else [])
     return {n: _config_json(getattr(pipe, n).peft_config["default"].to_dict()) for n in names}
 
 
@@ -166,7 +165,7 @@ def kohya_metadata(meta: dict[str, str], *, family: str, rank: int, alpha: float
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": f"{alpha:g}",
-        "ss_base_model_version": KOHYA_BASE[family],
+        "ss_base_model_version": get_spec(family).kohya_base,
         "ss_max_train_steps": str(steps),
         "ss_training_comment": "trained with charkit",
     }

@@ -31,6 +31,7 @@ import torch
 
 from .. import __version__
 from ..errors import CharkitError
+from ..families import family_part, get_spec
 from ..paths import atomic_write_bytes, atomic_write_json, check_name
 from . import checkpoints as ckpt
 from .config import TrainPreset, apply_overrides, load_preset, parse_preset
@@ -124,12 +125,16 @@ class TrainSession:
         return self.plan.preset
 
     @property
+    def spec(self):
+        return get_spec(self.plan.family)
+
+    @property
     def denoiser(self):
-        return getattr(self.pipe, self.family.DENOISER)
+        return getattr(self.pipe, self.spec.denoiser)
 
     @property
     def trained_modules(self) -> list:
-        names = [self.family.DENOISER] + (list(self.family.TEXT_ENCODERS) if self.preset.lora.text_encoder else [])
+        names = [self.spec.denoiser] + (list(self.spec.lora_text_encoders) if self.preset.lora.text_encoder else [])
         return [getattr(self.pipe, n) for n in names]
 
     @property
@@ -166,15 +171,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if d.type not in ("cpu", "cuda"):
         raise CharkitError(f"--device {device}: training runs on cpu or cuda")
     return d
-
-
-def family_module(family: str, part: str):
-    import importlib
-
-    from ..families import get_family
-
-    get_family(family)  # validates the name
-    return importlib.import_module(f"charkit.families.{family}.{part}")
 
 
 def check_inputs(
@@ -222,7 +218,7 @@ def check_inputs(
         clip_model=None if clip_model is None else str(clip_model),
     )
     family = p.family
-    spec = family_module(family, "defaults").SPEC
+    spec = get_spec(family)
     notes: list[str] = []
     dev = resolve_device(device)
     effective = p.train.mixed_precision
@@ -411,8 +407,9 @@ def load(plan: TrainPlan) -> TrainSession:
     if accelerator.is_main_process:
         backend = get_backend(plan.backend)
         profile = profile_for_character(plan.character, backend, cache=FaceCache())
-    fam = family_module(plan.family, "lora")
-    pipeline_mod = family_module(plan.family, "pipeline")
+    fam = family_part(plan.family, "lora")
+    pipeline_mod = family_part(plan.family, "pipeline")
+    spec = get_spec(plan.family)
     kw = {"config": plan.model_config} if plan.model_config else {}
     pipe = pipeline_mod.load_pipeline(
         plan.model, device=plan.device, dtype=plan.weight_dtype, allow_pickle_weights=plan.allow_pickle_weights, **kw
@@ -425,8 +422,8 @@ def load(plan: TrainPlan) -> TrainSession:
 
     torch.manual_seed(preset.train.seed)  # LoRA init (lora_A) draws from the global generator
     lcfg = preset.lora
-    denoiser = getattr(pipe, fam.DENOISER)
-    targets = list(lcfg.targets or fam.LORA_TARGETS)
+    denoiser = getattr(pipe, spec.denoiser)
+    targets = list(lcfg.targets or spec.lora_targets)
     try:
         denoiser.add_adapter(
             LoraConfig(
@@ -440,11 +437,11 @@ def load(plan: TrainPlan) -> TrainSession:
     except ValueError as e:
         raise CharkitError(
             f"preset field 'lora.targets' {targets}: {' '.join(str(e).split())[:200]}; use module names of the "
-            f"{fam.DENOISER} (or leave it empty for the family default)"
+            f"{spec.denoiser} (or leave it empty for the family default)"
         ) from None
     modules = [denoiser]
     if lcfg.text_encoder:
-        for name in fam.TEXT_ENCODERS:
+        for name in spec.lora_text_encoders:
             te = getattr(pipe, name)
             te.add_adapter(
                 LoraConfig(
@@ -452,7 +449,7 @@ def load(plan: TrainPlan) -> TrainSession:
                     lora_alpha=lcfg.alpha,
                     lora_dropout=lcfg.dropout,
                     init_lora_weights="gaussian",
-                    target_modules=list(fam.TEXT_ENCODER_TARGETS),
+                    target_modules=list(spec.text_encoder_lora_targets),
                 )
             )
             modules.append(te)
@@ -560,6 +557,7 @@ def cache(session: TrainSession) -> None:
         cached=preset.train.cache_text_embeddings,
         device=plan.device,
         trainable=preset.lora.text_encoder,
+        shared_keys=session.spec.shared_text_keys,
     )
     if preset.lora.text_encoder and preset.train.cache_text_embeddings:
         plan.notes.append("text-embedding cache off: the text encoder is trained")
@@ -709,8 +707,8 @@ def checkpoint(session: TrainSession) -> ckpt.CheckpointInfo:
     plan = session.plan
     text_encoder = session.preset.lora.text_encoder
     lora, meta = pack_diffusers(
-        adapter_layers(session.pipe, session.family, text_encoder=text_encoder),
-        adapter_configs(session.pipe, session.family, text_encoder=text_encoder),
+        adapter_layers(session.pipe, session.spec, text_encoder=text_encoder),
+        adapter_configs(session.pipe, session.spec, text_encoder=text_encoder),
     )
     scaler = getattr(session.accelerator, "scaler", None)
     state = ckpt.CheckpointState(
@@ -750,7 +748,7 @@ def eval_mode(session: TrainSession):
 def render_probes(session: TrainSession, specs) -> list:
     """Render the probe set with the current LoRA (fixed seeds, one batch per prompt)."""
     plan, ev = session.plan, session.preset.eval
-    spec = family_module(plan.family, "defaults").SPEC
+    spec = get_spec(plan.family)
     steps = ev.steps or spec.steps
     guidance = ev.guidance if ev.guidance >= 0 else spec.guidance
     negative = ev.negative_prompt or plan.character.spec.negative_prompt or None

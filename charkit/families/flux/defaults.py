@@ -1,4 +1,4 @@
-"""FLUX.1 (dev / schnell and fine-tunes): defaults and capabilities."""
+"""FLUX.1 (dev / schnell and fine-tunes): every family fact in one SPEC."""
 
 from __future__ import annotations
 
@@ -6,18 +6,27 @@ from ..spec import FamilySpec
 
 SPEC = FamilySpec(
     name="flux",
+    description="Flux: 1024px rectified-flow transformer with CLIP + T5 text encoders; best prompt following.",
     pipeline_class="FluxPipeline",
     controlnet_pipeline_class="FluxControlNetPipeline",
     controlnet_class="FluxControlNetModel",
+    pipeline_prefix="Flux",
     width=1024,
     height=1024,
     steps=28,
     guidance=3.5,  # distilled guidance (FLUX.1-dev); true CFG only with true_cfg_scale > 1
     scheduler="FlowMatchEulerDiscreteScheduler",
+    size_multiple=16,
+    example_model="black-forest-labs/FLUX.1-dev",
     # Plain IP-Adapter in the XLabs layout (diffusers' FluxIPAdapterMixin); there is no Flux FaceID adapter.
     supports=frozenset({"lora", "controlnet", "ip_adapter"}),
     controls=frozenset({"canny", "depth"}),
     prediction="flow",
-    size_multiple=16,
-    description="Flux: 1024px rectified-flow transformer with CLIP + T5 text encoders; best prompt following.",
+    denoiser="transformer",
+    lora_targets=("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+    # ``text_ids`` hold token positions, the same for every sample of a batch.
+    shared_text_keys=("text_ids",),
+    kohya_base="flux1",
+    single_file_keys=("double_blocks.", "single_blocks.0.linear1"),
+    detect_priority=0,
 )

@@ -1,4 +1,4 @@
-"""Flux LoRA training: adapter targets on the transformer and the rectified-flow loss on packed latents.
+"""Flux LoRA training: text conditioning and the rectified-flow loss on packed latents.
 
 As in diffusers' ``train_dreambooth_lora_flux.py``: latents are shifted and scaled, noised along
 the flow ``x_t = (1 - sigma) x_0 + sigma * noise`` at a timestep from the configured density, packed
@@ -6,20 +6,12 @@ into 2x2 patches with their position ids, and the transformer (with the distille
 when it has a guidance embedder) predicts ``noise - x_0``. Text embeddings (CLIP pooled + T5) come
 from the pipeline's own ``encode_prompt`` and are cached.
 
-Only attention projections are adapted: they are the modules whose kohya ("lora_transformer_")
-names diffusers and ComfyUI both map back, so the kohya export loads everywhere.
+By default only attention projections are adapted (``SPEC.lora_targets``).
 """
 
 from __future__ import annotations
 
 import torch
-
-DENOISER = "transformer"
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-TEXT_ENCODERS: tuple[str, ...] = ()
-TEXT_ENCODER_TARGETS: tuple[str, ...] = ()
-#: ``text_ids`` hold token positions, the same for every sample of a batch.
-SHARED_TEXT_KEYS = ("text_ids",)
 
 
 def noise_scheduler(pipe):

@@ -1,4 +1,4 @@
-"""SD1.5 LoRA training: which modules get an adapter, text conditioning, and the denoising loss.
+"""SD1.5 LoRA training: text conditioning and the denoising loss (adapter targets: ``SPEC.lora_targets``).
 
 The loss is the one of diffusers' ``train_text_to_image_lora.py``: DDPM noise at a uniform random
 timestep, the UNet predicts the noise (``epsilon``) or the velocity (``v_prediction``), whichever the
@@ -10,16 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-#: The pipeline attribute trained with a LoRA.
-DENOISER = "unet"
-#: Attention projections of every transformer block of the UNet (what the diffusers examples adapt).
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-#: Text-encoder LoRA: the CLIP attention projections.
-TEXT_ENCODERS = ("text_encoder",)
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-#: Text-conditioning entries shared by the whole batch (not concatenated per sample).
-SHARED_TEXT_KEYS: tuple[str, ...] = ()
 
 
 def noise_scheduler(pipe):

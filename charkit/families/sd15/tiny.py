@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..tinyparts import (
+from ...testing.tinyparts import (
     TinyModel,
     clip_text_config,
     clip_tokenizer,
@@ -92,7 +92,7 @@ def build_tiny(
     """
     from diffusers import ControlNetModel
 
-    from ..ldm import sd15_checkpoint
+    from ...testing.ldm import sd15_checkpoint
 
     final = Path(out_dir)
     with staging_dir(final) as tmp:

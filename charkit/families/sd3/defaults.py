@@ -1,4 +1,4 @@
-"""Stable Diffusion 3 / 3.5 (medium, large): defaults and capabilities."""
+"""Stable Diffusion 3 / 3.5 (medium, large): every family fact in one SPEC."""
 
 from __future__ import annotations
 
@@ -6,18 +6,26 @@ from ..spec import FamilySpec
 
 SPEC = FamilySpec(
     name="sd3",
+    description="SD3/3.5: 1024px MMDiT with two CLIP encoders and T5; good typography and composition.",
     pipeline_class="StableDiffusion3Pipeline",
     controlnet_pipeline_class="StableDiffusion3ControlNetPipeline",
     controlnet_class="SD3ControlNetModel",
+    pipeline_prefix="StableDiffusion3",
     width=1024,
     height=1024,
     steps=28,
     guidance=5.0,
     scheduler="FlowMatchEulerDiscreteScheduler",
+    size_multiple=16,
+    example_model="stabilityai/stable-diffusion-3.5-medium",
     # Text-encoder LoRA and IP-Adapters are not wired for SD3 in charkit.
     supports=frozenset({"lora", "controlnet"}),
     controls=frozenset({"canny", "depth"}),
     prediction="flow",
-    size_multiple=16,
-    description="SD3/3.5: 1024px MMDiT with two CLIP encoders and T5; good typography and composition.",
+    denoiser="transformer",
+    # Joint attention projections of the image and the context stream.
+    lora_targets=("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+    kohya_base="sd3",
+    single_file_keys=("joint_blocks.",),
+    detect_priority=1,
 )

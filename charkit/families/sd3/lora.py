@@ -1,4 +1,4 @@
-"""SD3 LoRA training: adapter targets on the MMDiT transformer and the rectified-flow loss.
+"""SD3 LoRA training: text conditioning of the MMDiT transformer and the rectified-flow loss.
 
 As in diffusers' ``train_dreambooth_lora_sd3.py``: a timestep drawn from the configured density
 (logit-normal by default), ``x_t = (1 - sigma) x_0 + sigma * noise``, the transformer predicts the
@@ -9,13 +9,6 @@ velocity ``noise - x_0``. Text embeddings (two CLIP encoders + T5) come from the
 from __future__ import annotations
 
 import torch
-
-DENOISER = "transformer"
-#: Joint attention projections of the image and the context stream.
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-TEXT_ENCODERS: tuple[str, ...] = ()
-TEXT_ENCODER_TARGETS: tuple[str, ...] = ()
-SHARED_TEXT_KEYS: tuple[str, ...] = ()
 
 
 def noise_scheduler(pipe):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..tinyparts import (
+from ...testing.tinyparts import (
     TinyModel,
     clip_text_config,
     clip_tokenizer,

@@ -1,4 +1,4 @@
-"""Stable Diffusion XL (base 1.0 and fine-tunes such as Juggernaut / RealVisXL): defaults and capabilities."""
+"""Stable Diffusion XL (base 1.0 and fine-tunes such as Juggernaut / RealVisXL): every family fact in one SPEC."""
 
 from __future__ import annotations
 
@@ -6,17 +6,27 @@ from ..spec import FamilySpec
 
 SPEC = FamilySpec(
     name="sdxl",
+    description="SDXL: 1024px, UNet + two CLIP text encoders; strong realism fine-tunes, IP-Adapter and ControlNet.",
     pipeline_class="StableDiffusionXLPipeline",
     controlnet_pipeline_class="StableDiffusionXLControlNetPipeline",
     controlnet_class="ControlNetModel",
+    pipeline_prefix="StableDiffusionXL",
     width=1024,
     height=1024,
     steps=30,
     guidance=6.0,
     scheduler="EulerDiscreteScheduler",
+    size_multiple=8,
+    example_model="stabilityai/stable-diffusion-xl-base-1.0",
     supports=frozenset({"lora", "text_encoder_lora", "controlnet", "ip_adapter", "faceid"}),
     controls=frozenset({"canny", "openpose", "depth"}),
     prediction="epsilon",
-    size_multiple=8,
-    description="SDXL: 1024px, UNet + two CLIP text encoders; strong realism fine-tunes, IP-Adapter and ControlNet.",
+    denoiser="unet",
+    lora_targets=("to_q", "to_k", "to_v", "to_out.0"),
+    lora_text_encoders=("text_encoder", "text_encoder_2"),
+    text_encoder_lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
+    kohya_base="sdxl_base_v1-0",
+    # the second (OpenCLIP) text encoder is what tells SDXL apart: its files also hold input_blocks keys
+    single_file_keys=("conditioner.embedders.1.",),
+    detect_priority=2,
 )

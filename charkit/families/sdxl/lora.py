@@ -1,4 +1,4 @@
-"""SDXL LoRA training: adapter targets, two-encoder text conditioning with size micro-conditioning, and the loss.
+"""SDXL LoRA training: two-encoder text conditioning with size micro-conditioning, and the loss.
 
 As in diffusers' ``train_dreambooth_lora_sdxl.py``: DDPM noise at a uniform random timestep,
 epsilon or v-prediction from the scheduler config, the UNet conditioned on both CLIP encoders'
@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-DENOISER = "unet"
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-SHARED_TEXT_KEYS: tuple[str, ...] = ()
 
 
 def noise_scheduler(pipe):

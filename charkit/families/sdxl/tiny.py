@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..tinyparts import (
+from ...testing.tinyparts import (
     TinyModel,
     clip_text_config,
     clip_tokenizer,
@@ -98,7 +98,7 @@ def build_tiny(
     """Write a tiny SDXL to ``out_dir`` (new or empty; written atomically as a whole); same layout as sd15's."""
     from diffusers import ControlNetModel
 
-    from ..ldm import sdxl_checkpoint
+    from ...testing.ldm import sdxl_checkpoint
 
     final = Path(out_dir)
     with staging_dir(final) as tmp:

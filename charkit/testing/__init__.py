@@ -1,0 +1,9 @@
+"""Test-only builders: tiny artifacts in the real key and folder layouts of released files.
+
+    tinyparts.py          tokenizers, tiny encoders, IP-Adapter weights, the TinyModel record (``charkit tiny-model``)
+    ldm.py                diffusers -> original (LDM / A1111) single-file writer for SD1.5 and SDXL
+    fake_insightface.py   a tiny insightface-format ONNX pack that runs through the real FaceAnalysis
+
+The tests, the demo and ``charkit tiny-model`` build their models from these; nothing here is used
+to render or score real work.
+"""
