@@ -10,7 +10,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export OMP_NUM_THREADS ?= 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: install browser demo test lint format bench clean
+.PHONY: install browser demo test lint format fix-copies bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix charkit tests benchmarks examples
 	$(VENV)/bin/ruff format charkit tests benchmarks examples
+
+# Rewrite the `# Copied from` copies in the family folders from their sources (tests/test_copies.py checks them).
+fix-copies: install
+	$(PY) -m charkit.testing.check_copies --fix
 
 test: install browser lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests

@@ -60,3 +60,33 @@ def families_that(feature: str) -> tuple[str, ...]:
     ('sd15', 'sdxl')
     """
     return tuple(s.name for s in specs() if s.can(feature))
+
+
+#: What every family package offers (``charkit.families.<name>.<attr>``) and which of its files defines it.
+FAMILY_API: dict[str, str] = {
+    "load_pipeline": "pipeline",
+    "with_controlnet": "pipeline",
+    "load_controlnet": "pipeline",
+    "load_ip_adapter": "pipeline",
+    "unload_ip_adapter": "pipeline",
+    "generate": "pipeline",
+    "TinyModel": "tiny",
+    "build_tiny": "tiny",
+    "tiny_pipeline": "tiny",
+}
+
+
+def lazy_family_api(package: str, extra: dict[str, str] | None = None):
+    """``(__getattr__, __all__)`` for a family package: ``SPEC`` is eager (cheap), the rest loads on first use.
+
+    The pipeline and tiny-model functions import torch and diffusers; ``charkit prep`` only needs a
+    family's resolution, so they stay unimported until asked for.
+    """
+    api = {**FAMILY_API, **(extra or {})}
+
+    def __getattr__(name: str):
+        if name in api:
+            return getattr(importlib.import_module(f"{package}.{api[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__, ["SPEC", *sorted(api)]

@@ -1,4 +1,4 @@
-"""Flux pipelines: load (hub id / diffusers folder / single file, optional ControlNet) and generate.
+"""Flux pipelines: load (hub id / diffusers folder / single file, optional ControlNet), IP-Adapter, generate.
 
 Flux has a plain IP-Adapter (XLabs layout) but no FaceID (:data:`SPEC` says so): asking for FaceID
 raises a CharkitError naming the family and the feature.
@@ -16,14 +16,43 @@ from pathlib import Path
 import torch
 
 from ...errors import CharkitError
-from ..detect import family_from_keys, safetensors_keys
-from ..sources import ModelSource, hub_offline, loading, pretrained_kwargs, resolve_source
-from ..spec import set_scheduler
+from .. import loading
+from ..detect import safetensors_keys
+from ..generation import check_generate
+from ..ip_adapter import ip_location
+from ..sources import hub_offline, pretrained_kwargs, resolve_source
+from ..sources import loading as loading_errors
 from .defaults import SPEC
 
-FAMILY = SPEC.name
+__all__ = [
+    "SPEC",
+    "generate",
+    "load_controlnet",
+    "load_ip_adapter",
+    "load_pipeline",
+    "unload_ip_adapter",
+    "with_controlnet",
+]
+
+#: Extra keyword arguments of the pipeline class (none for Flux).
+PIPELINE_KWARGS: dict = {}
 
 
+# Copied from charkit.families.sd15.pipeline.load_controlnet
+def load_controlnet(
+    source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False
+):
+    """The family's ControlNet model from a hub id or a diffusers folder."""
+    return loading.load_controlnet(SPEC, source, dtype=dtype, allow_pickle_weights=allow_pickle_weights)
+
+
+# Copied from charkit.families.sd15.pipeline.with_controlnet
+def with_controlnet(pipe, controlnet, *, allow_pickle_weights: bool = False):
+    """The ControlNet variant of ``pipe`` sharing its components (``controlnet``: model, folder or hub id)."""
+    return loading.with_controlnet(SPEC, pipe, controlnet, allow_pickle_weights=allow_pickle_weights)
+
+
+# Copied from charkit.families.sd15.pipeline.load_pipeline
 def load_pipeline(
     source: str | os.PathLike,
     *,
@@ -34,91 +63,19 @@ def load_pipeline(
     config: str | os.PathLike | None = None,
     scheduler: str | None = None,
 ):
-    """A FluxPipeline (or FluxControlNetPipeline when ``controlnet`` is given).
+    """The family's text-to-image pipeline (``SPEC.pipeline_class``), or its ControlNet variant when ``controlnet`` is given.
 
-    ``source``: hub id, diffusers folder, or a single-file transformer checkpoint (original BFL layout,
-    ``.safetensors``) which needs ``config=`` (a diffusers Flux folder or cached hub id) for the text encoders,
-    VAE and configs. The progress bar is off.
+    ``source``: hub id, diffusers folder, or single-file checkpoint (``.safetensors``; pickle formats only
+    with ``allow_pickle_weights``). A single file needs ``config=`` (a diffusers folder or hub id of the
+    family that supplies the component configs and tokenizer) when offline. ``scheduler`` swaps in a
+    diffusers scheduler class by name. The progress bar is off (``pipe.set_progress_bar_config``).
     """
-    from diffusers import FluxPipeline
-
-    src = resolve_source(source, what=f"{FAMILY} model", allow_pickle_weights=allow_pickle_weights)
-    if src.kind == "file":
-        pipe = _load_single_file(src, config=config, dtype=dtype)
-    else:
-        _check_family(src)
-        with loading(f"{FAMILY} model", src):
-            pipe = FluxPipeline.from_pretrained(
-                src.ref, dtype=dtype, **pretrained_kwargs(allow_pickle_weights=allow_pickle_weights)
-            )
+    pipe = loading.load_pretrained(
+        SPEC, source, dtype=dtype, allow_pickle_weights=allow_pickle_weights, config=config, **PIPELINE_KWARGS
+    )
     if controlnet is not None:
         pipe = with_controlnet(pipe, controlnet, allow_pickle_weights=allow_pickle_weights)
-    if scheduler is not None:
-        set_scheduler(pipe, scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-def _check_family(src: ModelSource) -> None:
-    if src.kind != "folder":
-        return
-    from ..detect import detect_family
-
-    found = detect_family(src.ref)
-    if found != FAMILY:
-        raise CharkitError(f"{src.ref}: this is a {found} model, not {FAMILY}; use model family {found!r}")
-
-
-def _load_single_file(src: ModelSource, *, config, dtype):
-    from diffusers import FluxPipeline
-
-    if not src.pickle:
-        found = family_from_keys(safetensors_keys(src.ref), what=src.ref)
-        if found != FAMILY:
-            raise CharkitError(f"{src.ref}: this is a {found} checkpoint, not {FAMILY}; use model family {found!r}")
-    if config is None and hub_offline():
-        raise CharkitError(
-            f"{src.ref}: a single-file Flux checkpoint needs config= (a diffusers Flux folder or cached hub id, e.g. "
-            "black-forest-labs/FLUX.1-dev) for its text encoders, VAE and configs while HF_HUB_OFFLINE is set; pass it"
-        )
-    kw = {}
-    if config is not None:
-        cfg = resolve_source(config, what="config")
-        if cfg.kind == "file":
-            raise CharkitError(f"config {cfg.ref}: must be a diffusers folder or hub id, not a weights file")
-        kw["config"] = cfg.ref
-    if hub_offline():
-        kw["local_files_only"] = True
-    with loading(f"{FAMILY} single file", src):
-        return FluxPipeline.from_single_file(src.ref, dtype=dtype, **kw)
-
-
-def load_controlnet(
-    source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False
-):
-    """A FluxControlNetModel from a hub id or a diffusers folder."""
-    from diffusers import FluxControlNetModel
-
-    src = resolve_source(source, what="controlnet", allow_pickle_weights=allow_pickle_weights)
-    if src.kind == "file":
-        raise CharkitError(
-            f"controlnet {src.ref}: single-file ControlNets are not supported; pass a diffusers ControlNet folder or hub id"
-        )
-    with loading("controlnet", src):
-        return FluxControlNetModel.from_pretrained(
-            src.ref, dtype=dtype, **pretrained_kwargs(allow_pickle_weights=allow_pickle_weights)
-        )
-
-
-def with_controlnet(pipe, controlnet, *, allow_pickle_weights: bool = False):
-    """The ControlNet variant of ``pipe`` sharing its components (``controlnet``: model, folder or hub id)."""
-    from diffusers import FluxControlNetPipeline
-
-    if isinstance(controlnet, (str, os.PathLike)):
-        controlnet = load_controlnet(controlnet, dtype=pipe.dtype, allow_pickle_weights=allow_pickle_weights)
-    cn_pipe = FluxControlNetPipeline.from_pipe(pipe, controlnet=controlnet.to(pipe.device))
-    cn_pipe.set_progress_bar_config(disable=True)
-    return cn_pipe
+    return loading.finish_pipeline(pipe, device=device, scheduler=scheduler)
 
 
 def load_ip_adapter(
@@ -138,39 +95,30 @@ def load_ip_adapter(
     """
     from transformers import CLIPVisionModelWithProjection
 
-    from ..sources import check_weights_file
-
     if mode not in ("image", "face"):
         raise CharkitError(f"ip_adapter mode {mode!r}: choose 'image' or 'face'")
     SPEC.require("ip_adapter" if mode == "image" else "faceid")
-    p = Path(path).expanduser()
-    if p.is_file():
-        check_weights_file(p, what="IP-Adapter", allow_pickle_weights=allow_pickle_weights)
-        folder, subfolder, weight_name = str(p.parent.resolve()), "", p.name
-        if p.suffix == ".safetensors" and "ip_adapter_proj_model.proj.weight" not in safetensors_keys(p):
-            raise CharkitError(
-                f"{p}: not a Flux IP-Adapter (no ip_adapter_proj_model.proj.weight); use an XLabs-layout file"
-            )
-    else:
-        parts = os.fspath(path).split("/")
-        if p.is_dir() or len(parts) < 3 or os.fspath(path).startswith((".", "/", "~")):
-            raise CharkitError(
-                f"IP-Adapter {os.fspath(path)!r}: no such weights file; give a local file or org/repo/file"
-            )
-        check_weights_file(parts[-1], what="IP-Adapter", allow_pickle_weights=allow_pickle_weights)
-        folder, subfolder, weight_name = "/".join(parts[:2]), "/".join(parts[2:-1]), parts[-1]
-    if _has_ip_adapter(pipe):
-        pipe.unload_ip_adapter()
-    enc = image_encoder if image_encoder is not None else (p.parent / "image_encoder" if p.is_file() else None)
+    folder, subfolder, weight_name = ip_location(path, allow_pickle_weights=allow_pickle_weights)
+    local = Path(folder, subfolder, weight_name)
+    if (
+        local.suffix == ".safetensors"
+        and local.is_file()
+        and "ip_adapter_proj_model.proj.weight" not in safetensors_keys(local)
+    ):
+        raise CharkitError(
+            f"{local}: not a Flux IP-Adapter (no ip_adapter_proj_model.proj.weight); use an XLabs-layout file"
+        )
+    unload_ip_adapter(pipe)
+    enc = image_encoder if image_encoder is not None else (local.parent / "image_encoder" if local.is_file() else None)
     if enc is None:
         raise CharkitError(f"IP-Adapter {path}: pass image_encoder=<CLIP vision folder or hub id> for a hub adapter")
     enc_src = resolve_source(enc, what="image encoder", allow_pickle_weights=allow_pickle_weights)
-    with loading("image encoder", enc_src):
+    with loading_errors("image encoder", enc_src):
         model = CLIPVisionModelWithProjection.from_pretrained(
             enc_src.ref, dtype=pipe.dtype, **pretrained_kwargs(allow_pickle_weights=allow_pickle_weights)
         )
     pipe.register_modules(image_encoder=model.to(pipe.device).eval())
-    with loading("IP-Adapter", str(path)):
+    with loading_errors("IP-Adapter", str(path)):
         pipe.load_ip_adapter(
             folder,
             weight_name=weight_name,
@@ -181,13 +129,13 @@ def load_ip_adapter(
     pipe.set_ip_adapter_scale(scale)
 
 
-def _has_ip_adapter(pipe) -> bool:
+def has_ip_adapter(pipe) -> bool:
     return getattr(pipe.transformer, "encoder_hid_proj", None) is not None
 
 
 def unload_ip_adapter(pipe) -> None:
     """Remove a loaded IP-Adapter (no-op when none is loaded)."""
-    if _has_ip_adapter(pipe):
+    if has_ip_adapter(pipe):
         pipe.unload_ip_adapter()
 
 
@@ -211,40 +159,24 @@ def generate(
 ) -> list:
     """Render ``num_images`` PIL images. ``guidance`` is Flux's distilled guidance; ``negative_prompt`` only
     acts with ``true_cfg_scale > 1`` (real classifier-free guidance, twice the compute)."""
-    from diffusers import FluxControlNetPipeline
-
-    is_cn = isinstance(pipe, FluxControlNetPipeline)
-    SPEC.check_size(width, height)
-    if steps < 1 or num_images < 1:
-        raise CharkitError(f"steps={steps}, num_images={num_images}: both must be at least 1")
-    if isinstance(generator, (list, tuple)) and len(generator) != num_images:
-        raise CharkitError(
-            f"{len(generator)} generators for {num_images} images: pass one generator per image (or one)"
-        )
-    wants_ip = ip_adapter_image is not None or ip_adapter_embeds is not None
-    if wants_ip and not _has_ip_adapter(pipe):
-        raise CharkitError("IP-Adapter input given, but no IP-Adapter is loaded: call load_ip_adapter first")
-    if _has_ip_adapter(pipe) and not wants_ip:
-        raise CharkitError(
-            "an IP-Adapter is loaded: pass ip_adapter_image or ip_adapter_embeds, or unload_ip_adapter(pipe)"
-        )
-    if control_image is not None and not is_cn:
-        raise CharkitError("control image given, but the pipeline has no ControlNet: load it with controlnet=<model>")
-    if control_image is None and is_cn:
-        raise CharkitError(
-            "this pipeline has a ControlNet: pass control_image (or load the pipeline without controlnet)"
-        )
-    kwargs: dict = {}
+    kwargs = check_generate(
+        SPEC,
+        is_controlnet=loading.is_controlnet_pipeline(SPEC, pipe),
+        has_ip_adapter=has_ip_adapter(pipe),
+        width=width,
+        height=height,
+        steps=steps,
+        generator=generator,
+        num_images=num_images,
+        control_image=control_image,
+        ip_adapter_image=ip_adapter_image,
+        ip_adapter_embeds=ip_adapter_embeds,
+        image_encoder=getattr(pipe, "image_encoder", None),
+    )
     if control_image is not None:
         kwargs.update(control_image=control_image, controlnet_conditioning_scale=float(control_scale))
     if negative_prompt:
         kwargs.update(negative_prompt=negative_prompt, true_cfg_scale=float(true_cfg_scale))
-    if ip_adapter_image is not None:
-        kwargs["ip_adapter_image"] = ip_adapter_image
-    if ip_adapter_embeds is not None:
-        kwargs["ip_adapter_image_embeds"] = (
-            [ip_adapter_embeds] if isinstance(ip_adapter_embeds, torch.Tensor) else list(ip_adapter_embeds)
-        )
     with torch.inference_mode():
         out = pipe(
             prompt=prompt,

@@ -14,15 +14,39 @@ import os
 
 import torch
 
-from ...errors import CharkitError
-from ..detect import family_from_keys, safetensors_keys
-from ..sources import ModelSource, hub_offline, loading, pretrained_kwargs, resolve_source
-from ..spec import set_scheduler
+from .. import loading
+from ..generation import check_generate
 from .defaults import SPEC
 
-FAMILY = SPEC.name
+__all__ = [
+    "SPEC",
+    "generate",
+    "load_controlnet",
+    "load_ip_adapter",
+    "load_pipeline",
+    "unload_ip_adapter",
+    "with_controlnet",
+]
+
+#: Extra keyword arguments of the pipeline class (none for SD3).
+PIPELINE_KWARGS: dict = {}
 
 
+# Copied from charkit.families.sd15.pipeline.load_controlnet
+def load_controlnet(
+    source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False
+):
+    """The family's ControlNet model from a hub id or a diffusers folder."""
+    return loading.load_controlnet(SPEC, source, dtype=dtype, allow_pickle_weights=allow_pickle_weights)
+
+
+# Copied from charkit.families.sd15.pipeline.with_controlnet
+def with_controlnet(pipe, controlnet, *, allow_pickle_weights: bool = False):
+    """The ControlNet variant of ``pipe`` sharing its components (``controlnet``: model, folder or hub id)."""
+    return loading.with_controlnet(SPEC, pipe, controlnet, allow_pickle_weights=allow_pickle_weights)
+
+
+# Copied from charkit.families.sd15.pipeline.load_pipeline
 def load_pipeline(
     source: str | os.PathLike,
     *,
@@ -33,91 +57,19 @@ def load_pipeline(
     config: str | os.PathLike | None = None,
     scheduler: str | None = None,
 ):
-    """A StableDiffusion3Pipeline (or StableDiffusion3ControlNetPipeline when ``controlnet`` is given).
+    """The family's text-to-image pipeline (``SPEC.pipeline_class``), or its ControlNet variant when ``controlnet`` is given.
 
-    ``source``: hub id, diffusers folder, or a single-file transformer checkpoint (original Stability layout with its text encoders, or transformer only,
-    ``.safetensors``) which needs ``config=`` (a diffusers SD3 folder or cached hub id) for the text encoders,
-    VAE and configs. The progress bar is off.
+    ``source``: hub id, diffusers folder, or single-file checkpoint (``.safetensors``; pickle formats only
+    with ``allow_pickle_weights``). A single file needs ``config=`` (a diffusers folder or hub id of the
+    family that supplies the component configs and tokenizer) when offline. ``scheduler`` swaps in a
+    diffusers scheduler class by name. The progress bar is off (``pipe.set_progress_bar_config``).
     """
-    from diffusers import StableDiffusion3Pipeline
-
-    src = resolve_source(source, what=f"{FAMILY} model", allow_pickle_weights=allow_pickle_weights)
-    if src.kind == "file":
-        pipe = _load_single_file(src, config=config, dtype=dtype)
-    else:
-        _check_family(src)
-        with loading(f"{FAMILY} model", src):
-            pipe = StableDiffusion3Pipeline.from_pretrained(
-                src.ref, dtype=dtype, **pretrained_kwargs(allow_pickle_weights=allow_pickle_weights)
-            )
+    pipe = loading.load_pretrained(
+        SPEC, source, dtype=dtype, allow_pickle_weights=allow_pickle_weights, config=config, **PIPELINE_KWARGS
+    )
     if controlnet is not None:
         pipe = with_controlnet(pipe, controlnet, allow_pickle_weights=allow_pickle_weights)
-    if scheduler is not None:
-        set_scheduler(pipe, scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-def _check_family(src: ModelSource) -> None:
-    if src.kind != "folder":
-        return
-    from ..detect import detect_family
-
-    found = detect_family(src.ref)
-    if found != FAMILY:
-        raise CharkitError(f"{src.ref}: this is a {found} model, not {FAMILY}; use model family {found!r}")
-
-
-def _load_single_file(src: ModelSource, *, config, dtype):
-    from diffusers import StableDiffusion3Pipeline
-
-    if not src.pickle:
-        found = family_from_keys(safetensors_keys(src.ref), what=src.ref)
-        if found != FAMILY:
-            raise CharkitError(f"{src.ref}: this is a {found} checkpoint, not {FAMILY}; use model family {found!r}")
-    if config is None and hub_offline():
-        raise CharkitError(
-            f"{src.ref}: a single-file SD3 checkpoint needs config= (a diffusers SD3 folder or cached hub id, e.g. "
-            "stabilityai/stable-diffusion-3.5-medium) for its text encoders, VAE and configs while HF_HUB_OFFLINE is set; pass it"
-        )
-    kw = {}
-    if config is not None:
-        cfg = resolve_source(config, what="config")
-        if cfg.kind == "file":
-            raise CharkitError(f"config {cfg.ref}: must be a diffusers folder or hub id, not a weights file")
-        kw["config"] = cfg.ref
-    if hub_offline():
-        kw["local_files_only"] = True
-    with loading(f"{FAMILY} single file", src):
-        return StableDiffusion3Pipeline.from_single_file(src.ref, dtype=dtype, **kw)
-
-
-def load_controlnet(
-    source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False
-):
-    """A SD3ControlNetModel from a hub id or a diffusers folder."""
-    from diffusers import SD3ControlNetModel
-
-    src = resolve_source(source, what="controlnet", allow_pickle_weights=allow_pickle_weights)
-    if src.kind == "file":
-        raise CharkitError(
-            f"controlnet {src.ref}: single-file ControlNets are not supported; pass a diffusers ControlNet folder or hub id"
-        )
-    with loading("controlnet", src):
-        return SD3ControlNetModel.from_pretrained(
-            src.ref, dtype=dtype, **pretrained_kwargs(allow_pickle_weights=allow_pickle_weights)
-        )
-
-
-def with_controlnet(pipe, controlnet, *, allow_pickle_weights: bool = False):
-    """The ControlNet variant of ``pipe`` sharing its components (``controlnet``: model, folder or hub id)."""
-    from diffusers import StableDiffusion3ControlNetPipeline
-
-    if isinstance(controlnet, (str, os.PathLike)):
-        controlnet = load_controlnet(controlnet, dtype=pipe.dtype, allow_pickle_weights=allow_pickle_weights)
-    cn_pipe = StableDiffusion3ControlNetPipeline.from_pipe(pipe, controlnet=controlnet.to(pipe.device))
-    cn_pipe.set_progress_bar_config(disable=True)
-    return cn_pipe
+    return loading.finish_pipeline(pipe, device=device, scheduler=scheduler)
 
 
 def load_ip_adapter(pipe, path, *, mode: str, **_ignored) -> None:
@@ -147,25 +99,19 @@ def generate(
     max_sequence_length: int = 256,
 ) -> list:
     """Render ``num_images`` PIL images (classifier-free guidance with ``guidance``; same seeds -> same pixels)."""
-    from diffusers import StableDiffusion3ControlNetPipeline
-
-    is_cn = isinstance(pipe, StableDiffusion3ControlNetPipeline)
-    SPEC.check_size(width, height)
-    if steps < 1 or num_images < 1:
-        raise CharkitError(f"steps={steps}, num_images={num_images}: both must be at least 1")
-    if isinstance(generator, (list, tuple)) and len(generator) != num_images:
-        raise CharkitError(
-            f"{len(generator)} generators for {num_images} images: pass one generator per image (or one)"
-        )
-    if ip_adapter_image is not None or ip_adapter_embeds is not None:
-        SPEC.require("ip_adapter")
-    if control_image is not None and not is_cn:
-        raise CharkitError("control image given, but the pipeline has no ControlNet: load it with controlnet=<model>")
-    if control_image is None and is_cn:
-        raise CharkitError(
-            "this pipeline has a ControlNet: pass control_image (or load the pipeline without controlnet)"
-        )
-    kwargs: dict = {}
+    kwargs = check_generate(
+        SPEC,
+        is_controlnet=loading.is_controlnet_pipeline(SPEC, pipe),
+        has_ip_adapter=False,
+        width=width,
+        height=height,
+        steps=steps,
+        generator=generator,
+        num_images=num_images,
+        control_image=control_image,
+        ip_adapter_image=ip_adapter_image,
+        ip_adapter_embeds=ip_adapter_embeds,
+    )
     if control_image is not None:
         kwargs.update(control_image=control_image, controlnet_conditioning_scale=float(control_scale))
     # diffusers' SD3 ControlNet pipeline samples the control image's VAE latents from the *global* RNG;

@@ -87,6 +87,7 @@ def tiny_pipeline(seed: int = 0):
     )
 
 
+# Copied from charkit.families.sd15.tiny.build_tiny with sd15->sdxl, SD1.5->SDXL
 def build_tiny(
     out_dir: str | os.PathLike,
     *,
@@ -95,7 +96,12 @@ def build_tiny(
     ip_adapter: bool = True,
     single_file: bool = True,
 ) -> TinyModel:
-    """Write a tiny SDXL to ``out_dir`` (new or empty; written atomically as a whole); same layout as sd15's."""
+    """Write a tiny SDXL to ``out_dir`` (must be new or empty; written atomically as a whole).
+
+    ``out_dir`` itself is the diffusers pipeline folder; beside the components it holds ``controlnet/``
+    (ControlNet with perturbed zero convs, so it changes pixels), ``ip_adapter/`` (plain adapter + tiny CLIP
+    image encoder, and a FaceID adapter) and ``single_file/tiny-sdxl.safetensors`` (original LDM layout).
+    """
     from diffusers import ControlNetModel
 
     from ...testing.ldm import sdxl_checkpoint
