@@ -63,8 +63,9 @@ def prep(character, family, resolution, backend, face_models, out, max_duplicate
       charkit prep characters/alice --family sdxl
       charkit prep alice --resolution 768 --out /tmp/alice-ds
     """
+    from ..devices import onnx_providers
     from ..identity import get_backend
-    from .prep import onnx_providers, prep_dataset
+    from .prep import prep_dataset
 
     fb = get_backend(backend, face_models=face_models, providers=onnx_providers(device))
     r = prep_dataset(

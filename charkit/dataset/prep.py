@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from .. import __version__
 from ..character import Character, load_character, resolve_character_dir
+from ..devices import onnx_providers
 from ..errors import CharkitError
 from ..identity import BackendInfo, Face, FaceBackend, FaceCache, get_backend
 from ..identity.analyze import THUMB_SIDE as CACHE_THUMB_SIDE
@@ -576,14 +577,6 @@ def failed_dir(out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- lifecycle
-
-
-def onnx_providers(device: str) -> list[str] | None:
-    if device.startswith("cuda"):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    raise CharkitError(f"--device {device!r}: use cpu or cuda")
 
 
 def prep_dataset(

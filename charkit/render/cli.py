@@ -8,24 +8,6 @@ from pathlib import Path
 import click
 
 
-def _auto_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _auto_dtype(dtype: str, device: str) -> str:
-    if dtype != "auto":
-        return dtype
-    if not device.startswith("cuda"):
-        return "fp32"
-    import torch
-
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 @click.command("render")
 @click.argument("storyboard", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -124,15 +106,16 @@ def render(
       charkit render episode.yaml --model sd15=runwayml/stable-diffusion-v1-5 --model sdxl=models/juggernaut.safetensors
       accelerate launch -m charkit render episode.yaml --device cuda
     """
+    from ..devices import resolve_device, resolve_precision
     from .lifecycle import render_storyboard
 
-    device = _auto_device(device)
+    device = resolve_device(device)
     result = render_storyboard(
         storyboard,
         out=out,
         models=list(models) or None,
         device=device,
-        dtype=_auto_dtype(dtype, device),
+        dtype=resolve_precision(dtype, device),
         verify=verify,
         force=force,
         batch_size=batch_size,

@@ -253,7 +253,6 @@ def _controlnet_variant(loaded: LoadedModel, control_type: str, ctx: RenderConte
 
 def condition(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) -> Conditioning:
     """Control map, IP-Adapter image or FaceID embedding of ``job``, and the pipeline that takes them."""
-    import torch
 
     cond = Conditioning(pipe=loaded.pipe)
     if job.ip is not None:
@@ -266,7 +265,7 @@ def condition(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) -> Conditi
                 ctx.plan.characters[job.ip.character], ctx.plan.faceid_backend, cache=ctx.face_cache
             )
             cond.ip_embeds = loaded.plan.module.faceid_embeds(
-                emb, guidance=job.guidance, device=ctx.device, dtype=getattr(torch, ctx.options.dtype)
+                emb, guidance=job.guidance, device=ctx.device, dtype=ctx.options.torch_dtype
             )
     if job.control is not None:
         c = job.control
@@ -373,7 +372,7 @@ def record(rendered: Rendered, ctx: RenderContext) -> ImageRecord:
         candidates=[c.score() for c in candidates],
         selection=selection.reason,
         inputs_hash=job.inputs_hash,
-        dtype=plan.options.dtype,
+        dtype=plan.options.dtype_name,
         device=str(plan.options.device).split(":")[0],
     )
     loras = {n: (_sha(plan.characters[n].lora_path(m.family)), s) for n, s in job.lora.items() if s != 0}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..character import Character, load_character
+from ..devices import precision_name
 from ..errors import CharkitError
 from ..paths import check_name, under_root
 from .conditioning import check_annotators
@@ -24,14 +25,6 @@ from .storyboard import ModelSpec, Scene, Storyboard, expand_prompt, placeholder
 
 #: Bump when charkit changes how the same inputs turn into pixels: every scene renders again.
 RENDER_VERSION = 1
-DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "fp16": "float16",
-    "float16": "float16",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-}
 
 
 @dataclass
@@ -39,7 +32,7 @@ class RenderOptions:
     """How to run (not what to render): device, precision, GPU switches, safety and identity settings."""
 
     device: str = "cpu"
-    dtype: str = "float32"  # float32 | float16 | bfloat16
+    dtype: str = "fp32"  # fp32 | fp16 | bf16 (charkit.devices vocabulary; aliases such as float16 accepted)
     batch_size: int | None = None  # best-of-N candidates per pipeline call (None: all at once)
     compile: bool = False
     cpu_offload: bool = False
@@ -55,9 +48,16 @@ class RenderOptions:
 
     @property
     def torch_dtype(self):
-        import torch
+        from ..devices import torch_dtype
 
-        return getattr(torch, self.dtype)
+        return torch_dtype(self.dtype)
+
+    @property
+    def dtype_name(self) -> str:
+        """torch's name of the precision (``float16``): what manifests record."""
+        from ..devices import torch_name
+
+        return torch_name(self.dtype)
 
 
 @dataclass
@@ -551,7 +551,7 @@ def inputs_hash(job: SceneJob, plan: RenderPlan) -> str:
         "candidates": job.candidates,
         "characters": job.characters,
         "lora": {n: [s, file_sha256(plan.characters[n].lora_path(m.family))] for n, s in job.lora.items()},
-        "dtype": opts.dtype,
+        "dtype": opts.dtype_name,
         "device": str(opts.device).split(":")[0],
         "vae_tiling": opts.vae_tiling,
         "compile": opts.compile,
@@ -605,7 +605,7 @@ def check_inputs(
     ['s01-arrival.png', 's02-cafe.png']
     """
     options = options or RenderOptions()
-    options.dtype = _dtype_name(options.dtype)
+    options.dtype = precision_name(options.dtype)
     if options.cpu_offload and str(options.device).startswith("cpu"):
         raise CharkitError(
             "--cpu-offload moves models between CPU and GPU memory: it needs --device cuda (or another GPU)"
@@ -693,13 +693,6 @@ def check_inputs(
     for job in plan.jobs:
         job.inputs_hash = inputs_hash(job, plan)
     return plan
-
-
-def _dtype_name(dtype) -> str:
-    text = str(dtype).removeprefix("torch.")
-    if text not in DTYPES:
-        raise CharkitError(f"--dtype {dtype}: unknown precision; choose fp32, fp16 or bf16")
-    return DTYPES[text]
 
 
 def manifest_header(plan: RenderPlan) -> dict:

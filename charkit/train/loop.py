@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..devices import precision_name, resolve_device, torch_dtype
 from ..errors import CharkitError
 from ..families import family_part, get_spec
 from ..paths import atomic_write_bytes, atomic_write_json, check_name
@@ -50,16 +51,6 @@ from .evaluate import (
 #: consecutive steps with a non-finite loss after which training stops
 MAX_BAD_STEPS = 3
 RUN_FILE = "run.json"
-DTYPES = {
-    "fp32": "no",
-    "float32": "no",
-    "no": "no",
-    "fp16": "fp16",
-    "float16": "fp16",
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-}
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class NonFiniteLossError(CharkitError):
@@ -91,7 +82,7 @@ class TrainPlan:
 
     @property
     def weight_dtype(self) -> torch.dtype:
-        return WEIGHT_DTYPES[self.mixed_precision]
+        return torch_dtype(self.mixed_precision)
 
 
 @dataclass
@@ -159,18 +150,18 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------ check_inputs
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise CharkitError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise CharkitError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+def training_device(device: str | torch.device | None) -> torch.device:
+    """The device to train on (``auto``, ``cpu``, ``cuda``, ``cuda:N``); training runs on CPU or CUDA only."""
+    d = torch.device(resolve_device(None if device is None else str(device)))
     if d.type not in ("cpu", "cuda"):
         raise CharkitError(f"--device {device}: training runs on cpu or cuda")
     return d
+
+
+def accelerate_precision(precision: str) -> str:
+    """charkit's precision name as accelerate's ``mixed_precision`` (fp32 -> "no")."""
+    name = precision_name(precision)
+    return "no" if name == "fp32" else name
 
 
 def check_inputs(
@@ -205,11 +196,7 @@ def check_inputs(
         p = parse_preset(preset)
     else:
         p = load_preset(preset)
-    mp = None
-    if dtype is not None and str(dtype) != "auto":
-        if str(dtype) not in DTYPES:
-            raise CharkitError(f"--dtype {dtype!r}: choose fp32, fp16 or bf16")
-        mp = DTYPES[str(dtype)]
+    mp = None if dtype is None or str(dtype) == "auto" else accelerate_precision(dtype)
     p = apply_overrides(
         p,
         steps=steps,
@@ -220,7 +207,7 @@ def check_inputs(
     family = p.family
     spec = get_spec(family)
     notes: list[str] = []
-    dev = resolve_device(device)
+    dev = training_device(device)
     effective = p.train.mixed_precision
     if dev.type == "cpu" and effective != "no":
         notes.append(f"mixed precision {effective} needs a GPU: trained in fp32 on CPU")
