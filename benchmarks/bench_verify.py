@@ -77,7 +77,7 @@ def main() -> None:
     from charkit.character import CharacterSpec, load_character, save_spec
     from charkit.identity import FaceCache, profile_for_character
     from charkit.identity.dlib_backend import DlibBackend
-    from charkit.identity.verify import verify
+    from charkit.verify import verify
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -13,8 +13,8 @@ from .errors import CharkitError
 # command name -> "module:attribute" (each module owns its click command)
 COMMANDS = {
     "character": "charkit.character_cli:character",
-    "verify": "charkit.identity.cli:verify",
-    "calibrate": "charkit.identity.cli:calibrate",
+    "verify": "charkit.verify.cli:verify",
+    "calibrate": "charkit.verify.cli:calibrate",
     "tiny-model": "charkit.families.cli:tiny_model",
     "render": "charkit.render.cli:render",
     "prep": "charkit.dataset.cli:prep",

@@ -204,10 +204,10 @@ def run_demo(
 
     from .dataset import prep_dataset
     from .identity import get_backend
-    from .identity.verify import verify
     from .render.lifecycle import render_storyboard
     from .render.storyboard import parse_storyboard
     from .train import train_lora
+    from .verify import verify
 
     out = Path(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -11,13 +11,19 @@ Every image charkit reads (references, renders, external folders) goes through
 
 :func:`read_image` wraps it so an unreadable file becomes an :class:`ImageRejection`
 with a reason instead of an exception: one bad file never stops a batch.
+
+:func:`make_thumbnail` is the one JPEG encoder of every report (pinned settings: the same image
+gives the same bytes, so a re-run rewrites an identical report); :func:`image_mime` sniffs the
+formats a report can inline.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +139,93 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
         if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+# -- thumbnails: small, deterministic JPEGs for reports ------------------------------------------
+
+#: Encoder settings, fixed so the bytes depend only on the pixels.
+JPEG_QUALITY = 85
+JPEG_SUBSAMPLING = 2  # 4:2:0
+
+#: Formats the report can inline, by their magic bytes.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+)
+
+
+def make_thumbnail(
+    pil_image: Image.Image, max_side: int = 256, *, boxes: Iterable[tuple[tuple[float, ...], tuple[int, int, int]]] = ()
+) -> bytes:
+    """Shrink ``pil_image`` so its longest side is at most ``max_side`` and encode it as JPEG.
+
+    The aspect ratio is kept, images are never enlarged, and alpha is composited on white
+    rather than dropped to black. ``boxes`` are ``((x0, y0, x1, y1), colour)`` outlines in the
+    original image's pixels, drawn onto the thumbnail (the prep report outlines faces this way;
+    the verify report draws its boxes in SVG instead).
+
+    >>> make_thumbnail(Image.new("RGB", (1024, 512)))[:3] == b"\\xff\\xd8\\xff"
+    True
+    """
+    if not isinstance(max_side, int) or isinstance(max_side, bool) or max_side < 16:
+        raise ValueError(f"max_side must be an int >= 16, got {max_side!r}")
+    img = _to_rgb(pil_image)
+    w, h = img.size
+    scale = min(1.0, max_side / max(w, h))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=None)
+    if boxes:
+        from PIL import ImageDraw
+
+        img = img.copy() if img is pil_image else img
+        draw = ImageDraw.Draw(img)
+        for box, colour in boxes:
+            draw.rectangle([v * scale for v in box], outline=colour, width=2)
+    buf = BytesIO()
+    img.save(
+        buf,
+        format="JPEG",
+        quality=JPEG_QUALITY,
+        subsampling=JPEG_SUBSAMPLING,
+        optimize=False,
+        progressive=False,
+    )
+    return buf.getvalue()
+
+
+def thumbnails_for(paths: Iterable[str | os.PathLike], max_side: int = 256) -> dict[str, bytes]:
+    """Thumbnails for the images at ``paths``, keyed by ``str(path)`` (as ``ImageScore.path``).
+
+    Files that cannot be read are left out: the report draws a placeholder for them.
+    Images go through :func:`charkit.images.read_image`, so EXIF orientation is applied
+    exactly as it was for the face boxes.
+    """
+    out: dict[str, bytes] = {}
+    for p in paths:
+        key = str(p)
+        if key in out:
+            continue
+        loaded = read_image(p)
+        if hasattr(loaded, "image"):
+            out[key] = make_thumbnail(loaded.image, max_side)
+    return out
+
+
+def image_mime(data: bytes) -> str | None:
+    """The MIME type of thumbnail ``data`` the report can inline, or ``None``."""
+    for magic, mime in _SIGNATURES:
+        if data.startswith(magic):
+            return mime
+    return None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return img.convert("RGB")

@@ -37,7 +37,7 @@ XSS_PROMPT = "portrait of {name} <script>document.body.dataset.pwned='prompt'</s
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory, characters_root) -> Path:
     from charkit.identity.dlib_backend import DlibBackend
-    from charkit.identity.verify import verify
+    from charkit.verify import verify
 
     ep = tmp_path_factory.mktemp("episode")
     shutil.copy(FACES_DIR / "obama3.jpg", ep / "s01.jpg")

@@ -16,12 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import charkit.report as report_toolkit
 from charkit.errors import CharkitError
 from charkit.identity.base import BackendInfo, Face
-from charkit.identity.results import CharacterMatch, ImageScore, ProfileSummary, RunSummary, VerifyReport
-from charkit.images import load_image
-from charkit.report import CSV_COLUMNS, make_thumbnail, render_html, scene_slots, write_report
-from charkit.report import writer as report_writer
+from charkit.identity.results import CharacterMatch, ImageScore, ProfileSummary
+from charkit.images import load_image, make_thumbnail, thumbnails_for
+from charkit.verify import report as report_writer
+from charkit.verify.report import CSV_COLUMNS, render_html, scene_slots, write_report
+from charkit.verify.results import RunSummary, VerifyReport
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
@@ -442,7 +444,7 @@ def test_html_keeps_hostile_strings_inert(written, tree):
         for el in tree.elements
         if el.tag == "meta" and el.attrs.get("http-equiv") == "Content-Security-Policy"
     ]
-    assert csp == [report_writer.CSP] and "default-src 'none'" in csp[0] and "script-src" not in csp[0]
+    assert csp == [report_toolkit.CSP] and "default-src 'none'" in csp[0] and "script-src" not in csp[0]
 
 
 def test_html_fetches_nothing(tree, thumbs):
@@ -737,7 +739,6 @@ def test_make_thumbnail_is_small_deterministic_jpeg(faces_dir):
 
 
 def test_thumbnails_for_skips_unreadable(faces_dir, tmp_path):
-    from charkit.report import thumbnails_for
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
@@ -755,7 +756,7 @@ def test_failure_while_writing_leaves_the_old_report(report, thumbs, tmp_path, m
     old.images = old.images[:1]
     write_report(old, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    real = report_writer.atomic_write_text
+    real = report_toolkit.atomic_write_text
     calls = []
 
     def failing(path, text):
@@ -764,7 +765,7 @@ def test_failure_while_writing_leaves_the_old_report(report, thumbs, tmp_path, m
             raise OSError(28, "No space left on device")
         real(path, text)
 
-    monkeypatch.setattr(report_writer, "atomic_write_text", failing)
+    monkeypatch.setattr(report_toolkit, "atomic_write_text", failing)
     with pytest.raises(OSError, match="No space"):
         write_report(report, out, thumbnails=thumbs)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old files intact, no temporaries left
@@ -779,7 +780,7 @@ def _fail_placing(monkeypatch, name):
             raise OSError(5, "I/O error")
         real(src, dst)
 
-    monkeypatch.setattr(report_writer.os, "replace", replace)
+    monkeypatch.setattr(report_toolkit.os, "replace", replace)
 
 
 def test_failure_while_placing_rolls_back(report, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
 
 from .. import __version__
@@ -35,9 +35,8 @@ from ..identity import BackendInfo, Face, FaceBackend, FaceCache, get_backend
 from ..identity.analyze import THUMB_SIDE as CACHE_THUMB_SIDE
 from ..identity.cache import CachedImage
 from ..identity.profile import leave_one_out
-from ..images import ImageRejection, LoadedImage, read_image
+from ..images import ImageRejection, LoadedImage, make_thumbnail, read_image
 from ..paths import atomic_write_bytes, atomic_write_json, atomic_write_text, check_name, sha256_bytes
-from ..report.thumbnails import make_thumbnail
 from . import report as report_mod
 from .buckets import Bucket, CropPlan, aspect_buckets, bucket_step, choose_bucket, plan_crop
 from .phash import hamming, phash
@@ -295,16 +294,9 @@ def _sharpness(region: Image.Image) -> float:
 
 
 def _outlined_thumbnail(img: Image.Image, faces: list[Face]) -> bytes:
-    thumb = img.copy()
-    thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR, reducing_gap=2.0)
-    if faces:
-        s = thumb.width / img.width
-        draw = ImageDraw.Draw(thumb)
-        for i, f in enumerate(faces):
-            draw.rectangle([v * s for v in f.box], outline=(0, 200, 0) if i == 0 else (230, 0, 0), width=2)
-    buf = io.BytesIO()
-    thumb.save(buf, format="JPEG", quality=82)
-    return buf.getvalue()
+    # the kept face in green, any other face in red
+    boxes = [(f.box, (0, 200, 0) if i == 0 else (230, 0, 0)) for i, f in enumerate(faces)]
+    return make_thumbnail(img, THUMB_SIDE, boxes=boxes)
 
 
 # ----------------------------------------------------------------------------------------- filters

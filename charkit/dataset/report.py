@@ -11,11 +11,8 @@ jinja2 with autoescaping on: file names and captions come from the user.
 
 from __future__ import annotations
 
-import base64
 import math
 from collections import Counter
-
-import jinja2
 
 #: |yaw| at or under this many degrees counts as frontal
 FRONTAL_DEG = 15.0
@@ -150,56 +147,13 @@ def coverage(items: list[dict], *, threshold: float | None = None) -> dict:
     }
 
 
-def data_uri(jpeg: bytes | None) -> str | None:
-    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>charkit prep: {{ r.character }}</title>
-<style>
-body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:24px 0 8px}
-.meta{color:#555} table{border-collapse:collapse} td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}
-.warn{background:#fff4d6;border-left:4px solid #e0a000;padding:6px 10px;margin:4px 0}
-.grid{display:flex;flex-wrap:wrap;gap:12px}
-.card{width:200px;border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;overflow-wrap:anywhere}
-.card img{max-width:188px;max-height:188px;display:block;margin:0 auto 4px}
-.rej{border-color:#e3a3a3;background:#fff7f7} .reason{color:#a00;font-weight:600}
-.noimg{height:120px;display:flex;align-items:center;justify-content:center;background:#eee;color:#777}
-</style></head><body>
-<h1>Dataset prep: {{ r.character }}</h1>
-<div class="meta">family {{ r.family }} · resolution {{ r.resolution }} · face backend {{ r.backend.name }}
- (threshold {{ "%.2f"|format(r.threshold) }}) · charkit {{ r.charkit_version }}</div>
-<p><b>{{ r.counts.kept }}</b> of {{ r.counts.references }} references kept, {{ r.counts.rejected }} rejected
-{%- if r.counts.reasons %} ({% for code, n in r.counts.reasons.items() %}{{ n }} {{ code }}{% if not loop.last %}, {% endif %}{% endfor %}){% endif %}.</p>
-{% for w in r.coverage.warnings %}<div class="warn">{{ w }}</div>{% endfor %}
-<h2>Coverage</h2>
-<table><tr><th>pose</th>{% for k, v in r.coverage.pose.items() %}<td>{{ k }}: {{ v }}</td>{% endfor %}</tr>
-<tr><th>face size</th>{% for k, v in r.coverage.size.items() %}<td>{{ k }}: {{ v }}</td>{% endfor %}</tr>
-<tr><th>buckets</th>{% for k, v in r.coverage.buckets.items() %}<td>{{ k }}: {{ v }}</td>{% endfor %}</tr></table>
-<h2>Kept ({{ r.kept|length }})</h2>
-<div class="grid">{% for it in r.kept %}<div class="card">
-{% if thumbs.get(it.file) %}<img src="{{ thumbs[it.file] }}" alt="{{ it.file }}">{% endif %}
-<b>{{ it.file }}</b><br>from {{ it.source }} ({{ it.source_width }}x{{ it.source_height }})<br>
-{{ it.width }}x{{ it.height }} · {{ it.pose }}{% if it.yaw is not none %} ({{ "%.0f"|format(it.yaw) }}°){% endif %} · {{ it.size_bin }}<br>
-similarity {% if it.similarity is not none %}{{ "%.3f"|format(it.similarity) }}{% else %}-{% endif %}<br>
-<i>{{ it.caption }}</i></div>{% endfor %}</div>
-<h2>Rejected ({{ r.rejected|length }})</h2>
-<div class="grid">{% for it in r.rejected %}<div class="card rej">
-{% if thumbs.get("ref:" ~ it.source) %}<img src="{{ thumbs["ref:" ~ it.source] }}" alt="{{ it.source }}">{% else %}<div class="noimg">no preview</div>{% endif %}
-<b>{{ it.source }}</b><br><span class="reason">{{ it.reason }}</span></div>{% endfor %}</div>
-</body></html>
-"""
-
-_env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-
-
 def render_html(report: dict, thumbnails: dict[str, bytes | None]) -> str:
     """The self-contained HTML page for a ``prep_report.json`` dict.
 
     ``thumbnails`` maps a kept item's ``file`` (its crop) or ``"ref:" + source`` (a rejected
     original, faces outlined) to JPEG bytes.
     """
+    from ..report import data_uri, environment
+
     thumbs = {k: data_uri(v) for k, v in thumbnails.items() if v is not None}
-    return _env.from_string(_TEMPLATE).render(r=report, thumbs=thumbs)
+    return environment("charkit.dataset").get_template("prep_report.html.j2").render(r=report, thumbs=thumbs)

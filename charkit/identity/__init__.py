@@ -4,7 +4,8 @@
     alice = build_profile("alice", refs, backend)  # centroid + leave-one-out baseline
     score = score_image("s01.png", [alice], backend)
 
-``verify`` (in :mod:`charkit.identity.verify`) runs this over folders and writes the reports.
+This package is the engine only (backends, profiles, scoring, cache, calibration): it imports no
+stage and no report. The verify stage (:mod:`charkit.verify`) runs it over folders and writes reports.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .analyze import AnalyzedImage, analyze_array, analyze_file
 from .base import BackendInfo, Face, FaceBackend
 from .cache import FaceCache
 from .profile import ReferenceProfile, build_profile, profile_for_character
-from .results import CharacterMatch, ImageScore, ProfileSummary, RunSummary, VerifyReport
+from .results import CharacterMatch, ImageScore, ProfileSummary
 from .scoring import assign_faces, score_faces, score_image
 
 BACKENDS = ("auto", "dlib", "insightface")
@@ -58,8 +59,6 @@ __all__ = [
     "ImageScore",
     "ProfileSummary",
     "ReferenceProfile",
-    "RunSummary",
-    "VerifyReport",
     "analyze_array",
     "analyze_file",
     "assign_faces",

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..images import load_image
+from ..images import load_image, make_thumbnail
 from ..paths import sha256_bytes
-from ..report.thumbnails import make_thumbnail
 from .base import Face, FaceBackend
 from .cache import CachedImage, FaceCache
 

@@ -1,10 +1,10 @@
-"""Typed results of the identity engine (what reports are built from)."""
+"""Typed results of the identity engine: which face is which character, and how close it is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import BackendInfo, Face
+from .base import Face
 
 #: image status values, in report order
 STATUSES = ("pass", "drift", "no_face", "error")
@@ -25,9 +25,9 @@ class CharacterMatch:
         return {
             "character": self.character,
             "face": self.face,
-            "similarity": _r(self.similarity),
-            "distance": _r(self.distance),
-            "relative": _r(self.relative),
+            "similarity": rounded(self.similarity),
+            "distance": rounded(self.distance),
+            "relative": rounded(self.relative),
             "status": self.status,
         }
 
@@ -70,9 +70,9 @@ class ImageScore:
             "prompt": self.prompt,
             "order": self.order,
             "status": self.status,
-            "similarity": _r(self.similarity),
-            "distance": _r(self.distance),
-            "relative": _r(self.relative),
+            "similarity": rounded(self.similarity),
+            "distance": rounded(self.distance),
+            "relative": rounded(self.relative),
             "faces": [f.to_dict() for f in self.faces],
             "matches": [m.to_dict() for m in self.matches],
             "expected": list(self.expected),
@@ -103,76 +103,12 @@ class ProfileSummary:
             "name": self.name,
             "folder": self.folder,
             "references": self.references,
-            "baseline_mean": _r(self.baseline_mean),
-            "baseline_min": _r(self.baseline_min),
+            "baseline_mean": rounded(self.baseline_mean),
+            "baseline_min": rounded(self.baseline_min),
             "outliers": list(self.outliers),
             "rejected": list(self.rejected),
         }
 
 
-@dataclass
-class RunSummary:
-    """Counts and similarity statistics of one run (one model, or one external folder)."""
-
-    run: str
-    images: int
-    passed: int
-    drift: int
-    no_face: int
-    errors: int
-    mean_similarity: float | None
-    min_similarity: float | None
-    pass_rate: float | None  # passed / images with a face
-
-    def to_dict(self) -> dict:
-        return {
-            "run": self.run,
-            "images": self.images,
-            "pass": self.passed,
-            "drift": self.drift,
-            "no_face": self.no_face,
-            "error": self.errors,
-            "mean_similarity": _r(self.mean_similarity),
-            "min_similarity": _r(self.min_similarity),
-            "pass_rate": _r(self.pass_rate),
-        }
-
-
-@dataclass
-class VerifyReport:
-    """Everything ``charkit verify`` found; ``report.json`` is :meth:`to_dict`."""
-
-    backend: BackendInfo
-    threshold: float
-    characters: list[ProfileSummary]
-    runs: list[RunSummary]
-    images: list[ImageScore]
-    licence_note: str
-    charkit_version: str
-
-    @property
-    def baseline(self) -> dict[str, dict]:
-        return {
-            c.name: {"mean": _r(c.baseline_mean), "min": _r(c.baseline_min), "references": c.references}
-            for c in self.characters
-        }
-
-    @property
-    def drift_found(self) -> bool:
-        return any(i.status == "drift" for i in self.images)
-
-    def to_dict(self) -> dict:
-        return {
-            "charkit_version": self.charkit_version,
-            "backend": self.backend.to_dict(),
-            "threshold": self.threshold,
-            "baseline": self.baseline,
-            "licence_note": self.licence_note,
-            "characters": [c.to_dict() for c in self.characters],
-            "runs": [r.to_dict() for r in self.runs],
-            "images": [i.to_dict() for i in self.images],
-        }
-
-
-def _r(v: float | None, nd: int = 4) -> float | None:
+def rounded(v: float | None, nd: int = 4) -> float | None:
     return None if v is None else round(float(v), nd)

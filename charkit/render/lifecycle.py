@@ -529,7 +529,7 @@ def _group_by_model(jobs: list[SceneJob]) -> list[tuple[ModelPlan, list[SceneJob
 def run_verify(plan: RenderPlan):
     """The identity report (report.json/.csv/.html) of the rendered folder, written into it."""
     from ..identity.cache import FaceCache
-    from ..identity.verify import verify
+    from ..verify import verify
 
     return verify(
         [plan.out_dir],

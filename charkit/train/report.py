@@ -9,15 +9,13 @@ URIs. The page is self-contained (no scripts, no fetches; a Content-Security-Pol
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
 from .. import __version__
+from ..images import make_thumbnail
 from ..paths import atomic_write_json, atomic_write_text
+from ..report import data_uri, environment
 from .evaluate import CHOICE_RULE
 
 REPORT_JSON = "training_report.json"
@@ -150,29 +148,15 @@ def identity_chart(
 # ---------------------------------------------------------------------------------------------- html
 
 
-def _env() -> Environment:
-    return Environment(
-        loader=PackageLoader("charkit.train", "templates"),
-        autoescape=select_autoescape(["html", "j2"], default=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def _thumb(run_dir: Path, rel: str) -> str | None:
-    """A small JPEG of a probe render as a data: URI (deterministic: fixed quality, no metadata)."""
+    """A small JPEG of a probe render as a data: URI (the shared, deterministic thumbnail encoder)."""
     from PIL import Image
 
     p = run_dir / rel
     if not p.is_file():
         return None
     with Image.open(p) as im:
-        thumb = im.convert("RGB")
-    thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    thumb.save(buf, format="JPEG", quality=82)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        return data_uri(make_thumbnail(im.convert("RGB"), THUMB_SIDE))
 
 
 def render_html(report: dict, run_dir: Path) -> str:
@@ -181,7 +165,7 @@ def render_html(report: dict, run_dir: Path) -> str:
     backend = report["identity"]["backend"] or {}
     thumbs = {p["image"]: _thumb(run_dir, p["image"]) for c in report["checkpoints"] for p in c["probes"]}
     return (
-        _env()
+        environment("charkit.train")
         .get_template("training_report.html.j2")
         .render(
             r=report,

@@ -1,4 +1,4 @@
-"""Turn a :class:`~charkit.identity.results.VerifyReport` into report.json, report.csv and report.html.
+"""Turn a :class:`~charkit.verify.results.VerifyReport` into report.json, report.csv and report.html.
 
 The steps are public and run in this order by :func:`write_report`::
 
@@ -17,25 +17,22 @@ Content-Security-Policy forbids every network fetch and every script.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import csv
 import functools
 import io
 import json
 import math
-import os
-import secrets
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment
 
-from ..errors import CharkitError
-from ..identity.results import ImageScore, VerifyReport
-from ..paths import atomic_write_text, fsync_dir
-from .thumbnails import image_mime
+from ..identity.results import ImageScore
+from ..images import image_mime
+from ..report import check_output, commit, data_uri
+from ..report import environment as report_environment
+from .results import VerifyReport
 
 #: Columns of report.csv, one row per (image, expected character).
 CSV_COLUMNS = (
@@ -58,9 +55,6 @@ CSV_COLUMNS = (
 
 #: Run colours (Okabe-Ito, colour-blind safe), assigned in run order and cycled.
 RUN_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#7A7A00", "#000000")
-
-#: Content-Security-Policy of report.html: no network, no scripts, inline styles and data: images only.
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 REPORT_FILES = ("report.json", "report.csv", "report.html")
 
@@ -86,7 +80,7 @@ def write_report(report: VerifyReport, out_dir: Path, *, thumbnails: dict[str, b
     """Write report.json, report.csv and report.html into ``out_dir``, all or nothing.
 
     ``thumbnails`` maps ``ImageScore.path`` to JPEG (or PNG) bytes, e.g. from
-    :func:`charkit.report.thumbnails.make_thumbnail`; images without one get a placeholder.
+    :func:`charkit.images.make_thumbnail`; images without one get a placeholder.
 
     >>> paths = write_report(report, Path("out"), thumbnails={"a.png": jpeg})  # doctest: +SKIP
     >>> paths.html.name
@@ -108,69 +102,6 @@ def write_report(report: VerifyReport, out_dir: Path, *, thumbnails: dict[str, b
                 out.rmdir()  # only succeeds when nothing was left in it
         raise
     return ReportPaths(json=out / "report.json", csv=out / "report.csv", html=out / "report.html")
-
-
-def check_output(out_dir: str | os.PathLike) -> Path:
-    """The output folder, refused when it exists as something other than a folder."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CharkitError(f"{out}: exists and is not a folder; pass --out a folder (it is created if missing)")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CharkitError(f"{parent}: is not a folder, so {out} cannot be created; choose another --out")
-            break
-    return out
-
-
-def commit(out_dir: Path, texts: dict[str, str]) -> None:
-    """Stage every file as a complete temporary beside its target, then move them all into place.
-
-    If anything fails, the staged temporaries are removed and any file already moved into
-    place is rolled back to its previous version (or removed when there was none).
-    """
-    token = f"{os.getpid()}.{secrets.token_hex(4)}"
-    staged: list[tuple[Path, Path]] = []
-    placed: list[tuple[Path, Path | None]] = []  # (target, backup of its old version)
-    try:
-        for name, text in texts.items():
-            tmp = out_dir / f".{name}.{token}.staged"
-            staged.append((tmp, out_dir / name))
-            atomic_write_text(tmp, text)
-            os.chmod(tmp, 0o644)  # temp files are created 0600; a report is meant to be shared
-        for tmp, final in staged:
-            placed.append((final, _backup(final, token)))
-            os.replace(tmp, final)
-    except BaseException:
-        for final, backup in reversed(placed):
-            with contextlib.suppress(OSError):
-                if backup is not None:
-                    os.replace(backup, final)
-                    backup.unlink(missing_ok=True)  # rename is a no-op when both names are one file
-                else:
-                    final.unlink(missing_ok=True)
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        raise
-    for _, backup in placed:
-        if backup is not None:
-            with contextlib.suppress(OSError):
-                backup.unlink()
-    fsync_dir(out_dir)
-
-
-def _backup(path: Path, token: str) -> Path | None:
-    # A second name for the old file, so a failed commit can put it back; the old file
-    # itself stays in place (readers never see it missing).
-    if not path.exists():
-        return None
-    backup = path.with_name(f".{path.name}.{token}.old")
-    try:
-        os.link(path, backup)
-    except OSError:  # filesystems without hard links
-        shutil.copy2(path, backup)
-    return backup
 
 
 # --------------------------------------------------------------------------------------
@@ -473,10 +404,9 @@ def _data_uris(report: VerifyReport, thumbnails: dict[str, bytes]) -> dict[str, 
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"thumbnail for {path!r} must be bytes, got {type(data).__name__}")
         data = bytes(data)
-        mime = image_mime(data)
-        if mime is None:
-            raise ValueError(f"thumbnail for {path!r} is not JPEG or PNG bytes (use charkit.report.make_thumbnail)")
-        out[path] = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        if image_mime(data) is None:
+            raise ValueError(f"thumbnail for {path!r} is not JPEG or PNG bytes (use charkit.images.make_thumbnail)")
+        out[path] = data_uri(data)
     return out
 
 
@@ -671,17 +601,9 @@ def _rel(v: float | None) -> str:
 
 @functools.lru_cache(maxsize=1)
 def environment() -> Environment:
-    """The report's jinja2 environment: autoescape on for every template, undefined names are errors."""
-    env = Environment(
-        loader=PackageLoader("charkit.report", "templates"),
-        autoescape=select_autoescape(enabled_extensions=("html", "j2"), default_for_string=True, default=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    """The report toolkit's environment for this stage's templates, with the report's number filters."""
+    env = report_environment("charkit.verify")
     env.filters.update(num=_fmt, pct=_pct, rel=_rel, short=_short)
-    env.globals.update(csp=CSP)
     return env
 
 

@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..character import load_character
 from ..errors import CharkitError
+from ..identity import FaceBackend, FaceCache, ReferenceProfile, get_backend, profile_for_character
+from ..identity.analyze import analyze_file
+from ..identity.results import STATUSES, ImageScore
+from ..identity.scoring import score_faces
 from ..images import is_image_file, list_images
-from .analyze import analyze_file
-from .base import FaceBackend
-from .cache import FaceCache
-from .profile import ReferenceProfile, profile_for_character
-from .results import STATUSES, ImageScore, RunSummary, VerifyReport
-from .scoring import score_faces
+from .report import write_report
+from .results import RunSummary, VerifyReport
 
 MANIFEST = "manifest.json"
 
@@ -253,8 +253,6 @@ def licence_note(backend: FaceBackend) -> str:
 
 def record(report: VerifyReport, out: str | os.PathLike, thumbnails: dict[str, bytes]):
     """Write report.json, report.csv and report.html into ``out`` (atomically)."""
-    from ..report import write_report
-
     return write_report(report, Path(out), thumbnails=thumbnails)
 
 
@@ -275,8 +273,6 @@ def verify(
     >>> report.runs[0].pass_rate
     0.9
     """
-    from . import get_backend
-
     inputs = check_inputs(list(paths), runs, list(characters))
     backend = backend or get_backend("auto")
     cache = cache if cache is not None else FaceCache()

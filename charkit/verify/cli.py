@@ -1,4 +1,5 @@
-"""``charkit verify``: the click layer over :func:`charkit.identity.verify.verify`."""
+"""``charkit verify`` and ``charkit calibrate``: the click layer over :func:`charkit.verify.verify` and the
+identity engine's calibration."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 import click
 
-from .verify import verify as run_verify
+from .lifecycle import verify as run_verify
 
 
 def echo_summary(report, out) -> None:
@@ -94,7 +95,7 @@ def verify(paths, characters, runs, backend, face_models, threshold, out, fail_o
       charkit verify --run sd15=out/sd15 --run midjourney=~/Downloads/mj -c characters/alice
       charkit verify episode/ --fail-on-drift   # characters from the render manifest
     """
-    from . import get_backend
+    from ..identity import get_backend
 
     fb = get_backend(backend, face_models=face_models, threshold=threshold)
     report = run_verify(
@@ -147,8 +148,8 @@ def calibrate(characters, backend, face_models, as_json):
       charkit calibrate -c characters/alice -c characters/bob --backend insightface
     """
     from ..character import load_character
-    from . import get_backend
-    from .calibrate import calibrate as run_calibrate
+    from ..identity import get_backend
+    from ..identity.calibrate import calibrate as run_calibrate
 
     fb = get_backend(backend, face_models=face_models)
     c = run_calibrate([load_character(ch) for ch in characters], fb)
