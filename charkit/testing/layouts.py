@@ -63,6 +63,9 @@ PLUS_TOKENS = 16
 RESAMPLER_DEPTH = 4  # Resampler(depth=4) for every h94 plus adapter and FacePerceiverResampler(depth=4)
 HEAD_DIM = 64  # Resampler dim_head; diffusers infers heads = to_q.weight.shape[0] // 64
 FACEID_LORA_RANK = 4  # the real files use rank 128 (IPAdapterFaceID(lora_rank=128)); tiny UNets are 32-64 wide
+# SD1.5 plus: Resampler width = cross_attention_dim (768). SDXL plus: a fixed 1280 (IPAdapterPlusXL), not the
+# UNet's 2048; the tiny one keeps that mismatch (64 vs the tiny SDXL's 80).
+SDXL_RESAMPLER_DIM = 64
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -190,6 +193,11 @@ def _attn_hidden_size(unet, name: str) -> int:
     return cfg.block_out_channels[int(name[len("down_blocks.")])]
 
 
+def _unet_processors(unet) -> list[str]:
+    # the UNet's own processors in attn_processors order; a loaded plus adapter adds encoder_hid_proj.* ones at the end
+    return [n for n in unet.attn_processors if n.startswith(("down_blocks.", "mid_block.", "up_blocks."))]
+
+
 def _is_sdxl(unet) -> bool:
     return unet.config.addition_embed_type == "text_time"
 
@@ -268,7 +276,7 @@ def h94_full_face_state_dict(unet, *, tower: VisionTower, seed: int) -> dict[str
     return out
 
 
-# (subfolder, file name, builder) of every file write_h94_ip_adapter writes; the tower is the one the file needs.
+# (subfolder, file name, projection kind, the tower the file needs) of every file write_h94_ip_adapter writes.
 _H94_FILES = (
     ("models", "ip-adapter_sd15.safetensors", "plain", VIT_H),
     ("models", "ip-adapter-plus_sd15.safetensors", "plus", VIT_H),
@@ -315,8 +323,7 @@ def write_h94_ip_adapter(
         if kind == "plain":
             sd = h94_plain_state_dict(unet, tower=tower, seed=file_seed)
         elif kind == "plus":
-            # the real Resampler width: cross_attention_dim for SD1.5 (768), a fixed 1280 for SDXL (wider than tiny's 80)
-            dim = unet.config.cross_attention_dim if sub == "models" else 64
+            dim = unet.config.cross_attention_dim if sub == "models" else SDXL_RESAMPLER_DIM
             sd = h94_plus_state_dict(unet, tower=tower, dim=dim, seed=file_seed)
         else:
             sd = h94_full_face_state_dict(unet, tower=tower, seed=file_seed)
@@ -370,7 +377,7 @@ def h94_faceid_state_dict(unet, *, variant: str = "faceid", seed: int = 0) -> di
             _FaceIDProcessor(
                 _attn_hidden_size(unet, name), None if name.endswith("attn1.processor") else cross, FACEID_LORA_RANK
             )
-            for name in unet.attn_processors
+            for name in _unet_processors(unet)
         )
     out = _prefixed("image_proj", proj.state_dict())
     out.update(_prefixed("ip_adapter", procs.state_dict()))
