@@ -54,6 +54,13 @@ def dlib_backend():
 
 
 @pytest.fixture(scope="session")
+def sface_backend():
+    from charkit.identity.sface_backend import SFaceBackend
+
+    return SFaceBackend()
+
+
+@pytest.fixture(scope="session")
 def face_cache(tmp_path_factory):
     from charkit.identity import FaceCache
 

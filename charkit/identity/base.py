@@ -18,12 +18,17 @@ import numpy as np
 
 @dataclass
 class Face:
-    """One detected face. ``box`` is ``(x0, y0, x1, y1)`` in pixels of the intake image."""
+    """One detected face. ``box`` is ``(x0, y0, x1, y1)`` in pixels of the intake image.
+
+    After ``analyze``, a face the backend could not embed (e.g. too small for its recogniser)
+    has ``embedding=None`` and says why in ``reason``; it is reported but not scored.
+    """
 
     box: tuple[float, float, float, float]
     score: float
     landmarks: list[tuple[float, float]] = field(default_factory=list)
     embedding: np.ndarray | None = None
+    reason: str | None = None
 
     @property
     def area(self) -> float:
@@ -36,6 +41,8 @@ class Face:
             "score": round(float(self.score), 4),
             "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
         }
+        if self.reason is not None:
+            d["reason"] = self.reason
         if with_embedding and self.embedding is not None:
             d["embedding"] = [float(v) for v in self.embedding]
         return d
@@ -48,6 +55,7 @@ class Face:
             score=float(d["score"]),
             landmarks=[tuple(p) for p in d.get("landmarks", [])],
             embedding=None if emb is None else np.asarray(emb, dtype=np.float32),
+            reason=d.get("reason"),
         )
 
 

@@ -81,11 +81,12 @@ class FaceCache:
             return None
         data, emb, thumb = row
         d = json.loads(data)
-        vecs = np.frombuffer(emb, dtype=np.float32).reshape(len(d["faces"]), -1) if d["faces"] else []
+        embedded = d.get("embedded", [True] * len(d["faces"]))  # faces a backend could not embed: False
+        vecs = iter(np.frombuffer(emb, dtype=np.float32).reshape(sum(embedded), -1) if any(embedded) else [])
         faces = []
-        for fd, v in zip(d["faces"], vecs):
+        for fd, has in zip(d["faces"], embedded):
             f = Face.from_dict(fd)
-            f.embedding = np.array(v)
+            f.embedding = np.array(next(vecs)) if has else None
             faces.append(f)
         return CachedImage(faces=faces, width=d["width"], height=d["height"], notes=d["notes"], thumbnail=thumb)
 
@@ -93,12 +94,13 @@ class FaceCache:
         data = json.dumps(
             {
                 "faces": [f.to_dict() for f in entry.faces],
+                "embedded": [f.embedding is not None for f in entry.faces],
                 "width": entry.width,
                 "height": entry.height,
                 "notes": entry.notes,
             }
         )
-        emb = b"".join(np.asarray(f.embedding, np.float32).tobytes() for f in entry.faces)
+        emb = b"".join(np.asarray(f.embedding, np.float32).tobytes() for f in entry.faces if f.embedding is not None)
         with self._conn() as c:
             c.execute(
                 "INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?)",

@@ -91,6 +91,8 @@ def build_profile(
             rejected.append(ImageRejection(str(p), f"unreadable: {a.error}"))
         elif not a.faces:
             rejected.append(ImageRejection(str(p), "no_face"))
+        elif a.faces[0].embedding is None:  # e.g. too small for the recogniser
+            rejected.append(ImageRejection(str(p), a.faces[0].reason or "no_face"))
         else:
             emb = a.faces[0].embedding  # largest face: references are portraits
             # A copy of a reference adds nothing to the centroid and inflates the baseline: skip it.

@@ -29,21 +29,26 @@ def assign_faces(
     backend: FaceBackend,
     threshold: float,
 ) -> list[CharacterMatch]:
-    """One :class:`CharacterMatch` per profile (in profile order), faces assigned optimally."""
-    if not faces:
+    """One :class:`CharacterMatch` per profile (in profile order), faces assigned optimally.
+
+    Faces without an embedding (``Face.reason`` says why) take no part: they cannot be judged.
+    """
+    scorable = [j for j, f in enumerate(faces) if f.embedding is not None]
+    if not scorable:
         return [CharacterMatch(p.name, None, None, None, None, "missing") for p in profiles]
     from scipy.optimize import linear_sum_assignment  # imported here: 0.7 s of CLI start-up otherwise
 
-    sim = np.asarray([[backend.similarity(f.embedding, p.centroid) for f in faces] for p in profiles])
+    sim = np.asarray([[backend.similarity(faces[j].embedding, p.centroid) for j in scorable] for p in profiles])
     rows, cols = linear_sum_assignment(sim, maximize=True)
     by_row = dict(zip(rows.tolist(), cols.tolist()))
     out = []
     for i, p in enumerate(profiles):
-        j = by_row.get(i)
-        if j is None:
+        col = by_row.get(i)
+        if col is None:
             out.append(CharacterMatch(p.name, None, None, None, None, "missing"))
             continue
-        s = float(sim[i, j])
+        j = scorable[col]
+        s = float(sim[i, col])
         rel = s / p.baseline_mean if p.baseline_mean else None
         out.append(
             CharacterMatch(
@@ -105,11 +110,17 @@ def score_faces(
         width=analyzed.width,
         height=analyzed.height,
         sha256=analyzed.sha256,
-        notes=list(analyzed.notes),
+        # a face the backend could not embed (too small for its recogniser) is reported, not scored
+        notes=list(analyzed.notes)
+        + [
+            f"face {i} not scored: {f.reason or 'no embedding'}"
+            for i, f in enumerate(analyzed.faces)
+            if f.embedding is None
+        ],
     )
     if analyzed.error:
         return ImageScore(status="error", error=analyzed.error, **base)
-    if not analyzed.faces:
+    if all(f.embedding is None for f in analyzed.faces):  # no face, or none that can be scored
         return ImageScore(status="no_face", missing=[p.name for p in profiles], **base)
     matches = assign_faces(profiles, analyzed.faces, backend, threshold)
     swapped = find_swaps(matches, analyzed.faces, profiles, backend, left_to_right=left_to_right)
