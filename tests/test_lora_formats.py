@@ -139,6 +139,32 @@ def test_kohya_export_loads_back_with_the_trained_pixels(family, which, te, tmp_
         assert info.modules == {c: len({k.split(".lora_")[0] for k in sd}) for c, sd in layers.items()}
     with pytest.raises(CharkitError, match="already loaded"):
         load_lora(other, path, family=family, adapter_name="alice")
+    # a second adapter on the wrapped model maps to the same modules
+    assert load_lora(other, path, family=family, adapter_name="bob").modules == info.modules
+
+
+def test_sd_scripts_sdxl_file_with_ldm_block_names(tmp_path):
+    """sd-scripts names SDXL UNet modules the LDM way (lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q);
+    load_lora validates and loads those too."""
+    from charkit.families.ldm import unet_to_ldm
+
+    pipe = fresh("sdxl")
+    ldm = unet_to_ldm({k: k for k in pipe.unet.state_dict()}, pipe.unet.config)
+    layers = {"unet": add_lora(pipe.unet, all_linear_targets("sdxl", pipe.unet))}
+    trained = render(pipe)
+    rename = {
+        "lora_unet_" + d[: -len(".weight")].replace(".", "_"): "lora_unet_" + o[: -len(".weight")].replace(".", "_")
+        for o, d in ldm.items()
+        if o.endswith(".weight")
+    }
+    sd = {}
+    for k, v in to_kohya("sdxl", layers, alpha=8).items():
+        base, _, rest = k.partition(".")
+        sd[f"{rename.get(base, base)}.{rest}"] = v
+    assert any(k.startswith("lora_unet_input_blocks_") for k in sd) and not any("down_blocks" in k for k in sd)
+    other = fresh("sdxl")
+    load_lora(other, save(tmp_path / "sdxl-ldm.safetensors", sd), family="sdxl", adapter_name="l")
+    assert np.abs(render(other) - trained).max() < 1e-4
 
 
 def bfl_block_modules(pipe) -> set[str]:

@@ -292,7 +292,9 @@ class _Component:
 def _ldm_names(unet) -> dict[str, str]:
     from .ldm import unet_to_ldm
 
-    sd = {k: k for k in unet.state_dict()}
+    # names without peft wrappers (a pipeline may already carry other adapters)
+    keys = {k.replace(".base_layer.", ".") for k in unet.state_dict() if ".lora_" not in k}
+    sd = {k: k for k in keys}
     try:
         ldm = unet_to_ldm(sd, unet.config)
     except KeyError:  # not a UNet2DConditionModel layout we know: no LDM aliases
@@ -517,8 +519,11 @@ def adapter_modules(pipe, adapter_name: str) -> dict[str, set[str]]:
 
 
 def _drop_adapter(pipe, adapter_name: str) -> None:
-    for comp in adapter_modules(pipe, adapter_name):
-        model = getattr(pipe, comp)
+    """Remove ``adapter_name`` wherever it got to (layers or just a registered config)."""
+    for comp in sorted({c for cs in COMPONENTS.values() for c in cs}):
+        model = getattr(pipe, comp, None)
+        if adapter_name not in (getattr(model, "peft_config", None) or {}):
+            continue
         if hasattr(model, "delete_adapters"):
             model.delete_adapters(adapter_name)
         else:
@@ -567,6 +572,7 @@ def load_lora(pipe, path: str | os.PathLike, *, family: str, adapter_name: str) 
         raise CharkitError(f"LoRA {p} does not fit this {family} model ({msg}); is it for another family?") from None
     attached = adapter_modules(pipe, adapter_name)
     if not attached:
+        _drop_adapter(pipe, adapter_name)
         raise CharkitError(f"LoRA {p} matched no modules of this {family} model; is it for another family?")
     missing = [(c, m) for c, ms in expected.items() for m in sorted(ms) if m not in attached.get(c, set())]
     if missing:
