@@ -283,7 +283,7 @@ def test_cosine_similarity_distance_centroid(sface_backend):
 
 
 def test_verify_report_records_the_sface_backend(sface_backend, characters_root, face_cache, tmp_path):
-    from charkit.identity.verify import verify
+    from charkit.verify import verify
 
     images = tmp_path / "renders"
     images.mkdir()

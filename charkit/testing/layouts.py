@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CharkitError
+from ..paths import atomic_write_bytes, atomic_write_json
 from .tinyparts import (
     FACEID_DIM,
     _ip_cross_attention_weights,
@@ -38,7 +39,6 @@ from .tinyparts import (
     save_safetensors,
     seeded,
 )
-from ..paths import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "VIT_BIGG",
