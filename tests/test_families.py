@@ -417,7 +417,7 @@ def test_ldm_export_round_trips_through_diffusers_on_the_real_sd15_block_layout(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    from charkit.testing.ldm import unet_to_ldm, vae_to_ldm
+    from charkit.families.ldm import unet_to_ldm, vae_to_ldm
 
     unet = UNet2DConditionModel(
         sample_size=16,

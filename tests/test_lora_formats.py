@@ -7,14 +7,12 @@ Name maps are checked against the inverse that diffusers itself ships (its singl
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
 
 from charkit.errors import CharkitError
-from charkit.families import get_family
+from charkit.families import get_family, get_spec
 from charkit.families.loraformats import (
     adapter_modules,
     all_linear_targets,
@@ -46,8 +44,8 @@ def fresh(family: str):
     return pipe
 
 
-def family_lora(family: str):
-    return importlib.import_module(f"charkit.families.{family}.lora")
+def family_lora(family: str):  # the family spec (structure facts)
+    return get_spec(family)
 
 
 def add_lora(model, targets, *, seed: int = 1, rank: int = 4, alpha: float = 8) -> dict[str, torch.Tensor]:
@@ -72,7 +70,7 @@ def save(path, sd, metadata=None):
 
 
 def targets_for(family: str, which: str, denoiser) -> list[str]:
-    return list(family_lora(family).LORA_TARGETS) if which == "default" else all_linear_targets(family, denoiser)
+    return list(family_lora(family).lora_targets) if which == "default" else all_linear_targets(family, denoiser)
 
 
 # --------------------------------------------------------------------------------------------- layouts
@@ -119,11 +117,11 @@ def test_kohya_export_loads_back_with_the_trained_pixels(family, which, te, tmp_
     fl = family_lora(family)
     pipe = fresh(family)
     base = render(pipe)
-    den = getattr(pipe, fl.DENOISER)
-    layers = {fl.DENOISER: add_lora(den, targets_for(family, which, den))}
+    den = getattr(pipe, fl.denoiser)
+    layers = {fl.denoiser: add_lora(den, targets_for(family, which, den))}
     if te:
-        for i, name in enumerate(fl.TEXT_ENCODERS):
-            layers[name] = add_lora(getattr(pipe, name), fl.TEXT_ENCODER_TARGETS, seed=2 + i)
+        for i, name in enumerate(fl.lora_text_encoders):
+            layers[name] = add_lora(getattr(pipe, name), fl.text_encoder_lora_targets, seed=2 + i)
     trained = render(pipe)
     assert np.abs(trained - base).max() > 1e-3, "the LoRA does not change the pixels"
 
@@ -200,7 +198,7 @@ def test_flux_kohya_keys_are_bfl_names_fused_like_sd_scripts():
     assert float(sd["lora_unet_double_blocks_0_img_attn_proj.alpha"]) == 8
     # default targets adapt only q/k/v of linear1: its MLP rows stay zero
     pipe = fresh("flux")
-    layers = add_lora(pipe.transformer, family_lora("flux").LORA_TARGETS)
+    layers = add_lora(pipe.transformer, family_lora("flux").lora_targets)
     up = to_kohya("flux", {"transformer": layers}, alpha=8)["lora_unet_single_blocks_0_linear1.lora_up.weight"]
     assert up.shape == (224, 12) and not up[96:].any()
 
@@ -348,7 +346,7 @@ def family_files(tmp_path_factory):
     for family in ("sd15", "sdxl", "sd3", "flux"):
         fl = family_lora(family)
         pipe = fresh(family)
-        layers = {fl.DENOISER: add_lora(getattr(pipe, fl.DENOISER), fl.LORA_TARGETS)}
+        layers = {fl.denoiser: add_lora(getattr(pipe, fl.denoiser), fl.lora_targets)}
         out[family] = save(root / f"{family}.safetensors", to_kohya(family, layers, alpha=4))
     return out
 
@@ -449,8 +447,8 @@ def test_sd3_single_files_load_with_diffusers_from_single_file(tmp_path):
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    from charkit.families.tinyparts import clip_text_config, seeded
     from charkit.testing.singlefile import write_sd3_single_file, write_sd3_transformer
+    from charkit.testing.tinyparts import clip_text_config, seeded
 
     pipe = fresh("sd3")
     # Real SD3 has CLIP-L 768 / CLIP-G 1280 wide; diffusers tells them apart by width, so the tiny ones must differ.

@@ -259,12 +259,15 @@ def summarise(key: str, values: np.ndarray, ref: MeasureRange, references: int) 
     """The distribution of one measure over a run and its statement (rules in the module docstring)."""
     values = np.asarray(values, dtype=np.float64)
     median, p10, p90 = (float(v) for v in np.percentile(values, [50, 10, 90]))
-    above, below = int((values > ref.hi).sum()), int((values < ref.lo).sum())
-    if median > ref.hi:
+    # Every comparison goes through position(), so relations, counts and plotted positions agree even
+    # where float rounding puts a value a hair past lo/hi.
+    pos = [ref.position(v) for v in values]
+    above, below = sum(x > 1 for x in pos), sum(x < -1 for x in pos)
+    if ref.position(median) > 1:
         relation = "above"
-    elif median < ref.lo:
+    elif ref.position(median) < -1:
         relation = "below"
-    elif p10 < ref.lo and p90 > ref.hi:
+    elif ref.position(p10) < -1 and ref.position(p90) > 1:
         relation = "wider"
     else:
         relation = "within"

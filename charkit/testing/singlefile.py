@@ -30,7 +30,7 @@ import torch
 from ..families.flux.bfl import to_bfl
 from ..families.ldm import clip_to_ldm, vae_to_ldm
 from ..families.sd3.sai import to_sai
-from ..families.tinyparts import save_safetensors
+from .tinyparts import save_safetensors
 
 
 def _hf(model: torch.nn.Module, *, text_model: bool, projection: bool = True) -> dict[str, torch.Tensor]:
