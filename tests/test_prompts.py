@@ -25,7 +25,7 @@ from charkit.families.prompts import (
     parse_a1111,
     tokenize_chunks,
 )
-from charkit.families.tinyparts import _WORDS, clip_tokenizer
+from charkit.testing.tinyparts import _WORDS, clip_tokenizer
 
 SIZE, STEPS = 32, 2
 GUIDANCE = {"sd15": 7.0, "sdxl": 6.0, "sd3": 5.0, "sd3-no-t5": 5.0, "flux": 3.5}
