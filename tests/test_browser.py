@@ -6,7 +6,6 @@ and that XSS payloads in a prompt and a file name stay inert text.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -37,6 +36,7 @@ XSS_PROMPT = "portrait of {name} <script>document.body.dataset.pwned='prompt'</s
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory, characters_root) -> Path:
     from charkit.identity.dlib_backend import DlibBackend
+    from charkit.testing.stagefiles import write_render_manifest
     from charkit.verify import verify
 
     ep = tmp_path_factory.mktemp("episode")
@@ -48,9 +48,7 @@ def report_html(tmp_path_factory, characters_root) -> Path:
         {"scene": "s02", "model": "tiny-sd15", "file": XSS_NAME, "characters": ["obama"], "prompt": XSS_PROMPT},
         {"scene": "s03", "model": "tiny-sd15", "file": "s03.jpg", "characters": ["obama"], "prompt": "at the desk"},
     ]
-    (ep / "manifest.json").write_text(
-        json.dumps({"characters": {"obama": str(characters_root / "obama")}, "images": images})
-    )
+    write_render_manifest(ep, images, characters={"obama": characters_root / "obama"})
     out = tmp_path_factory.mktemp("report")
     verify([ep], backend=DlibBackend(), out=out)
     return out / "report.html"

@@ -59,3 +59,10 @@ def test_every_config_field_has_help_and_docs(model):
         if f"`{key}`" not in text and f"{key} =" not in text and f"{key}:" not in text:
             problems.append(f"{model.__name__}.{field}: not documented in docs/")
     assert problems == []
+
+
+def test_stage_file_field_tables_are_current():
+    from charkit import stagefiles
+
+    text = (DOCS / "formats.md").read_text(encoding="utf-8")
+    assert stagefiles.update_docs(text) == text, "run: python -m charkit.stagefiles docs/formats.md"

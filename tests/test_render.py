@@ -176,6 +176,7 @@ def test_manifest_fields_prompts_and_metadata_round_trip(sd15_board):
     m = json.loads(r.manifest_path.read_text())
     # The manifest schema `charkit verify` and users rely on (golden: a change here is a format change).
     assert list(m) == [
+        "format_version",
         "charkit_version",
         "storyboard",
         "storyboard_sha256",

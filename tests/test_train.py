@@ -31,6 +31,7 @@ from charkit.character import CharacterSpec, load_character, save_spec
 from charkit.cli import cli
 from charkit.errors import CharkitError
 from charkit.families import FAMILIES, get_spec
+from charkit.testing.stagefiles import write_dataset_file
 from charkit.train import checkpoints as ckpt
 from charkit.train.config import field_docs, load_preset, parse_preset
 from charkit.train.evaluate import CheckpointScore, ProbeSpec, choose_checkpoint, score_probes, summarize
@@ -67,8 +68,7 @@ def write_dataset(character_dir: Path, photos=("obama.jpg", "obama2.jpg", "obama
         items.append(
             {"file": f"images/{name}", "caption": "ohwx man", "width": size[0], "height": size[1], "source": n}
         )
-    meta = {"character": character_dir.name, "family": "sd15", "resolution": SIZE, "items": items, "rejected": []}
-    (ds / "dataset.json").write_text(json.dumps(meta))
+    write_dataset_file(ds, items, character=character_dir.name, family="sd15", resolution=SIZE)
     return ds
 
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from fixtures_faces import FACES_DIR, no_face_photo
 
 from charkit.cli import cli
+from charkit.testing.stagefiles import write_render_manifest
 
 HOSTILE = '<img src=x onerror=alert(1)> "q".jpg'
 
@@ -119,14 +120,14 @@ def test_manifest_supplies_order_model_and_characters(characters_root, tmp_path)
 
     side_by_side("obama3.jpg", "biden.jpg", d / "b_duo.jpg")
     shutil.copy(FACES_DIR / "obama3.jpg", d / "a_solo.jpg")
-    manifest = {
-        "characters": {"obama": str(characters_root / "obama"), "biden": str(characters_root / "biden")},
-        "images": [
+    write_render_manifest(
+        d,
+        [
             {"scene": "duo", "model": "sd15", "file": "b_duo.jpg", "characters": ["obama", "biden"]},
             {"scene": "solo", "model": "sd15", "file": "a_solo.jpg", "characters": ["obama"]},
         ],
-    }
-    (d / "manifest.json").write_text(json.dumps(manifest))
+        characters={"obama": characters_root / "obama", "biden": characters_root / "biden"},
+    )
     r = run("verify", d, "--backend", "dlib", "--out", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     images = json.loads((tmp_path / "rep" / "report.json").read_text())["images"]

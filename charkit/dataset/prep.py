@@ -37,6 +37,7 @@ from ..identity.cache import CachedImage
 from ..identity.profile import leave_one_out
 from ..images import ImageRejection, LoadedImage, make_thumbnail, read_image
 from ..paths import atomic_write_bytes, atomic_write_json, atomic_write_text, check_name, sha256_bytes
+from ..stagefiles import DatasetFile, write_stage_file
 from . import report as report_mod
 from .buckets import Bucket, CropPlan, aspect_buckets, bucket_step, choose_bucket, plan_crop
 from .phash import hamming, phash
@@ -541,19 +542,17 @@ def record(
     report = build_report(plan, backend, items, rejected, settings=settings)
     write_reports(folder, report, thumbnails)
     refs_dir = plan.character.refs_dir
-    atomic_write_json(
-        folder / DATASET_FILE,
-        {
-            "character": plan.character.name,
-            "family": plan.family,
-            "resolution": plan.resolution,
-            "backend": backend.info.to_dict(),
-            "trigger": plan.character.trigger_text,
-            "class_word": plan.character.spec.class_word,
-            "items": report["kept"],
-            "rejected": [{"source": _source(r.path, refs_dir), "reason": r.reason} for r in rejected],
-        },
+    dataset = DatasetFile(
+        character=plan.character.name,
+        family=plan.family,
+        resolution=plan.resolution,
+        backend=backend.info.to_dict(),
+        trigger=plan.character.trigger_text,
+        class_word=plan.character.spec.class_word,
+        items=report["kept"],
+        rejected=[{"source": _source(r.path, refs_dir), "reason": r.reason} for r in rejected],
     )
+    write_stage_file(folder / DATASET_FILE, dataset)
     return report
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from ..errors import CharkitError
 from ..images import load_image
+from ..stagefiles import DatasetFile, read_stage_file
 
 DATASET_DIR = "dataset"
 DATASET_FILE = "dataset.json"
@@ -114,37 +114,25 @@ def load_dataset(
         prep_dataset(character_dir, family=family, resolution=resolution or None, backend=get_backend(backend))
         root = dataset_dir(character_dir)
         meta_path = root / DATASET_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CharkitError(
-            f"{meta_path}: unreadable dataset file ({e}); re-run `charkit prep {character_dir}`"
-        ) from None
-    items_raw = meta.get("items") if isinstance(meta, dict) else None
-    if not isinstance(items_raw, list):
-        raise CharkitError(f"{meta_path}: no 'items' list; re-run `charkit prep {character_dir}`")
-    if not items_raw:
-        rejected = len(meta.get("rejected") or [])
-        why = f" (all {rejected} references were rejected, see {root / 'prep_report.html'})" if rejected else ""
+    meta = read_stage_file(meta_path, DatasetFile, fix=f"re-run `charkit prep {character_dir}`")
+    if not meta.items:
+        why = (
+            f" (all {len(meta.rejected)} references were rejected, see {root / 'prep_report.html'})"
+            if meta.rejected
+            else ""
+        )
         raise CharkitError(f"{meta_path}: the dataset has no images{why}; add usable photos and re-run `charkit prep`")
-    ds_res = int(meta.get("resolution") or 0)
     items = []
-    for n, raw in enumerate(items_raw):
-        try:
-            rel, caption, w, h = raw["file"], str(raw.get("caption", "")), int(raw["width"]), int(raw["height"])
-        except (KeyError, TypeError, ValueError):
-            raise CharkitError(
-                f"{meta_path}: item {n} needs 'file', 'width' and 'height'; re-run `charkit prep`"
-            ) from None
-        path = (root / rel).resolve()
+    for n, raw in enumerate(meta.items):
+        path = (root / raw.file).resolve()
         if root.resolve() not in path.parents:
             raise CharkitError(
-                f"{meta_path}: item {n} file {rel!r} is outside the dataset folder; re-run `charkit prep`"
+                f"{meta_path}: item {n} file {raw.file!r} is outside the dataset folder; re-run `charkit prep`"
             )
-        items.append(TrainItem(path=path, caption=caption, width=w, height=h))
+        items.append(TrainItem(path=path, caption=raw.caption, width=raw.width, height=raw.height))
     notes: list[str] = []
     # Prep's resolution is nominal: buckets keep an area of about resolution**2 at several aspect ratios.
-    prepped = ds_res or int(round(max(it.width * it.height for it in items) ** 0.5))
+    prepped = meta.resolution
     target = resolution or prepped
     if target > prepped:
         raise CharkitError(
@@ -160,11 +148,11 @@ def load_dataset(
                 f"{it.path}: {it.width}x{it.height} is not a multiple of {size_multiple} pixels as {family} needs; "
                 f"re-run `charkit prep {character_dir} --family {family}`"
             )
-    if meta.get("family") and meta["family"] != family:
-        notes.append(f"dataset prepped for {meta['family']}, training {family}")
+    if meta.family != family:
+        notes.append(f"dataset prepped for {meta.family}, training {family}")
     return TrainDataset(
         root=root,
-        character=str(meta.get("character", Path(character_dir).name)),
+        character=meta.character,
         family=family,
         resolution=target,
         items=items,

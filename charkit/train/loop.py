@@ -34,6 +34,7 @@ from ..devices import precision_name, resolve_device, torch_dtype
 from ..errors import CharkitError
 from ..families import family_part, get_spec
 from ..paths import atomic_write_bytes, atomic_write_json, check_name
+from ..stagefiles import TrainRunFile, read_stage_file, write_stage_file
 from . import checkpoints as ckpt
 from .config import TrainPreset, apply_overrides, load_preset, parse_preset
 from .data import LatentSource, TextSource, TrainDataset, check_images, load_dataset, make_batch, step_generator
@@ -306,13 +307,11 @@ def _check_same_run(run_dir: Path, preset: TrainPreset, model: str) -> None:
     f = run_dir / RUN_FILE
     if not f.is_file():
         return
-    old = json.loads(f.read_text(encoding="utf-8"))
-    if old.get("model") != model:
-        raise CharkitError(
-            f"--resume: {run_dir} was trained from {old.get('model')!r}, not {model!r}; use the same --model"
-        )
+    old = read_stage_file(f, TrainRunFile, fix="start a new run (another --run or --out)")
+    if old.model != model:
+        raise CharkitError(f"--resume: {run_dir} was trained from {old.model!r}, not {model!r}; use the same --model")
     new = preset.model_dump(mode="json")
-    for section, values in old.get("preset", {}).items():
+    for section, values in old.preset.items():
         if not isinstance(values, dict):
             if new.get(section) != values:
                 raise CharkitError(
@@ -602,18 +601,16 @@ def train_step(session: TrainSession) -> float:
 
 def write_run_file(session: TrainSession) -> None:
     plan = session.plan
-    atomic_write_json(
-        plan.run_dir / RUN_FILE,
-        {
-            "charkit_version": __version__,
-            "character": plan.character.name,
-            "family": plan.family,
-            "model": plan.model,
-            "run": plan.run_name,
-            "preset": plan.preset.model_dump(mode="json"),
-            "started": _dt.datetime.now().isoformat(timespec="seconds"),
-        },
+    record = TrainRunFile(
+        charkit_version=__version__,
+        character=plan.character.name,
+        family=plan.family,
+        model=plan.model,
+        run=plan.run_name,
+        preset=plan.preset.model_dump(mode="json"),
+        started=_dt.datetime.now().isoformat(timespec="seconds"),
     )
+    write_stage_file(plan.run_dir / RUN_FILE, record)
 
 
 def train_steps(

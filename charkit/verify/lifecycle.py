@@ -13,7 +13,6 @@ one run per model.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ..identity.analyze import analyze_file
 from ..identity.results import STATUSES, ImageScore
 from ..identity.scoring import score_faces
 from ..images import is_image_file, list_images
+from ..stagefiles import RenderManifest, read_stage_file
 from .report import write_report
 from .results import RunSummary, VerifyReport
 
@@ -122,49 +122,32 @@ def _unique(label: str, taken) -> str:
     return label
 
 
-def _read_manifest(folder: Path) -> dict:
-    f = folder / MANIFEST
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CharkitError(f"{f}: not a readable render manifest ({e}); re-render or remove it") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise CharkitError(f"{f}: field 'images' missing; this is not a charkit render manifest")
-    return data
-
-
 def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> list[ImageJob]:
     """The images of one folder, in scene order (manifest order, else sorted paths)."""
     if (path / MANIFEST).is_file():
-        m = _read_manifest(path)
-        for name, folder in (m.get("characters") or {}).items():
+        m = read_stage_file(path / MANIFEST, RenderManifest, fix="re-render the folder or remove its manifest.json")
+        for name, folder in m.characters.items():
             fp = Path(folder)
             manifest_characters.setdefault(name, fp if fp.is_absolute() else Path(os.path.normpath(path / fp)))
-        images = m["images"]
-        models = {img.get("model") for img in images}
+        models = {img.model for img in m.images}
         # order = the scene's position in the episode (a models matrix lists each scene once per model)
         scene_pos: dict = {}
-        for img in images:
-            if isinstance(img, dict):
-                scene_pos.setdefault(img.get("scene"), len(scene_pos))
+        for img in m.images:
+            scene_pos.setdefault(img.scene, len(scene_pos))
         jobs = []
-        for i, img in enumerate(images):
-            try:
-                f = path / img["file"]
-            except (KeyError, TypeError):
-                raise CharkitError(f"{path / MANIFEST}: images[{i}]: field 'file' missing") from None
+        for i, img in enumerate(m.images):
+            f = path / img.file
             if not f.resolve().is_relative_to(path.resolve()):
-                raise CharkitError(f"{path / MANIFEST}: images[{i}].file {img['file']!r} points outside the folder")
-            run = label if len(models) <= 1 else f"{label}/{img.get('model')}"
+                raise CharkitError(f"{path / MANIFEST}: images[{i}].file {img.file!r} points outside the folder")
             jobs.append(
                 ImageJob(
                     path=f,
-                    run=run,
-                    order=scene_pos[img.get("scene")] if img.get("scene") is not None else i,
-                    scene=img.get("scene"),
-                    model=img.get("model"),
-                    prompt=img.get("prompt"),
-                    characters=list(img.get("characters") or []) or None,
+                    run=label if len(models) <= 1 else f"{label}/{img.model}",
+                    order=scene_pos[img.scene],
+                    scene=img.scene,
+                    model=img.model,
+                    prompt=img.prompt,
+                    characters=list(img.characters) or None,
                 )
             )
         # Keep scene order, but group images of one model together (matrix manifests interleave).

@@ -32,6 +32,7 @@ from ..identity.results import ImageScore
 from ..images import image_mime
 from ..report import check_output, commit, data_uri
 from ..report import environment as report_environment
+from ..stagefiles import VerifyReportFile, parse_stage_file
 from .results import VerifyReport
 
 #: Columns of report.csv, one row per (image, expected character).
@@ -110,9 +111,11 @@ def write_report(report: VerifyReport, out_dir: Path, *, thumbnails: dict[str, b
 
 
 def render_json(report: VerifyReport) -> str:
-    """``report.json``: exactly :meth:`VerifyReport.to_dict`, strict JSON (no NaN/Infinity)."""
+    """``report.json``: :meth:`VerifyReport.to_dict` validated as :class:`~charkit.stagefiles.VerifyReportFile`,
+    strict JSON (no NaN/Infinity)."""
+    record = parse_stage_file(VerifyReportFile, report.to_dict(), "report.json")
     try:
-        return json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+        return json.dumps(record.model_dump(mode="json", by_alias=True), indent=2, allow_nan=False) + "\n"
     except ValueError as e:
         raise ValueError(
             f"report.json: the report holds a NaN or infinite number ({e}); this is a scoring bug"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..identity.base import BackendInfo
 from ..identity.results import ImageScore, ProfileSummary, rounded
+from ..stagefiles import FORMAT_VERSION
 
 
 @dataclass
@@ -60,7 +61,9 @@ class VerifyReport:
         return any(i.status == "drift" for i in self.images)
 
     def to_dict(self) -> dict:
+        """What report.json holds (the shape of :class:`charkit.stagefiles.VerifyReportFile`)."""
         return {
+            "format_version": FORMAT_VERSION,
             "charkit_version": self.charkit_version,
             "backend": self.backend.to_dict(),
             "threshold": self.threshold,
