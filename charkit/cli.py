@@ -24,9 +24,17 @@ COMMANDS = {
 
 
 class UserError(click.ClickException):
-    """A :class:`CharkitError` as click shows it: ``Error: <one line>``, exit code 2."""
+    """A :class:`CharkitError` as click shows it: ``Error: <one line>`` (one per problem), exit code 2."""
 
     exit_code = 2
+
+    def __init__(self, error: CharkitError):
+        self.lines = error.lines() if hasattr(error, "lines") else [str(error)]
+        super().__init__(self.lines[0] if len(self.lines) == 1 else f"{len(self.lines)} problems")
+
+    def show(self, file=None) -> None:
+        for line in self.lines:
+            click.echo(f"Error: {line}", err=True, file=file)
 
 
 class LazyGroup(click.Group):
@@ -43,7 +51,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CharkitError as e:
-            raise UserError(str(e)) from None
+            raise UserError(e) from None
 
     def get_command(self, ctx, name):
         if name not in COMMANDS or not self._spec_exists(name):

@@ -45,3 +45,57 @@ def validation_message(source: str, err, *, known_fields=(), docs: str = "docs/c
         msg = "required field is missing"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: field '{loc}': {msg}{more}"
+
+
+class InputProblems(CharkitError):
+    """Several independent problems found in one pass over an input (a storyboard, say): all of them at once.
+
+    ``str()`` is one line (the first problem and how many more); ``problems`` holds every one, and the CLI
+    prints one line per problem, so a user fixes them all before the next run instead of one per run.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = [" ".join(str(p).split()) for p in problems]
+        more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+        super().__init__(self.problems[0] + more)
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+
+class Problems:
+    """Collects the :class:`CharkitError` s of independent checks, then raises them together.
+
+    >>> problems = Problems()
+    >>> with problems.check():
+    ...     raise CharkitError("scene 's01': field 'size': 500x500 is not a multiple of 8")
+    >>> problems.items
+    ["scene 's01': field 'size': 500x500 is not a multiple of 8"]
+    """
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def check(self):
+        return _Check(self)
+
+    def raise_any(self) -> None:
+        if self.items:
+            raise InputProblems(self.items)
+
+
+class _Check:
+    def __init__(self, problems: Problems):
+        self.problems = problems
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, InputProblems):
+            self.problems.items.extend(exc.problems)
+            return True
+        if exc_type is not None and issubclass(exc_type, CharkitError):
+            self.problems.items.append(str(exc))
+            return True
+        return False

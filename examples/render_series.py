@@ -6,7 +6,7 @@ the example characters in characters/ (public-domain portraits), so it runs anyw
     .venv/bin/python examples/render_series.py --out /tmp/series
     .venv/bin/python examples/render_series.py --storyboard examples/episode.yaml --device cuda   # a real run
 
-It shows the lifecycle step by step (check_inputs -> load -> render_scene -> manifest), then the
+It shows the lifecycle step by step (check_inputs -> load -> render_candidates -> record), then the
 one-call version (render_storyboard), a resume, and the PNG metadata.
 """
 
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from charkit.families import get_family
-    from charkit.render.conditioning import Conditioner
-    from charkit.render.lifecycle import RenderContext, load, render_scene
+    from charkit.render.distributed import SingleProcess
+    from charkit.render.lifecycle import load, make_context, record, render_candidates
     from charkit.render.plan import RenderOptions, check_inputs
 
     model_dir = args.out / "tiny-sd15"
@@ -79,10 +79,12 @@ def main(argv=None) -> int:
     # 1. The lifecycle by hand: every step is a public function.
     plan = check_inputs(board, out=args.out / "by-hand", options=RenderOptions(device=args.device, dtype=args.dtype))
     print("plan:", [(j.scene.id, j.prompt, j.seed) for j in plan.jobs])
-    ctx = RenderContext(plan=plan, device=args.device, conditioner=Conditioner())  # caches control maps, profiles
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = make_context(plan, state=SingleProcess())  # caches control maps and reference profiles
     loaded = load(plan.models[0], plan, device=args.device)
-    first = render_scene(loaded, plan.jobs[0], ctx)
-    print(f"step by step: {first.file} in {first.seconds:.2f}s")
+    rendered = render_candidates(loaded, plan.jobs[0], ctx)  # condition -> denoise -> postprocess -> score -> select
+    rec = record(rendered, ctx)  # the kept candidate as a PNG with its metadata
+    print(f"step by step: {rec.file} ({rec.selection}) in {rendered.seconds:.2f}s")
 
     # 2. The same in one call; a rerun renders nothing (every scene unchanged).
     result = render_storyboard(board, device=args.device, dtype=args.dtype, progress=False)

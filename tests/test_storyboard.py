@@ -13,8 +13,10 @@ from PIL import Image
 
 from charkit.errors import CharkitError
 from charkit.render.candidates import Candidate, batches, select_best
+from charkit.render.cli import parse_model_option
+from charkit.render.jobs import default_seed
 from charkit.render.outputs import a1111_parameters, encode_png, parse_a1111_parameters
-from charkit.render.plan import RenderOptions, check_inputs, default_seed, parse_model_option
+from charkit.render.plan import RenderOptions, check_inputs
 from charkit.render.presets import film_grain, postprocess
 from charkit.render.storyboard import expand_prompt, load_storyboard, placeholders
 
@@ -218,7 +220,7 @@ def test_plan_resolves_prompts_sizes_and_hashes(tiny_models, render_env, alice):
     after = {j.scene.id: j.inputs_hash for j in check_inputs(load_storyboard(path)).jobs}
     assert after["s1"] == before["s1"] and after["s2"] != before["s2"]
     # --model replaces the model and keeps its ControlNet
-    over = check_inputs(load_storyboard(path), models=[f"mine={tiny.root}"])
+    over = check_inputs(load_storyboard(path), models=[parse_model_option(f"mine={tiny.root}")])
     assert {j.model.label for j in over.jobs} == {"mine"} and over.jobs[1].model.controlnet
 
 

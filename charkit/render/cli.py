@@ -7,6 +7,21 @@ from pathlib import Path
 
 import click
 
+from ..paths import check_name
+from .storyboard import ModelSpec
+
+
+def parse_model_option(text: str) -> ModelSpec:
+    """``--model [LABEL=]SOURCE`` -> ModelSpec (family detected later).
+
+    >>> parse_model_option("rv=models/realisticVision.safetensors").label
+    'rv'
+    """
+    label, sep, source = text.partition("=")
+    if sep and label and "/" not in label and not label.startswith("."):
+        return ModelSpec(source=source, label=check_name(label, "--model label"))
+    return ModelSpec(source=text)
+
 
 @click.command("render")
 @click.argument("storyboard", type=click.Path(dir_okay=False, path_type=Path))
@@ -113,7 +128,7 @@ def render(
     result = render_storyboard(
         storyboard,
         out=out,
-        models=list(models) or None,
+        models=[parse_model_option(m) for m in models] or None,
         device=device,
         dtype=resolve_precision(dtype, device),
         verify=verify,

@@ -21,6 +21,7 @@ Reads like diffusers' ``__call__``; every step is a public function you can call
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import time
@@ -35,7 +36,15 @@ from .. import __version__
 from ..paths import under_root
 from .candidates import Candidate, Selection, batches, candidate_seeds, select_best
 from .conditioning import Conditioner
-from .distributed import device_for, final_merge, my_share, partial_path, process_state, recover_partials
+from .distributed import (
+    SingleProcess,
+    device_for,
+    final_merge,
+    my_share,
+    partial_path,
+    process_state,
+    recover_partials,
+)
 from .manifest import (
     MANIFEST,
     ImageRecord,
@@ -66,7 +75,6 @@ __all__ = [
     "pending_jobs",
     "record",
     "render_candidates",
-    "render_scene",
     "render_storyboard",
     "score_candidates",
 ]
@@ -132,6 +140,7 @@ class RenderContext:
     device: str
     conditioner: Conditioner
     face_cache: Any = None
+    state: Any = field(default_factory=SingleProcess)  # accelerate's PartialState under `accelerate launch`
     _profiles: dict = field(default_factory=dict)
 
     @property
@@ -295,7 +304,9 @@ def denoise(
     import torch
 
     cond.pipe.set_progress_bar_config(
-        disable=not (ctx.options.progress and _is_main()), leave=False, desc=f"{job.scene.id} ({job.model.label})"
+        disable=not (ctx.options.progress and ctx.state.is_main_process),
+        leave=False,
+        desc=f"{job.scene.id} ({job.model.label})",
     )
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     return loaded.plan.module.generate(
@@ -446,19 +457,6 @@ def render_candidates(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) ->
     return Rendered(job, candidates, selection, scored, time.perf_counter() - t0)
 
 
-def render_scene(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) -> SceneResult:
-    """:func:`render_candidates` then :func:`record`: one scene rendered and written.
-
-    >>> res = render_scene(loaded, plan.jobs[0], ctx)  # doctest: +SKIP
-    >>> res.file.name
-    's01-arrival.png'
-    """
-    r = render_candidates(loaded, job, ctx)
-    t0 = time.perf_counter()
-    rec = record(r, ctx)
-    return SceneResult(job.key, ctx.plan.out_dir / job.file, rec, r.seconds, time.perf_counter() - t0)
-
-
 # -- manifest bookkeeping --------------------------------------------------------------------
 
 
@@ -496,9 +494,6 @@ class ManifestWriter:
         return manifest
 
 
-_STATE = None
-
-
 def _record_and_add(rendered: Rendered, ctx: RenderContext, writer: ManifestWriter) -> SceneResult:
     t0 = time.perf_counter()
     rec = record(rendered, ctx)
@@ -512,10 +507,6 @@ def _raise_failed(futures: list[Future]) -> None:
     for f in futures:
         if f.done() and f.exception() is not None:
             raise f.exception()
-
-
-def _is_main() -> bool:
-    return _STATE is None or _STATE.is_main_process
 
 
 def _group_by_model(jobs: list[SceneJob]) -> list[tuple[ModelPlan, list[SceneJob]]]:
@@ -544,88 +535,49 @@ def run_verify(plan: RenderPlan):
 # -- the lifecycle ---------------------------------------------------------------------------
 
 
-def render_storyboard(
-    storyboard: Storyboard | str | os.PathLike,
-    *,
-    out: str | os.PathLike | None = None,
-    models: list[ModelSpec | str] | None = None,
-    device: str = "cpu",
-    dtype: Any = "float32",
-    verify: bool = False,
-    force: bool = False,
-    batch_size: int | None = None,
-    compile: bool = False,
-    cpu_offload: bool = False,
-    vae_tiling: bool = False,
-    allow_pickle_weights: bool = False,
-    annotators: str | os.PathLike | None = None,
-    face_models: str | os.PathLike | None = None,
-    backend: str | None = None,
-    scenes: list[str] | None = None,
-    progress: bool = True,
-    state=None,
-) -> RenderResult:
-    """Render every scene of a storyboard (skipping unchanged ones) and write the manifest.
-
-    >>> result = render_storyboard("examples/episode.yaml", out="renders/ep1", device="cpu")  # doctest: +SKIP
-    >>> result.manifest_path.name
-    'manifest.json'
-    """
-    global _STATE
-    from tqdm.auto import tqdm
-
-    from ..identity.cache import FaceCache
-
-    board = storyboard if isinstance(storyboard, Storyboard) else load_storyboard(storyboard)
-    state = state or process_state(device)
-    _STATE = state
-    options = RenderOptions(
-        device=device_for(state, device),
-        dtype=str(dtype),
-        batch_size=batch_size,
-        compile=compile,
-        cpu_offload=cpu_offload,
-        vae_tiling=vae_tiling,
-        allow_pickle_weights=allow_pickle_weights,
-        annotators=None if annotators is None else str(annotators),
-        face_models=None if face_models is None else str(face_models),
-        backend=backend,
-        verify=verify,
-        force=force,
-        progress=progress,
-        scenes=tuple(scenes) if scenes else None,
-    )
-    plan = check_inputs(board, out=out, models=models, options=options)
-
+def prepare_output(plan: RenderPlan, state) -> None:
+    """The output folder exists, and partial manifests of a killed multi-process run are folded in (main process)."""
     if state.is_main_process:
         plan.out_dir.mkdir(parents=True, exist_ok=True)
         recover_partials(plan.out_dir, manifest_header(plan), plan.order)
     state.wait_for_everyone()
-    pending, kept = pending_jobs(plan)
-    state.wait_for_everyone()  # every process planned from the same files before anyone writes
 
-    mine = my_share(state, pending)
-    writer = ManifestWriter(plan, state, kept)
-    ctx = RenderContext(
+
+def make_context(plan: RenderPlan, state) -> RenderContext:
+    """Per-run state for the steps: device, control-map and FaceID caches, the face cache, the process state."""
+    from ..identity.cache import FaceCache
+
+    opts = plan.options
+    return RenderContext(
         plan=plan,
-        device=options.device,
+        device=opts.device,
         conditioner=Conditioner(
-            annotators=Path(options.annotators) if options.annotators else None,
-            allow_pickle_weights=options.allow_pickle_weights,
-            device=options.device,
+            annotators=Path(opts.annotators) if opts.annotators else None,
+            allow_pickle_weights=opts.allow_pickle_weights,
+            device=opts.device,
         ),
         face_cache=FaceCache() if (plan.scoring_backend or plan.faceid_backend) else None,
+        state=state,
     )
-    # PNG encoding and the two fsyncs per scene run on one writer thread while the next scene
-    # denoises; one thread keeps "PNG complete, then manifest" in order.
+
+
+def render_jobs(jobs: list[SceneJob], ctx: RenderContext, writer: ManifestWriter) -> list[SceneResult]:
+    """Render ``jobs`` model by model; each scene is recorded on a writer thread while the next one denoises.
+
+    One writer thread keeps "PNG complete, then manifest" in order; a failed write stops the run at the
+    next scene instead of at the end.
+    """
+    from tqdm.auto import tqdm
+
     futures: list[Future] = []
-    bar = tqdm(total=len(mine), desc="render", unit="scene", disable=not (progress and state.is_main_process))
+    show = ctx.options.progress and ctx.state.is_main_process
+    bar = tqdm(total=len(jobs), desc="render", unit="scene", disable=not show)
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="charkit-record") as pool:
-            for model, jobs in _group_by_model(mine):
-                loaded = load(model, plan, device=options.device, jobs=jobs)
+            for model, group in _group_by_model(jobs):
+                loaded = load(model, ctx.plan, device=ctx.device, jobs=group)
                 try:
-                    for job in jobs:
+                    for job in group:
                         bar.set_postfix_str(f"{job.scene.id} ({model.label})")
                         futures.append(pool.submit(_record_and_add, render_candidates(loaded, job, ctx), ctx, writer))
                         _raise_failed(futures)
@@ -634,11 +586,41 @@ def render_storyboard(
                     release(loaded)
     finally:
         bar.close()
-    rendered = [f.result() for f in futures]
+    return [f.result() for f in futures]
+
+
+def render_storyboard(
+    storyboard: Storyboard | str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    models: list[ModelSpec] | None = None,
+    options: RenderOptions | None = None,
+    state=None,
+    **option_values,
+) -> RenderResult:
+    """Render every scene of a storyboard (skipping unchanged ones) and write the manifest.
+
+    How to run comes as ``options`` (a :class:`RenderOptions`) or as its fields by name
+    (``device="cuda"``, ``dtype="fp16"``, ``verify=True``, ``scenes=["s01"]``, ...).
+
+    >>> result = render_storyboard("examples/episode.yaml", out="renders/ep1", device="cpu")  # doctest: +SKIP
+    >>> result.manifest_path.name
+    'manifest.json'
+    """
+    if options is not None and option_values:
+        raise TypeError("pass either options=RenderOptions(...) or its fields by name, not both")
+    options = options or RenderOptions(**option_values)
+    board = storyboard if isinstance(storyboard, Storyboard) else load_storyboard(storyboard)
+    state = state or process_state(options.device)
+    options = dataclasses.replace(options, device=device_for(state, options.device))
+    plan = check_inputs(board, out=out, models=models, options=options)
+    prepare_output(plan, state)
+    pending, kept = pending_jobs(plan)
+    state.wait_for_everyone()  # every process planned from the same files before anyone writes
+    writer = ManifestWriter(plan, state, kept)
+    rendered = render_jobs(my_share(state, pending), make_context(plan, state), writer)
     manifest = writer.finish()
-    report = None
-    if options.verify and state.is_main_process and plan.characters:
-        report = run_verify(plan)
+    report = run_verify(plan) if plan.options.verify and state.is_main_process and plan.characters else None
     state.wait_for_everyone()
     return RenderResult(
         out_dir=plan.out_dir,

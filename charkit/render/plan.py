@@ -9,19 +9,18 @@ its pixels, which is what makes a rerun render only the scenes that changed.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..character import Character, load_character
+from ..character import Character
 from ..devices import precision_name
-from ..errors import CharkitError
-from ..paths import check_name, under_root
-from .conditioning import check_annotators
+from ..errors import CharkitError, Problems
+from ..paths import under_root
 from .fingerprint import file_sha256, source_fingerprint, stable_hash
-from .storyboard import ModelSpec, Scene, Storyboard, expand_prompt, placeholders
+from .storyboard import ModelSpec, Scene, Storyboard
 
 #: Bump when charkit changes how the same inputs turn into pixels: every scene renders again.
 RENDER_VERSION = 1
@@ -45,6 +44,14 @@ class RenderOptions:
     force: bool = False
     progress: bool = True
     scenes: tuple[str, ...] | None = None  # render only these scene ids (others keep their images)
+
+    def __post_init__(self):
+        # paths arrive as Path objects from the CLI and as strings from code: keep one form
+        for name in ("annotators", "face_models"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, str(value))
+        self.scenes = tuple(self.scenes) if self.scenes else None
 
     @property
     def torch_dtype(self):
@@ -167,367 +174,6 @@ class RenderPlan:
         return [j for j in self.jobs if j.scene.id in self.options.scenes]
 
 
-# -- models ---------------------------------------------------------------------------------
-
-
-def _local_or_text(board: Storyboard, text: str) -> str:
-    """A storyboard path that exists relative to its folder, else the text itself (a hub id)."""
-    p = board.resolve(text)
-    return str(p) if p.exists() else text
-
-
-def resolve_model(
-    spec: ModelSpec, board: Storyboard, options: RenderOptions, *, where: str, scheduler: str | None
-) -> ModelPlan:
-    """Resolve one model entry (family detection, pickle refusal, adapters) or raise naming ``where``."""
-    from ..families import get_family
-    from ..families.detect import detect_family
-    from ..families.sources import check_weights_file, hub_offline, resolve_source
-
-    sb = board.label
-    try:
-        path = _local_or_text(board, spec.source)
-        src = resolve_source(path, what="source", allow_pickle_weights=options.allow_pickle_weights)
-        if src.kind == "hub":
-            require_cached(src.ref, "source")
-        family = spec.family
-        if family is None:
-            family = detect_family(src.ref, allow_pickle_weights=options.allow_pickle_weights)
-        elif src.kind in ("folder", "file") and not src.pickle:
-            found = detect_family(src.ref)
-            if found != family:
-                raise CharkitError(
-                    f"source {spec.source} is a {found} model, but family is {family}; set family: {found}"
-                )
-        fam = get_family(family)
-        config = None
-        if spec.config is not None:
-            config = resolve_source(_local_or_text(board, spec.config), what="config").ref
-        elif src.kind == "file" and hub_offline():
-            raise CharkitError(
-                f"source {spec.source} is a single-file checkpoint: offline it needs config: <a diffusers {family} "
-                "folder or cached hub id> for the component configs and tokenizers; add it to the model"
-            )
-        controlnet = {}
-        for ctype, cn in spec.controlnet.items():
-            fam.SPEC.require_control(ctype)
-            cn_src = resolve_source(
-                _local_or_text(board, cn), what=f"controlnet.{ctype}", allow_pickle_weights=options.allow_pickle_weights
-            )
-            if cn_src.kind == "hub":
-                require_cached(cn_src.ref, f"controlnet.{ctype}")
-            controlnet[ctype] = cn_src.ref
-        weights = {}
-        for name in ("ip_adapter", "faceid"):
-            text = getattr(spec, name)
-            if text is None:
-                weights[name] = None
-                continue
-            fam.SPEC.require("faceid" if name == "faceid" else "ip_adapter")
-            local = board.resolve(text)
-            if local.exists():
-                check_weights_file(local, what=name, allow_pickle_weights=options.allow_pickle_weights)
-                weights[name] = str(local)
-            elif text.count("/") >= 2 and not text.startswith((".", "/", "~")):
-                weights[name] = text  # org/repo/path/file.safetensors on the hub
-            else:
-                raise CharkitError(
-                    f"{name} {text}: no such file; give a .safetensors file (relative to the storyboard)"
-                )
-        encoder = None
-        if spec.image_encoder is not None:
-            encoder = resolve_source(
-                _local_or_text(board, spec.image_encoder),
-                what="image_encoder",
-                allow_pickle_weights=options.allow_pickle_weights,
-            ).ref
-        sched = scheduler or fam.SPEC.scheduler
-        from ..families.spec import SCHEDULERS
-
-        if sched not in SCHEDULERS:
-            raise CharkitError(f"scheduler {sched!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
-    except CharkitError as e:
-        raise CharkitError(f"{sb}: {where}: {e}") from None
-    return ModelPlan(
-        label=spec.label or family,
-        family=family,
-        source=spec.source,
-        path=src.ref,
-        config=config,
-        scheduler=sched,
-        controlnet=controlnet,
-        ip_adapter=weights["ip_adapter"],
-        image_encoder=encoder,
-        faceid=weights["faceid"],
-    )
-
-
-def require_cached(repo_id: str, what: str) -> None:
-    """Offline (HF_HUB_OFFLINE=1), a hub model must already be in the local cache: say so before anything loads."""
-    from ..errors import MissingModelError
-    from ..families.sources import hub_offline
-
-    if not hub_offline():
-        return  # from_pretrained downloads it at load time
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot_download(repo_id, local_files_only=True)
-    except Exception:  # huggingface_hub raises several error types for "not cached"
-        raise MissingModelError(
-            f"{what} {repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
-            f"(huggingface-cli download {repo_id}) or point to a local folder"
-        ) from None
-
-
-def parse_model_option(text: str) -> ModelSpec:
-    """``--model [LABEL=]SOURCE`` -> ModelSpec (family detected later).
-
-    >>> parse_model_option("rv=models/realisticVision.safetensors").label
-    'rv'
-    """
-    label, sep, source = text.partition("=")
-    if sep and label and "/" not in label and not label.startswith("."):
-        return ModelSpec(source=source, label=check_name(label, "--model label"))
-    return ModelSpec(source=text)
-
-
-def override_models(board: Storyboard, models: list[ModelSpec | str]) -> Storyboard:
-    """The storyboard rendered on ``models`` instead of its own (``--model``): one model, or a matrix of several.
-
-    ControlNet / IP-Adapter weights of the storyboard's model of the same family carry over.
-    """
-    specs = [m if isinstance(m, ModelSpec) else parse_model_option(m) for m in models]
-    originals = [
-        m
-        for m in ([board.defaults.model] + list(board.models or []) + [s.model for s in board.scenes])
-        if m is not None
-    ]
-    merged = []
-    for spec in specs:
-        same = [o for o in originals if spec.family is None or o.family in (None, spec.family)]
-        base = same[0] if same else None
-        extra = {}
-        if base is not None:
-            for name in ("controlnet", "ip_adapter", "image_encoder", "faceid"):
-                if getattr(spec, name) in (None, {}) and getattr(base, name) not in (None, {}):
-                    extra[name] = getattr(base, name)
-        merged.append(spec.model_copy(update=extra))
-    scenes = [s.model_copy(update={"model": None}) for s in board.scenes]
-    if len(merged) == 1:
-        update = {"defaults": board.defaults.model_copy(update={"model": merged[0]}), "models": None, "scenes": scenes}
-    else:
-        update = {"models": merged, "scenes": scenes}
-    new = board.model_copy(update=update)
-    new._path, new._sha256 = board.path, board.sha256
-    return new
-
-
-# -- characters -----------------------------------------------------------------------------
-
-
-def load_characters(board: Storyboard) -> dict[str, Character]:
-    chars = {}
-    for name, folder in board.characters.items():
-        try:
-            ch = load_character(board.resolve(folder))
-        except CharkitError as e:
-            raise CharkitError(f"{board.label}: characters.{name}: {e}") from None
-        if ch.name != name:
-            raise CharkitError(
-                f"{board.label}: characters.{name}: folder {folder} holds character {ch.name!r}; "
-                f"use the name from its character.toml ({ch.name}: {folder})"
-            )
-        chars[name] = ch
-    return chars
-
-
-# -- scenes ---------------------------------------------------------------------------------
-
-
-def default_seed(base: int, scene_id: str) -> int:
-    """A scene's seed when it sets none: stable under inserting or reordering scenes.
-
-    >>> default_seed(0, "s01") == default_seed(0, "s01")
-    True
-    """
-    return (base + int(hashlib.sha256(scene_id.encode()).hexdigest()[:8], 16)) % (2**63)
-
-
-def _scene_characters(scene: Scene, declared: dict[str, Character], err) -> list[str]:
-    named = placeholders(scene.prompt)
-    if scene.characters is None:
-        chars = named
-    else:
-        chars = list(scene.characters)
-        if len(set(chars)) != len(chars):
-            raise err("characters", "a character is listed twice; list each once, left to right")
-        stray = [n for n in named if n not in chars]
-        if stray:
-            raise err("prompt", f"{{{stray[0]}}} is not in this scene's characters {chars}; add it to characters")
-    for n in named + chars:
-        if n not in declared:
-            known = ", ".join(declared) or "none"
-            raise err(
-                "prompt" if n in named else "characters",
-                f"unknown character {n!r}; declare it under characters: (known: {known})",
-            )
-    return chars
-
-
-def plan_job(
-    board: Storyboard,
-    scene: Scene,
-    model: ModelPlan,
-    characters: dict[str, Character],
-    options: RenderOptions,
-    *,
-    matrix: bool,
-) -> SceneJob:
-    """Resolve one scene on one model (values, support checks, files), without the inputs hash."""
-
-    def err(fld: str, msg: str) -> CharkitError:
-        return CharkitError(f"{board.label}: scene {scene.id!r}: field '{fld}': {msg}")
-
-    d = board.defaults
-    spec = model.spec
-    chars = _scene_characters(scene, characters, err)
-    size = scene.size or d.size
-    width, height = (size.width, size.height) if size else (spec.width, spec.height)
-    try:
-        spec.check_size(width, height)
-    except CharkitError as e:
-        raise err("size", str(e)) from None
-    candidates = scene.candidates or d.candidates
-    if candidates > 1 and not chars:
-        raise err(
-            "candidates",
-            "best-of-N scores candidates by identity, but the scene has no characters; add characters or set candidates: 1",
-        )
-
-    # LoRA: every character with a LoRA for this family, at its scene scale (default defaults.lora_scale).
-    lora: dict[str, float] = {}
-    for name in scene.lora:
-        if name not in chars:
-            raise err(
-                f"lora.{name}", f"{name!r} is not in this scene's characters {chars}; remove it or add the character"
-            )
-    for name in chars:
-        explicit = scene.lora.get(name)
-        path = characters[name].lora_path(model.family)
-        if path is None:
-            if explicit not in (None, 0):
-                raise err(
-                    f"lora.{name}",
-                    f"{name} has no {model.family} LoRA ([lora] {model.family} in its character.toml); train one with "
-                    f"`charkit train` or remove lora.{name}",
-                )
-            continue
-        if not path.is_file():
-            raise err(
-                f"lora.{name}",
-                f"LoRA file {path} (from {characters[name].dir}/character.toml) does not exist; retrain or fix the path",
-            )
-        from ..families.sources import check_weights_file
-
-        try:
-            check_weights_file(path, what=f"LoRA of {name}", allow_pickle_weights=options.allow_pickle_weights)
-            scale = d.lora_scale if explicit is None else explicit
-            if scale != 0:
-                spec.require("lora")
-        except CharkitError as e:
-            raise err(f"lora.{name}", str(e)) from None
-        lora[name] = float(scale)
-
-    control = None
-    if scene.control is not None:
-        c = scene.control
-        try:
-            spec.require_control(c.type)
-        except CharkitError as e:
-            raise err("control.type", str(e)) from None
-        if c.type not in model.controlnet:
-            raise err(
-                "control.type",
-                f"model {model.label!r} has no {c.type} ControlNet; add controlnet: {{{c.type}: <hub id or folder>}} to the model",
-            )
-        img = board.resolve(c.image)
-        if not img.is_file():
-            raise err("control.image", f"{c.image}: no such file (paths are relative to the storyboard)")
-        if c.preprocess:
-            check_annotators(
-                c.type,
-                options.annotators,
-                allow_pickle_weights=options.allow_pickle_weights,
-                where=f"{board.label}: scene {scene.id!r}: field 'control.type'",
-            )
-        control = ControlPlan(c.type, img, c.image, c.scale, c.preprocess, c.low_threshold, c.high_threshold)
-
-    ip = None
-    ipspec = scene.ip_adapter or d.ip_adapter
-    if ipspec.mode != "off":
-        feature = "faceid" if ipspec.mode == "face" else "ip_adapter"
-        try:
-            spec.require(feature)
-        except CharkitError as e:
-            raise err("ip_adapter.mode", str(e)) from None
-        weights = model.faceid if ipspec.mode == "face" else model.ip_adapter
-        if weights is None:
-            key = "faceid" if ipspec.mode == "face" else "ip_adapter"
-            raise err(
-                "ip_adapter.mode",
-                f"model {model.label!r} has no {key} weights; add {key}: <file.safetensors> to the model",
-            )
-        who = ipspec.character or (chars[0] if chars else None)
-        if who is None:
-            raise err(
-                "ip_adapter.character",
-                f"mode {ipspec.mode} needs a character whose references condition the scene; add one",
-            )
-        if who not in characters:
-            raise err("ip_adapter.character", f"unknown character {who!r}; declare it under characters:")
-        image = None
-        if ipspec.mode == "image":
-            if ipspec.image is not None:
-                image = board.resolve(ipspec.image)
-                if not image.is_file():
-                    raise err(
-                        "ip_adapter.image", f"{ipspec.image}: no such file (paths are relative to the storyboard)"
-                    )
-            else:
-                image = characters[who].ref_paths()[0]
-        else:
-            characters[who].ref_paths()  # raises when the character has no references
-        ip = IPPlan(ipspec.mode, ipspec.scale, who, image)
-
-    trig = {n: characters[n].trigger_text for n in characters}
-    negatives = [scene.negative_prompt if scene.negative_prompt is not None else d.negative_prompt]
-    negatives += [characters[n].spec.negative_prompt for n in chars]
-    # Comma-separated terms, each once, in order (characters often share "blurry, deformed").
-    negative = ", ".join(dict.fromkeys(t.strip() for n in negatives if n for t in n.split(",") if t.strip()))
-    file = f"{scene.id}__{model.label}.png" if matrix else f"{scene.id}.png"
-    return SceneJob(
-        scene=scene,
-        model=model,
-        file=file,
-        prompt=expand_prompt(scene.prompt, trig),
-        negative_prompt=negative,
-        characters=chars,
-        seed=scene.seed if scene.seed is not None else default_seed(d.seed, scene.id),
-        width=width,
-        height=height,
-        steps=scene.steps or d.steps or spec.steps,
-        guidance=scene.guidance
-        if scene.guidance is not None
-        else (d.guidance if d.guidance is not None else spec.guidance),
-        preset=scene.preset or d.preset,
-        candidates=candidates,
-        lora=lora,
-        control=control,
-        ip=ip,
-    )
-
-
 # -- hashing --------------------------------------------------------------------------------
 
 
@@ -591,103 +237,119 @@ def inputs_hash(job: SceneJob, plan: RenderPlan) -> str:
 # -- the step --------------------------------------------------------------------------------
 
 
-def check_inputs(
-    board: Storyboard,
-    *,
-    out: str | os.PathLike | None = None,
-    models: list[ModelSpec | str] | None = None,
-    options: RenderOptions | None = None,
-) -> RenderPlan:
-    """Validate the storyboard against the files, families and options; return the plan. Writes nothing.
-
-    >>> plan = check_inputs(load_storyboard("examples/episode.yaml"))  # doctest: +SKIP
-    >>> [j.file for j in plan.jobs][:2]
-    ['s01-arrival.png', 's02-cafe.png']
-    """
-    options = options or RenderOptions()
-    options.dtype = precision_name(options.dtype)
+def check_options(options: RenderOptions) -> RenderOptions:
+    """The options with precision names normalised (a copy), or a one-line error; the argument is not changed."""
+    options = dataclasses.replace(options, dtype=precision_name(options.dtype))
     if options.cpu_offload and str(options.device).startswith("cpu"):
         raise CharkitError(
             "--cpu-offload moves models between CPU and GPU memory: it needs --device cuda (or another GPU)"
         )
     if options.batch_size is not None and options.batch_size < 1:
         raise CharkitError(f"--batch-size {options.batch_size}: must be at least 1")
-    if models:
-        board = override_models(board, models)
-    sb = board.label
-    characters = load_characters(board)
-    if options.scenes:
-        unknown = [s for s in options.scenes if s not in {sc.id for sc in board.scenes}]
-        if unknown:
-            raise CharkitError(
-                f"--scene {unknown[0]!r}: no such scene in {sb}; scenes: {', '.join(s.id for s in board.scenes)}"
-            )
+    return options
 
-    sched = board.defaults.scheduler
-    model_plans: dict[str, ModelPlan] = {}
 
-    def add_model(spec: ModelSpec, where: str) -> ModelPlan:
-        mp = resolve_model(spec, board, options, where=where, scheduler=sched)
-        key = stable_hash([mp.family, mp.path, mp.config, mp.controlnet, mp.ip_adapter, mp.image_encoder, mp.faceid])
-        for other in model_plans.values():
-            if (
-                other.label == mp.label
-                and stable_hash(
-                    [
-                        other.family,
-                        other.path,
-                        other.config,
-                        other.controlnet,
-                        other.ip_adapter,
-                        other.image_encoder,
-                        other.faceid,
-                    ]
-                )
-                != key
-            ):
+def _model_key(mp: ModelPlan) -> str:
+    return stable_hash([mp.family, mp.path, mp.config, mp.controlnet, mp.ip_adapter, mp.image_encoder, mp.faceid])
+
+
+def plan_models(
+    board: Storyboard, options: RenderOptions, problems: Problems
+) -> tuple[list[ModelPlan], list[list[ModelPlan]]]:
+    """Every distinct model of the storyboard, and the models each scene renders on (in scene order)."""
+    from .models import resolve_model
+
+    plans: dict[str, ModelPlan] = {}
+
+    def add(spec: ModelSpec, where: str) -> ModelPlan | None:
+        with problems.check():
+            mp = resolve_model(spec, board, options, where=where, scheduler=board.defaults.scheduler)
+            other = plans.get(mp.label)
+            if other is not None and _model_key(other) != _model_key(mp):
                 raise CharkitError(
-                    f"{sb}: {where}: label {mp.label!r} is already used by model {other.source}; give each model its own label:"
+                    f"{board.label}: {where}: label {mp.label!r} is already used by model {other.source}; "
+                    "give each model its own label:"
                 )
-        model_plans.setdefault(mp.label, mp)
-        return model_plans[mp.label]
+            return plans.setdefault(mp.label, mp)
+        return None
 
-    per_scene: list[list[ModelPlan]] = []
     if board.models is not None:
-        matrix = [add_model(m, f"models[{i}]") for i, m in enumerate(board.models)]
+        matrix = [mp for i, m in enumerate(board.models) if (mp := add(m, f"models[{i}]")) is not None]
         per_scene = [matrix for _ in board.scenes]
     else:
-        default = add_model(board.defaults.model, "defaults.model") if board.defaults.model is not None else None
-        for scene in board.scenes:
-            per_scene.append([add_model(scene.model, f"scene {scene.id!r}: field 'model'") if scene.model else default])
+        default = add(board.defaults.model, "defaults.model") if board.defaults.model is not None else None
+        per_scene = [
+            [mp]
+            if (mp := add(scene.model, f"scene {scene.id!r}: field 'model'") if scene.model else default) is not None
+            else []
+            for scene in board.scenes
+        ]
+    return list(plans.values()), per_scene
 
-    plan = RenderPlan(
-        storyboard=board,
-        out_dir=Path(out).expanduser().resolve() if out is not None else board.output_dir().resolve(),
-        characters=characters,
-        models=list(model_plans.values()),
-        jobs=[],
-        options=options,
-    )
-    for scene, mps in zip(board.scenes, per_scene):
-        for mp in mps:
-            job = plan_job(board, scene, mp, characters, options, matrix=board.models is not None)
-            under_root(plan.out_dir, job.file)
-            plan.jobs.append(job)
 
-    # Face backends, only when something needs them (loading one takes a moment).
-    ident = board.identity
-    face_models = options.face_models or (str(board.resolve(ident.face_models)) if ident.face_models else None)
+def plan_backends(plan: RenderPlan) -> None:
+    """The face backends the plan needs: insightface for FaceID conditioning, a scorer for best-of-N / --verify."""
     from ..identity import get_backend
 
+    ident, options = plan.storyboard.identity, plan.options
+    face_models = options.face_models or (
+        str(plan.storyboard.resolve(ident.face_models)) if ident.face_models else None
+    )
     if any(j.ip and j.ip.mode == "face" for j in plan.jobs):
         try:
             plan.faceid_backend = get_backend("insightface", face_models=face_models)
         except CharkitError as e:
-            raise CharkitError(f"{sb}: ip_adapter mode face needs an insightface pack: {e}") from None
+            raise CharkitError(
+                f"{plan.storyboard.label}: ip_adapter mode face needs an insightface pack: {e}"
+            ) from None
     if options.verify or any(j.scored for j in plan.jobs):
         name = options.backend or ident.backend
         plan.scoring_backend = get_backend(name, face_models=face_models, threshold=ident.threshold)
 
+
+def check_inputs(
+    board: Storyboard,
+    *,
+    out: str | os.PathLike | None = None,
+    models: list[ModelSpec] | None = None,
+    options: RenderOptions | None = None,
+) -> RenderPlan:
+    """Validate the storyboard against the files, families and options; return the plan. Writes nothing.
+
+    Every problem of the storyboard is collected and reported together (:class:`~charkit.errors.InputProblems`).
+
+    >>> plan = check_inputs(load_storyboard("examples/episode.yaml"))  # doctest: +SKIP
+    >>> [j.file for j in plan.jobs][:2]
+    ['s01-arrival.png', 's02-cafe.png']
+    """
+    from .jobs import load_characters, plan_job
+    from .models import override_models
+
+    options = check_options(options or RenderOptions())
+    if models:
+        board = override_models(board, models)
+    problems = Problems()
+    if options.scenes:
+        unknown = [s for s in options.scenes if s not in {sc.id for sc in board.scenes}]
+        if unknown:
+            problems.items.append(
+                f"--scene {unknown[0]!r}: no such scene in {board.label}; scenes: {', '.join(s.id for s in board.scenes)}"
+            )
+    characters = load_characters(board, problems)
+    model_plans, per_scene = plan_models(board, options, problems)
+    out_dir = Path(out).expanduser().resolve() if out is not None else board.output_dir().resolve()
+    plan = RenderPlan(
+        storyboard=board, out_dir=out_dir, characters=characters, models=model_plans, jobs=[], options=options
+    )
+    for scene, mps in zip(board.scenes, per_scene):
+        for mp in mps:
+            job = plan_job(board, scene, mp, characters, options, matrix=board.models is not None, problems=problems)
+            if job is not None:
+                with problems.check():
+                    under_root(plan.out_dir, job.file)
+                plan.jobs.append(job)
+    problems.raise_any()
+    plan_backends(plan)  # after the cheap checks: loading a face model takes a moment
     for mp in plan.models:
         mp.fingerprint = source_fingerprint(mp.path) or ""
     for job in plan.jobs:

@@ -1,0 +1,153 @@
+"""The models of a storyboard: each ``ModelSpec`` resolved to a :class:`~charkit.render.plan.ModelPlan`.
+
+Family detection, pickle refusal, the offline cache check for hub ids, ControlNet / IP-Adapter
+weights and the scheduler, all before anything loads. ``--model`` on the command line replaces the
+storyboard's model(s) through :func:`override_models`.
+"""
+
+from __future__ import annotations
+
+from ..errors import CharkitError
+from .plan import ModelPlan, RenderOptions
+from .storyboard import ModelSpec, Storyboard
+
+
+def _local_or_text(board: Storyboard, text: str) -> str:
+    """A storyboard path that exists relative to its folder, else the text itself (a hub id)."""
+    p = board.resolve(text)
+    return str(p) if p.exists() else text
+
+
+def resolve_model(
+    spec: ModelSpec, board: Storyboard, options: RenderOptions, *, where: str, scheduler: str | None
+) -> ModelPlan:
+    """Resolve one model entry (family detection, pickle refusal, adapters) or raise naming ``where``."""
+    from ..families import get_family
+    from ..families.detect import detect_family
+    from ..families.sources import check_weights_file, hub_offline, resolve_source
+
+    sb = board.label
+    try:
+        path = _local_or_text(board, spec.source)
+        src = resolve_source(path, what="source", allow_pickle_weights=options.allow_pickle_weights)
+        if src.kind == "hub":
+            require_cached(src.ref, "source")
+        family = spec.family
+        if family is None:
+            family = detect_family(src.ref, allow_pickle_weights=options.allow_pickle_weights)
+        elif src.kind in ("folder", "file") and not src.pickle:
+            found = detect_family(src.ref)
+            if found != family:
+                raise CharkitError(
+                    f"source {spec.source} is a {found} model, but family is {family}; set family: {found}"
+                )
+        fam = get_family(family)
+        config = None
+        if spec.config is not None:
+            config = resolve_source(_local_or_text(board, spec.config), what="config").ref
+        elif src.kind == "file" and hub_offline():
+            raise CharkitError(
+                f"source {spec.source} is a single-file checkpoint: offline it needs config: <a diffusers {family} "
+                "folder or cached hub id> for the component configs and tokenizers; add it to the model"
+            )
+        controlnet = {}
+        for ctype, cn in spec.controlnet.items():
+            fam.SPEC.require_control(ctype)
+            cn_src = resolve_source(
+                _local_or_text(board, cn), what=f"controlnet.{ctype}", allow_pickle_weights=options.allow_pickle_weights
+            )
+            if cn_src.kind == "hub":
+                require_cached(cn_src.ref, f"controlnet.{ctype}")
+            controlnet[ctype] = cn_src.ref
+        weights = {}
+        for name in ("ip_adapter", "faceid"):
+            text = getattr(spec, name)
+            if text is None:
+                weights[name] = None
+                continue
+            fam.SPEC.require("faceid" if name == "faceid" else "ip_adapter")
+            local = board.resolve(text)
+            if local.exists():
+                check_weights_file(local, what=name, allow_pickle_weights=options.allow_pickle_weights)
+                weights[name] = str(local)
+            elif text.count("/") >= 2 and not text.startswith((".", "/", "~")):
+                weights[name] = text  # org/repo/path/file.safetensors on the hub
+            else:
+                raise CharkitError(
+                    f"{name} {text}: no such file; give a .safetensors file (relative to the storyboard)"
+                )
+        encoder = None
+        if spec.image_encoder is not None:
+            encoder = resolve_source(
+                _local_or_text(board, spec.image_encoder),
+                what="image_encoder",
+                allow_pickle_weights=options.allow_pickle_weights,
+            ).ref
+        sched = scheduler or fam.SPEC.scheduler
+        from ..families.spec import SCHEDULERS
+
+        if sched not in SCHEDULERS:
+            raise CharkitError(f"scheduler {sched!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
+    except CharkitError as e:
+        raise CharkitError(f"{sb}: {where}: {e}") from None
+    return ModelPlan(
+        label=spec.label or family,
+        family=family,
+        source=spec.source,
+        path=src.ref,
+        config=config,
+        scheduler=sched,
+        controlnet=controlnet,
+        ip_adapter=weights["ip_adapter"],
+        image_encoder=encoder,
+        faceid=weights["faceid"],
+    )
+
+
+def require_cached(repo_id: str, what: str) -> None:
+    """Offline (HF_HUB_OFFLINE=1), a hub model must already be in the local cache: say so before anything loads."""
+    from ..errors import MissingModelError
+    from ..families.sources import hub_offline
+
+    if not hub_offline():
+        return  # from_pretrained downloads it at load time
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # huggingface_hub raises several error types for "not cached"
+        raise MissingModelError(
+            f"{what} {repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
+            f"(huggingface-cli download {repo_id}) or point to a local folder"
+        ) from None
+
+
+def override_models(board: Storyboard, models: list[ModelSpec]) -> Storyboard:
+    """The storyboard rendered on ``models`` instead of its own (``--model``): one model, or a matrix of several.
+
+    ControlNet / IP-Adapter weights of the storyboard's model of the same family carry over.
+    """
+    specs = [m if isinstance(m, ModelSpec) else ModelSpec(source=str(m)) for m in models]
+    originals = [
+        m
+        for m in ([board.defaults.model] + list(board.models or []) + [s.model for s in board.scenes])
+        if m is not None
+    ]
+    merged = []
+    for spec in specs:
+        same = [o for o in originals if spec.family is None or o.family in (None, spec.family)]
+        base = same[0] if same else None
+        extra = {}
+        if base is not None:
+            for name in ("controlnet", "ip_adapter", "image_encoder", "faceid"):
+                if getattr(spec, name) in (None, {}) and getattr(base, name) not in (None, {}):
+                    extra[name] = getattr(base, name)
+        merged.append(spec.model_copy(update=extra))
+    scenes = [s.model_copy(update={"model": None}) for s in board.scenes]
+    if len(merged) == 1:
+        update = {"defaults": board.defaults.model_copy(update={"model": merged[0]}), "models": None, "scenes": scenes}
+    else:
+        update = {"models": merged, "scenes": scenes}
+    new = board.model_copy(update=update)
+    new._path, new._sha256 = board.path, board.sha256
+    return new
