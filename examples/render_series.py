@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    from charkit.distributed import SingleProcess
     from charkit.families import get_family
-    from charkit.render.distributed import SingleProcess
     from charkit.render.lifecycle import load, make_context, record, render_candidates
     from charkit.render.plan import RenderOptions, check_inputs
 

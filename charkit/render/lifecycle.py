@@ -33,18 +33,11 @@ from typing import Any
 from PIL import Image
 
 from .. import __version__
+from ..distributed import SingleProcess, device_for, my_share, process_state
 from ..paths import under_root
 from .candidates import Candidate, Selection, batches, candidate_seeds, select_best
 from .conditioning import Conditioner
-from .distributed import (
-    SingleProcess,
-    device_for,
-    final_merge,
-    my_share,
-    partial_path,
-    process_state,
-    recover_partials,
-)
+from .distributed import final_merge, partial_path, recover_partials
 from .manifest import (
     MANIFEST,
     ImageRecord,

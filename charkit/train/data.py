@@ -1,7 +1,7 @@
 """Training data: the prepped dataset, batches, and the latent / text-embedding caches.
 
 ``charkit prep`` writes ``characters/NAME/dataset/dataset.json`` (items with file, caption, width,
-height); :func:`load_dataset` reads it (running prep first when the folder is missing) and checks
+height); :func:`load_dataset` reads it and :func:`check_images` checks
 every image before the model loads, so a corrupt file fails in the first second with its name.
 
 Batches come from one aspect bucket (images of one size) at a time. Everything random about a
@@ -88,11 +88,9 @@ def load_dataset(
     family: str,
     resolution: int | None = None,
     size_multiple: int = 8,
-    prep_if_missing: bool = True,
-    backend: str = "auto",
     folder: str | os.PathLike | None = None,
 ) -> TrainDataset:
-    """Read the prepped dataset of a character; run ``charkit prep`` first when there is none.
+    """Read the prepped dataset of a character (``charkit prep`` writes it; training's prepare_dataset runs it).
 
     ``resolution`` is nominal, as prep uses it (buckets of area about resolution**2). A smaller one
     than the dataset's scales the prepped sizes down; a larger one is refused (upscaled crops teach
@@ -105,15 +103,7 @@ def load_dataset(
     root = Path(folder) if folder is not None else dataset_dir(character_dir)
     meta_path = root / DATASET_FILE
     if not meta_path.is_file():
-        if not prep_if_missing:
-            raise CharkitError(f"{meta_path}: no dataset; run `charkit prep {character_dir}` first")
-        from ..dataset import prep_dataset
-        from ..identity import get_backend
-
-        # Same face backend as the training run's identity scores.
-        prep_dataset(character_dir, family=family, resolution=resolution or None, backend=get_backend(backend))
-        root = dataset_dir(character_dir)
-        meta_path = root / DATASET_FILE
+        raise CharkitError(f"{meta_path}: no dataset; run `charkit prep {character_dir}` first")
     meta = read_stage_file(meta_path, DatasetFile, fix=f"re-run `charkit prep {character_dir}`")
     if not meta.items:
         why = (

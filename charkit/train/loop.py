@@ -18,6 +18,7 @@ Output: ``characters/NAME/loras/<family>/<run>/`` (or ``out``) with ``checkpoint
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -31,13 +32,23 @@ import torch
 
 from .. import __version__
 from ..devices import precision_name, resolve_device, torch_dtype
+from ..distributed import process_state
 from ..errors import CharkitError
 from ..families import family_part, get_spec
 from ..paths import atomic_write_bytes, atomic_write_json, check_name
 from ..stagefiles import TrainRunFile, read_stage_file, write_stage_file
 from . import checkpoints as ckpt
 from .config import TrainPreset, apply_overrides, load_preset, parse_preset
-from .data import LatentSource, TextSource, TrainDataset, check_images, load_dataset, make_batch, step_generator
+from .data import (
+    LatentSource,
+    TextSource,
+    TrainDataset,
+    check_images,
+    dataset_dir,
+    load_dataset,
+    make_batch,
+    step_generator,
+)
 from .evaluate import (
     CheckpointChoice,
     CheckpointScore,
@@ -165,6 +176,116 @@ def accelerate_precision(precision: str) -> str:
     return "no" if name == "fp32" else name
 
 
+def resolve_preset(
+    preset: str | os.PathLike | TrainPreset | dict,
+    *,
+    steps: int | None = None,
+    eval_every: int | None = None,
+    dtype: str | None = None,
+    clip_model: str | os.PathLike | None = None,
+) -> TrainPreset:
+    """The preset (a file, a dict or a TrainPreset) with the command line's quick-run overrides applied."""
+    if isinstance(preset, TrainPreset):
+        p = preset
+    elif isinstance(preset, dict):
+        p = parse_preset(preset)
+    else:
+        p = load_preset(preset)
+    mp = None if dtype is None or str(dtype) == "auto" else accelerate_precision(dtype)
+    return apply_overrides(
+        p,
+        steps=steps,
+        eval_every=eval_every,
+        mixed_precision=mp,
+        clip_model=None if clip_model is None else str(clip_model),
+    )
+
+
+def training_precision(preset: TrainPreset, device: torch.device) -> tuple[str, list[str]]:
+    """The precision the run really trains in (CPU: fp32) and a note when that differs from the preset."""
+    effective = preset.train.mixed_precision
+    if device.type == "cpu" and effective != "no":
+        return "no", [f"mixed precision {effective} needs a GPU: trained in fp32 on CPU"]
+    if effective == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CharkitError("mixed precision bf16: this GPU has no bfloat16 support; use --dtype fp16")
+    return effective, []
+
+
+def check_model(model: str | os.PathLike, family: str, *, allow_pickle_weights: bool):
+    """The model source; a local model's family is in its files, so it is checked against the preset's now."""
+    from ..families.detect import detect_family
+    from ..families.sources import resolve_source
+
+    src = resolve_source(model, what=f"--model ({family})", allow_pickle_weights=allow_pickle_weights)
+    if src.kind != "hub" and not src.pickle:
+        found = detect_family(src.ref)
+        if found != family:
+            raise CharkitError(
+                f"--model {src.ref}: this is a {found} model but the preset trains {family}; use "
+                f'training/{found}-lora.toml (or a preset with family = "{found}") or a {family} model'
+            )
+    return src
+
+
+def run_folder(character, family: str, *, out, run: str | None, resume: bool) -> tuple[Path, str]:
+    """(run folder, run name): ``--out``, or a name under ``CHARACTER/loras/<family>/`` (``--resume``: the newest)."""
+    if out is not None:
+        return Path(out), Path(out).name
+    base = character.dir / "loras" / family
+    if run is None and resume:
+        run = _newest_run(base)
+        if run is None:
+            raise CharkitError(f"--resume: no earlier run under {base}; start without --resume")
+    name = check_name(run or _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"), "--run")
+    return base / name, name
+
+
+def check_resume(
+    run_dir: Path, preset: TrainPreset, model: str, *, resume: bool, first_process: bool = True
+) -> ckpt.CheckpointInfo | None:
+    """The checkpoint to resume from (``--resume``), or a refusal to start over an existing run."""
+    if not resume:
+        if first_process and ((run_dir / RUN_FILE).exists() or ckpt.list_checkpoints(run_dir)):
+            raise CharkitError(
+                f"{run_dir}: a run is already there; pass --resume to continue it, or choose another --run/--out"
+            )
+        return None
+    found = ckpt.latest_checkpoint(run_dir)
+    if found is None:
+        raise CharkitError(
+            f"--resume: no complete checkpoint in {ckpt.checkpoints_dir(run_dir)}; start without --resume"
+        )
+    _check_same_run(run_dir, preset, model)
+    if found.step > preset.train.steps:
+        raise CharkitError(
+            f"--resume: the newest checkpoint is step {found.step}, past train.steps={preset.train.steps}; raise --steps"
+        )
+    return found
+
+
+def check_dataset(character, preset: TrainPreset, *, num_processes: int = 1) -> TrainDataset | None:
+    """The prepped dataset, every image decoded once; None when ``charkit prep`` must run first (see prepare_dataset)."""
+    spec = get_spec(preset.family)
+    if not (dataset_dir(character.dir) / "dataset.json").is_file():
+        if num_processes > 1:
+            raise CharkitError(
+                f"{dataset_dir(character.dir)}: no dataset; run `charkit prep {character.dir}` once before a "
+                "multi-GPU run"
+            )
+        from ..dataset.prep import check_inputs as check_prep
+
+        check_prep(character.dir, family=preset.family, resolution=preset.train.resolution or None)
+        return None
+    dataset = load_dataset(
+        character.dir,
+        family=preset.family,
+        resolution=preset.train.resolution or None,
+        size_multiple=spec.size_multiple,
+    )
+    check_images(dataset)
+    return dataset
+
+
 def check_inputs(
     character_dir: str | os.PathLike,
     *,
@@ -182,100 +303,38 @@ def check_inputs(
     model_config: str | os.PathLike | None = None,
     allow_pickle_weights: bool = False,
     register: bool = True,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> TrainPlan:
-    """Validate every input (character, preset, dataset images, output folder, resume point) without loading a model.
+    """Validate every input (character, preset, dataset images, output folder, resume point) without loading a
+    model or writing anything. A character without a dataset yet gives ``plan.dataset = None``:
+    :func:`prepare_dataset` runs prep.
 
     >>> plan = check_inputs("characters/alice", model="m/sd15", preset="training/sd15-lora.toml")  # doctest: +SKIP
     """
     from ..character import load_character
-    from ..families.sources import resolve_source
+    from ..identity import BACKENDS
 
     character = load_character(character_dir)
-    if isinstance(preset, TrainPreset):
-        p = preset
-    elif isinstance(preset, dict):
-        p = parse_preset(preset)
-    else:
-        p = load_preset(preset)
-    mp = None if dtype is None or str(dtype) == "auto" else accelerate_precision(dtype)
-    p = apply_overrides(
-        p,
-        steps=steps,
-        eval_every=eval_every,
-        mixed_precision=mp,
-        clip_model=None if clip_model is None else str(clip_model),
-    )
-    family = p.family
-    spec = get_spec(family)
-    notes: list[str] = []
+    p = resolve_preset(preset, steps=steps, eval_every=eval_every, dtype=dtype, clip_model=clip_model)
+    spec = get_spec(p.family)
     dev = training_device(device)
-    effective = p.train.mixed_precision
-    if dev.type == "cpu" and effective != "no":
-        notes.append(f"mixed precision {effective} needs a GPU: trained in fp32 on CPU")
-        effective = "no"
-    if effective == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise CharkitError("mixed precision bf16: this GPU has no bfloat16 support; use --dtype fp16")
-    src = resolve_source(model, what=f"--model ({family})", allow_pickle_weights=allow_pickle_weights)
-    if src.kind != "hub" and not src.pickle:  # a local model's family is in its files: check it before loading
-        from ..families.detect import detect_family
-
-        found = detect_family(src.ref)
-        if found != family:
-            raise CharkitError(
-                f"--model {src.ref}: this is a {found} model but the preset trains {family}; use "
-                f'training/{found}-lora.toml (or a preset with family = "{found}") or a {family} model'
-            )
-    if backend not in ("dlib", "insightface", "auto"):
-        raise CharkitError(f"--backend {backend!r}: choose dlib, insightface or auto")
-
-    # The run folder: a name under the character, or --out.
-    if out is not None:
-        run_dir = Path(out)
-        run_name = run_dir.name
-    else:
-        base = character.dir / "loras" / family
-        if run is None and resume:
-            run = _newest_run(base)
-            if run is None:
-                raise CharkitError(f"--resume: no earlier run under {base}; start without --resume")
-        run_name = check_name(run or _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"), "--run")
-        run_dir = base / run_name
-    resume_from = None
-    if resume:
-        resume_from = ckpt.latest_checkpoint(run_dir)
-        if resume_from is None:
-            raise CharkitError(
-                f"--resume: no complete checkpoint in {ckpt.checkpoints_dir(run_dir)}; start without --resume"
-            )
-        _check_same_run(run_dir, p, src.ref)
-        if resume_from.step > p.train.steps:
-            raise CharkitError(
-                f"--resume: the newest checkpoint is step {resume_from.step}, past train.steps={p.train.steps}; raise --steps"
-            )
-    elif int(os.environ.get("RANK", "0")) == 0 and ((run_dir / RUN_FILE).exists() or ckpt.list_checkpoints(run_dir)):
-        raise CharkitError(
-            f"{run_dir}: a run is already there; pass --resume to continue it, or choose another --run/--out"
-        )
-
-    resolution = p.train.resolution or None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (character.dir / "dataset" / "dataset.json").is_file():
-        raise CharkitError(
-            f"{character.dir / 'dataset'}: no dataset; run `charkit prep {character.dir}` once before a multi-GPU run"
-        )
-    dataset = load_dataset(
-        character.dir, family=family, resolution=resolution, size_multiple=spec.size_multiple, backend=backend
-    )
-    check_images(dataset)
+    effective, notes = training_precision(p, dev)
+    src = check_model(model, p.family, allow_pickle_weights=allow_pickle_weights)
+    if backend not in BACKENDS:
+        raise CharkitError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    run_dir, run_name = run_folder(character, p.family, out=out, run=run, resume=resume)
+    resume_from = check_resume(run_dir, p, src.ref, resume=resume, first_process=process_index == 0)
+    dataset = check_dataset(character, p, num_processes=num_processes)
     if p.eval.every > p.train.steps:
         notes.append(f"eval.every={p.eval.every} > train.steps={p.train.steps}: only the last step is evaluated")
-    width = p.eval.width or dataset.resolution
-    height = p.eval.height or dataset.resolution
+    resolution = dataset.resolution if dataset is not None else (p.train.resolution or spec.width)
+    width, height = p.eval.width or resolution, p.eval.height or resolution
     spec.check_size(width, height)
-    clip = resolve_clip_model(p.eval.clip_model)
     return TrainPlan(
         character=character,
         preset=p,
-        family=family,
+        family=p.family,
         model=src.ref,
         model_config=str(model_config) if model_config else None,
         dataset=dataset,
@@ -285,13 +344,31 @@ def check_inputs(
         device=dev,
         mixed_precision=effective,
         backend=backend,
-        clip_model=clip,
+        clip_model=resolve_clip_model(p.eval.clip_model),
         probe_width=width,
         probe_height=height,
         allow_pickle_weights=allow_pickle_weights,
         register=register,
-        notes=notes + list(dataset.notes),
+        notes=notes + (list(dataset.notes) if dataset is not None else []),
     )
+
+
+def prepare_dataset(plan: TrainPlan) -> TrainPlan:
+    """Run ``charkit prep`` when the character has no dataset yet (same face backend as the run's scores)."""
+    if plan.dataset is not None:
+        return plan
+    from ..dataset import prep_dataset
+    from ..identity import get_backend
+
+    p, spec = plan.preset, get_spec(plan.family)
+    prep_dataset(
+        plan.character.dir, family=plan.family, resolution=p.train.resolution or None, backend=get_backend(plan.backend)
+    )
+    dataset = load_dataset(
+        plan.character.dir, family=plan.family, resolution=p.train.resolution or None, size_multiple=spec.size_multiple
+    )
+    check_images(dataset)
+    return dataclasses.replace(plan, dataset=dataset, notes=plan.notes + list(dataset.notes))
 
 
 def _newest_run(base: Path) -> str | None:
@@ -852,7 +929,16 @@ def train_lora(
     >>> r.best
     PosixPath('characters/alice/loras/sd15/run-20260101-120000/best.safetensors')
     """
-    plan = check_inputs(character_dir, model=model, preset=preset, **kwargs)
+    state = process_state(str(kwargs.get("device") or "auto"))
+    plan = check_inputs(
+        character_dir,
+        model=model,
+        preset=preset,
+        process_index=state.process_index,
+        num_processes=state.num_processes,
+        **kwargs,
+    )
+    plan = prepare_dataset(plan)
     session = load(plan)
     cache(session)
     train_steps(session, on_step=on_step, progress=progress)
