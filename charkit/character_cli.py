@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .character import CharacterSpec, init_character, load_character
+from .cli_options import backend_option, face_models_option
 
 
 def _help(field: str) -> str:
@@ -62,20 +63,8 @@ def init(name, refs, root, trigger, class_word, description, negative_prompt, fo
     type=click.Path(path_type=str),
     help="Folder that holds the character folders.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "dlib", "insightface"]),
-    default="auto",
-    show_default=True,
-    help="Face model used for the reference statistics.",
-)
-@click.option(
-    "--face-models",
-    type=click.Path(path_type=str),
-    default=None,
-    metavar="DIR",
-    help="insightface pack folder or root.",
-)
+@backend_option(help_text="Face model used for the reference statistics.")
+@face_models_option()
 def show(name, root, backend, face_models):
     """Print a character and its reference statistics (faces, leave-one-out baseline, outliers)."""
     from .identity import get_backend, profile_for_character

@@ -52,6 +52,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except CharkitError as e:
             raise UserError(e) from None
+        except click.UsageError as e:  # a bad option value is one line too (click adds usage and a hint)
+            if e.ctx is None:
+                raise
+            raise UserError(CharkitError(f"{e.format_message()} (see `{e.ctx.command_path} --help`)")) from None
 
     def get_command(self, ctx, name):
         if name not in COMMANDS or not self._spec_exists(name):

@@ -183,6 +183,84 @@ def storyboard(out: Path, models: list[DemoModel], characters: dict[str, Path], 
     }
 
 
+def prep_step(characters: dict[str, Path], model: DemoModel, backend, echo):
+    """``charkit prep`` of the example character (the re-saved copy is rejected as a near-duplicate)."""
+    from .dataset import prep_dataset
+
+    prep = prep_dataset(
+        characters["obama"], family=model.family, resolution=TINY_SIZE if model.tiny else None, backend=backend
+    )
+    echo(
+        f"prep: kept {len(prep.items)} of {len(prep.items) + len(prep.rejected)} references"
+        + "".join(f"; rejected {Path(r.path).name} ({r.reason})" for r in prep.rejected)
+    )
+    return prep
+
+
+def train_step(
+    out: Path, characters: dict[str, Path], model: DemoModel, *, steps, device, dtype, allow_pickle_weights, echo
+):
+    """A short ``charkit train`` with two identity-scored checkpoints (tiny models), registered in character.toml."""
+    from .train import train_lora
+
+    if model.tiny:
+        steps = steps or TINY_STEPS
+    lora_dir = out / "loras" / model.family
+    shutil.rmtree(lora_dir, ignore_errors=True)  # the demo's own scratch: every run trains afresh
+    training = train_lora(
+        characters["obama"],
+        model=model.source,
+        preset=training_preset(model.family, tiny=model.tiny),
+        steps=steps,
+        eval_every=max(1, steps // 2) if model.tiny else None,
+        device=device,
+        dtype=None if model.tiny else dtype,
+        backend="dlib",
+        allow_pickle_weights=allow_pickle_weights,
+        progress=False,
+        out=lora_dir,
+    )
+    echo(
+        f"train: {training.steps} steps, {len(training.scores)} checkpoints scored; "
+        f"chose step {training.choice.step} ({training.choice.reason})"
+    )
+    return training
+
+
+def render_step(out: Path, models, characters, *, candidates: int, device, dtype, allow_pickle_weights, echo):
+    """``charkit render`` of the three-scene episode on every demo model, best-of-N."""
+    from .render.lifecycle import render_storyboard
+    from .render.storyboard import parse_storyboard
+
+    board = parse_storyboard(storyboard(out, models, characters, candidates=candidates), source="demo storyboard")
+    rendered = render_storyboard(
+        board,
+        out=out / "renders",
+        device=device,
+        dtype=dtype,
+        progress=False,
+        allow_pickle_weights=allow_pickle_weights,
+    )
+    echo(
+        f"render: {len(rendered.rendered)} images rendered, {len(rendered.skipped)} unchanged "
+        f"({len(board.scenes)} scenes x {len(models)} models, best of {candidates})"
+    )
+    return rendered
+
+
+def verify_step(out: Path, characters, backend):
+    """``charkit verify`` of the renders beside a folder of "external" photos: one comparison report."""
+    from .verify import verify
+
+    return verify(
+        [],
+        runs=[("renders", out / "renders"), ("external-photos", external_folder(out))],
+        characters=[characters["obama"]],
+        backend=backend,
+        out=out / "report",
+    )
+
+
 def run_demo(
     *,
     model: str | None = None,
@@ -200,18 +278,12 @@ def run_demo(
     >>> r.report_html.name
     'report.html'
     """
-    import torch
-
-    from .dataset import prep_dataset
+    from .devices import resolve_device, resolve_precision
     from .identity import get_backend
-    from .render.lifecycle import render_storyboard
-    from .render.storyboard import parse_storyboard
-    from .train import train_lora
-    from .verify import verify
 
     out = Path(out)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("float16" if device.startswith("cuda") else "float32")
+    device = resolve_device(device)
+    dtype = resolve_precision(dtype, device)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -224,68 +296,15 @@ def run_demo(
     models = prepare_models(out, model, allow_pickle_weights=allow_pickle_weights)
     characters = prepare_characters(out)
     lap("models + characters")
-
     backend = get_backend("dlib")  # offline, and independent of any conditioning model
-    train_model = models[0]
-    prep = prep_dataset(
-        characters["obama"],
-        family=train_model.family,
-        resolution=TINY_SIZE if train_model.tiny else None,
-        backend=backend,
-    )
-    echo(
-        f"prep: kept {len(prep.items)} of {len(prep.items) + len(prep.rejected)} references"
-        + "".join(f"; rejected {Path(r.path).name} ({r.reason})" for r in prep.rejected)
-    )
+    prep = prep_step(characters, models[0], backend, echo)
     lap("prep")
-
-    if train_model.tiny:
-        steps = steps or TINY_STEPS
-    eval_every = max(1, steps // 2) if train_model.tiny else None  # two scored checkpoints in the demo
-    lora_dir = out / "loras" / train_model.family
-    shutil.rmtree(lora_dir, ignore_errors=True)  # the demo's own scratch: every run trains afresh
-    training = train_lora(
-        characters["obama"],
-        model=train_model.source,
-        preset=training_preset(train_model.family, tiny=train_model.tiny),
-        steps=steps,
-        eval_every=eval_every,
-        device=device,
-        dtype=None if train_model.tiny else dtype,
-        backend="dlib",
-        allow_pickle_weights=allow_pickle_weights,
-        progress=False,
-        out=lora_dir,
-    )
-    echo(
-        f"train: {training.steps} steps, {len(training.scores)} checkpoints scored; "
-        f"chose step {training.choice.step} ({training.choice.reason})"
-    )
+    common = dict(device=device, dtype=dtype, allow_pickle_weights=allow_pickle_weights, echo=echo)
+    training = train_step(out, characters, models[0], steps=steps, **common)
     lap("train")
-
-    board = parse_storyboard(storyboard(out, models, characters, candidates=candidates), source="demo storyboard")
-    rendered = render_storyboard(
-        board,
-        out=out / "renders",
-        device=device,
-        dtype=dtype,
-        progress=False,
-        allow_pickle_weights=allow_pickle_weights,
-    )
-    echo(
-        f"render: {len(rendered.rendered)} images rendered, {len(rendered.skipped)} unchanged "
-        f"({len(board.scenes)} scenes x {len(models)} models, best of {candidates})"
-    )
+    rendered = render_step(out, models, characters, candidates=candidates, **common)
     lap("render")
-
-    report_dir = out / "report"
-    report = verify(
-        [],
-        runs=[f"renders={out / 'renders'}", f"external-photos={external_folder(out)}"],
-        characters=[characters["obama"]],
-        backend=backend,
-        out=report_dir,
-    )
+    report = verify_step(out, characters, backend)
     lap("verify")
     return DemoResult(
         out=out,
@@ -294,7 +313,7 @@ def run_demo(
         training=training,
         render=rendered,
         report=report,
-        report_html=report_dir / "report.html",
+        report_html=out / "report" / "report.html",
         seconds=timings,
     )
 

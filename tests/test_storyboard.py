@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from charkit.cli_options import MODEL_SOURCE
 from charkit.errors import CharkitError
 from charkit.render.candidates import Candidate, batches, select_best
-from charkit.render.cli import parse_model_option
 from charkit.render.jobs import default_seed
 from charkit.render.outputs import a1111_parameters, encode_png, parse_a1111_parameters
 from charkit.render.plan import RenderOptions, check_inputs
@@ -220,15 +220,15 @@ def test_plan_resolves_prompts_sizes_and_hashes(tiny_models, render_env, alice):
     after = {j.scene.id: j.inputs_hash for j in check_inputs(load_storyboard(path)).jobs}
     assert after["s1"] == before["s1"] and after["s2"] != before["s2"]
     # --model replaces the model and keeps its ControlNet
-    over = check_inputs(load_storyboard(path), models=[parse_model_option(f"mine={tiny.root}")])
+    over = check_inputs(load_storyboard(path), models=[MODEL_SOURCE.convert(f"mine={tiny.root}", None, None)])
     assert {j.model.label for j in over.jobs} == {"mine"} and over.jobs[1].model.controlnet
 
 
 def test_placeholders_and_expansion():
     assert placeholders("{a} and {b} then {a}, {{c}}") == ["a", "b"]
     assert expand_prompt("{{lit}} {a}", {"a": "ohwx"}) == "{lit} ohwx"
-    assert parse_model_option("rv=models/rv.safetensors").label == "rv"
-    assert parse_model_option("org/model").label is None
+    assert MODEL_SOURCE.convert("rv=models/rv.safetensors", None, None).label == "rv"
+    assert MODEL_SOURCE.convert("org/model", None, None).label is None
 
 
 @settings(derandomize=True, max_examples=60, deadline=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..cli_options import backend_option, device_option, face_models_option
 from ..families import FAMILIES
 
 
@@ -22,20 +23,8 @@ from ..families import FAMILIES
     default=None,
     help="Training resolution in pixels (buckets keep about resolution² pixels); default: the family's.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "dlib", "insightface"]),
-    default="auto",
-    show_default=True,
-    help="Face model: insightface when a pack is found (auto), else the embedded dlib model.",
-)
-@click.option(
-    "--face-models",
-    type=click.Path(path_type=str),
-    default=None,
-    metavar="DIR",
-    help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).",
-)
+@backend_option(help_text="Face model that screens the references.")
+@face_models_option()
 @click.option(
     "--out",
     type=click.Path(path_type=str),
@@ -50,7 +39,7 @@ from ..families import FAMILIES
     show_default=True,
     help="Perceptual-hash bits (of 64) at or under which two photos with near-identical faces are duplicates.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (face models that can use a GPU).")
+@device_option()
 def prep(character, family, resolution, backend, face_models, out, max_duplicates_distance, device):
     """Filter, crop and caption a character's reference photos into a training dataset.
 
@@ -63,10 +52,11 @@ def prep(character, family, resolution, backend, face_models, out, max_duplicate
       charkit prep characters/alice --family sdxl
       charkit prep alice --resolution 768 --out /tmp/alice-ds
     """
-    from ..devices import onnx_providers
+    from ..devices import onnx_providers, resolve_device
     from ..identity import get_backend
     from .prep import prep_dataset
 
+    device = resolve_device(device)
     fb = get_backend(backend, face_models=face_models, providers=onnx_providers(device))
     r = prep_dataset(
         character,

@@ -7,20 +7,15 @@ from pathlib import Path
 
 import click
 
-from ..paths import check_name
-from .storyboard import ModelSpec
-
-
-def parse_model_option(text: str) -> ModelSpec:
-    """``--model [LABEL=]SOURCE`` -> ModelSpec (family detected later).
-
-    >>> parse_model_option("rv=models/realisticVision.safetensors").label
-    'rv'
-    """
-    label, sep, source = text.partition("=")
-    if sep and label and "/" not in label and not label.startswith("."):
-        return ModelSpec(source=source, label=check_name(label, "--model label"))
-    return ModelSpec(source=text)
+from ..cli_options import (
+    MODEL_SOURCE,
+    allow_pickle_option,
+    backend_option,
+    device_option,
+    dtype_option,
+    face_models_option,
+    quiet_option,
+)
 
 
 @click.command("render")
@@ -35,18 +30,12 @@ def parse_model_option(text: str) -> ModelSpec:
     "--model",
     "models",
     multiple=True,
-    metavar="[LABEL=]SOURCE",
+    type=MODEL_SOURCE,
     help="Render on this model instead of the storyboard's (hub id, diffusers folder or .safetensors file; family "
     "detected). Repeat to render every scene on each (a comparison matrix).",
 )
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda when available).")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="Precision (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU).",
-)
+@device_option()
+@dtype_option()
 @click.option(
     "--verify",
     is_flag=True,
@@ -70,27 +59,15 @@ def parse_model_option(text: str) -> ModelSpec:
     "--cpu-offload", is_flag=True, help="Keep models in CPU memory and move each to the GPU only while it runs."
 )
 @click.option("--vae-tiling", is_flag=True, help="Decode in tiles (large images on small GPUs).")
-@click.option(
-    "--allow-pickle-weights",
-    is_flag=True,
-    help="Allow pickle weight files (.ckpt/.pt/.bin/.pth), which can run code when loaded. Only for sources you trust.",
-)
+@allow_pickle_option()
 @click.option(
     "--annotators",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Folder with lllyasviel/Annotators weights (openpose and depth detection).",
 )
-@click.option(
-    "--face-models",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="insightface model pack folder (FaceID conditioning; --backend insightface).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "dlib", "insightface"]),
-    help="Face backend for best-of-N and --verify (default: the storyboard's, dlib).",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@face_models_option()
+@backend_option(default=None, help_text="Face backend for best-of-N and --verify (default: the storyboard's, dlib).")
+@quiet_option()
 def render(
     storyboard,
     out,
@@ -128,7 +105,7 @@ def render(
     result = render_storyboard(
         storyboard,
         out=out,
-        models=[parse_model_option(m) for m in models] or None,
+        models=list(models) or None,
         device=device,
         dtype=resolve_precision(dtype, device),
         verify=verify,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..cli_options import allow_pickle_option, backend_option, device_option, dtype_option, quiet_option
+
 
 @click.command("train")
 @click.argument("character", type=click.Path(file_okay=False, path_type=str))
@@ -38,21 +40,9 @@ import click
     is_flag=True,
     help="Continue the run (--run/--out, else the newest) from its newest complete checkpoint.",
 )
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:N (auto: cuda when available).")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="Mixed precision on GPU (auto: the preset's train.mixed_precision); CPU always trains in fp32.",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["dlib", "insightface", "auto"]),
-    default="dlib",
-    show_default=True,
-    help="Face backend that scores identity of the probe renders.",
-)
+@device_option()
+@dtype_option("Mixed precision on GPU (auto: the preset's train.mixed_precision); CPU always trains in fp32.")
+@backend_option(default="dlib", help_text="Face backend that scores identity of the probe renders.")
 @click.option(
     "--clip-model",
     type=click.Path(file_okay=False, path_type=str),
@@ -65,13 +55,9 @@ import click
     default=None,
     help="Diffusers folder or hub id with the configs of a single-file --model (needed offline).",
 )
-@click.option(
-    "--allow-pickle-weights",
-    is_flag=True,
-    help="Allow .ckpt/.pt/.bin model files (pickle can run code: trusted files only).",
-)
+@allow_pickle_option()
 @click.option("--no-register", is_flag=True, help="Do not record the LoRA in character.toml.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option()
 def train(
     character,
     model,

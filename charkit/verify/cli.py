@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from ..cli_options import LABEL_PATH, backend_option, face_models_option
 from .lifecycle import verify as run_verify
 
 
@@ -53,23 +54,11 @@ def echo_summary(report, out) -> None:
     "--run",
     "runs",
     multiple=True,
-    metavar="LABEL=PATH",
+    type=LABEL_PATH,
     help="A labelled run to compare side by side (a render folder, or images from Midjourney/Leonardo/DALL-E).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "dlib", "insightface"]),
-    default="auto",
-    show_default=True,
-    help="Face model: insightface when a pack is found (auto), else the embedded dlib model.",
-)
-@click.option(
-    "--face-models",
-    type=click.Path(path_type=str),
-    default=None,
-    metavar="DIR",
-    help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).",
-)
+@backend_option(help_text="Face model that scores identity.")
+@face_models_option()
 @click.option(
     "--threshold",
     type=float,
@@ -125,20 +114,8 @@ def verify(paths, characters, runs, backend, face_models, threshold, out, fail_o
     metavar="DIR",
     help="Character folder; give two or more (same-person pairs within, different-person pairs across).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "dlib", "insightface"]),
-    default="auto",
-    show_default=True,
-    help="Face model to calibrate.",
-)
-@click.option(
-    "--face-models",
-    type=click.Path(path_type=str),
-    default=None,
-    metavar="DIR",
-    help="insightface pack folder or root (default: $CHARKIT_FACE_MODELS, then ~/.insightface/models).",
-)
+@backend_option(help_text="Face model to calibrate.")
+@face_models_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def calibrate(characters, backend, face_models, as_json):
     """Measure same-person vs different-person similarity on your cast and suggest a threshold.

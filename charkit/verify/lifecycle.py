@@ -63,26 +63,17 @@ class VerifyInputs:
     default_names: list[str] = field(default_factory=list)  # --character names, in order
 
 
-def parse_run(spec: str) -> tuple[str, Path]:
-    """``LABEL=PATH`` -> (label, path)."""
-    label, sep, path = spec.partition("=")
-    if not sep or not label or not path:
-        raise CharkitError(f"--run {spec!r}: expected LABEL=PATH, e.g. --run midjourney=downloads/mj")
-    return label, Path(path)
-
-
 def check_inputs(
     paths: list[str | os.PathLike],
-    runs: list[str] | None = None,
+    runs: list[tuple[str, str | os.PathLike]] | None = None,
     characters: list[str | os.PathLike] | None = None,
 ) -> VerifyInputs:
     """Validate paths and run labels and list the images; nothing is written."""
     named: OrderedDict[str, list[Path]] = OrderedDict()
-    for spec in runs or []:
-        label, p = parse_run(spec)
+    for label, p in runs or []:
         if label in named:
-            raise CharkitError(f"--run {spec!r}: run label {label!r} is used twice; give each run its own label")
-        named[label] = [p]
+            raise CharkitError(f"--run {label}={p}: run label {label!r} is used twice; give each run its own label")
+        named[label] = [Path(p)]
     loose: list[Path] = []  # image files given one by one form a single run
     for p in map(Path, paths):
         if p.is_file():
@@ -243,7 +234,7 @@ def verify(
     paths: list[str | os.PathLike] = (),
     *,
     characters: list[str | os.PathLike] = (),
-    runs: list[str] | None = None,
+    runs: list[tuple[str, str | os.PathLike]] | None = None,
     backend: FaceBackend | None = None,
     threshold: float | None = None,
     out: str | os.PathLike | None = None,
