@@ -31,10 +31,9 @@ from .. import __version__
 from ..character import Character, load_character, resolve_character_dir
 from ..devices import onnx_providers
 from ..errors import CharkitError
-from ..identity import BackendInfo, Face, FaceBackend, FaceCache, get_backend
+from ..identity import BackendInfo, Face, FaceBackend, FaceCache, get_backend, screening
 from ..identity.analyze import THUMB_SIDE as CACHE_THUMB_SIDE
 from ..identity.cache import CachedImage
-from ..identity.profile import leave_one_out
 from ..images import ImageRejection, LoadedImage, make_thumbnail, read_image
 from ..paths import atomic_write_bytes, atomic_write_json, atomic_write_text, check_name, sha256_bytes
 from ..stagefiles import DatasetFile, write_stage_file
@@ -46,9 +45,8 @@ from .phash import hamming, phash
 SEVERAL_FACES_AREA = 0.25
 #: near-duplicates: perceptual-hash Hamming distance (of 64 bits) at or under this ...
 DEFAULT_MAX_DUPLICATES_DISTANCE = 10
-#: ... and an embedding similarity that is this far from the threshold towards 1.0
-#: (dlib, threshold 0.40: 0.85; different photos of one person measure 0.47-0.68)
-DUPLICATE_SIMILARITY_FRACTION = 0.75
+#: ... and an embedding similarity 3/4 of the way from the threshold towards 1.0 (screening.PREP_DUPLICATE_FRACTION;
+#: dlib, threshold 0.40: 0.85; different photos of one person measure 0.47-0.68)
 DATASET_FILE = "dataset.json"
 REPORT_JSON = "prep_report.json"
 REPORT_HTML = "prep_report.html"
@@ -322,7 +320,7 @@ def screen_faces(cands: list[Candidate]) -> tuple[list[Candidate], list[ImageRej
 
 def duplicate_similarity(threshold: float) -> float:
     """Embedding similarity above which two photos may be copies: 3/4 of the way from the threshold to 1."""
-    return threshold + DUPLICATE_SIMILARITY_FRACTION * (1.0 - threshold)
+    return screening.duplicate_similarity(threshold, screening.PREP_DUPLICATE_FRACTION)
 
 
 def reject_duplicates(
@@ -336,51 +334,47 @@ def reject_duplicates(
     (whole photo or the face region). The larger, then sharper, copy is kept.
     """
     min_similarity = duplicate_similarity(backend.info.threshold) if min_similarity is None else min_similarity
-    best_first = sorted(cands, key=lambda c: (-(c.width * c.height), -c.sharpness, c.source))
-    kept: list[Candidate] = []
-    rejected: dict[str, ImageRejection] = {}
-    for c in best_first:
-        twin = next(
-            (
-                k
-                for k in kept
-                if min(hamming(c.phash_image, k.phash_image), hamming(c.phash_face, k.phash_face)) <= max_distance
-                and backend.similarity(c.embedding, k.embedding) >= min_similarity
-            ),
-            None,
-        )
-        if twin is None:
-            kept.append(c)
-        else:
-            rejected[c.source] = ImageRejection(str(c.path), f"near_duplicate of {twin.source}")
-    return [c for c in cands if c.source not in rejected], [rejected[c.source] for c in cands if c.source in rejected]
+    best_first = sorted(
+        range(len(cands)), key=lambda i: (-(cands[i].width * cands[i].height), -cands[i].sharpness, cands[i].source)
+    )
+
+    def same_picture(i: int, k: int) -> bool:
+        a, b = cands[i], cands[k]
+        return min(hamming(a.phash_image, b.phash_image), hamming(a.phash_face, b.phash_face)) <= max_distance
+
+    twins = screening.find_duplicates(
+        [c.embedding for c in cands],
+        backend,
+        min_similarity=min_similarity,
+        order=best_first,
+        same_picture=same_picture,
+    )
+    rejected = [
+        ImageRejection(str(cands[i].path), f"near_duplicate of {cands[k].source}") for i, k in sorted(twins.items())
+    ]
+    return [c for i, c in enumerate(cands) if i not in twins], rejected
 
 
 def reject_outliers(
     cands: list[Candidate], backend: FaceBackend, *, threshold: float | None = None
 ) -> tuple[list[Candidate], list[ImageRejection]]:
-    """Leave-one-out identity check: each face against the centroid of the *other kept* faces.
-
-    The worst face below the threshold goes first and the rest are re-scored (one stranger must
-    not drag the others down). Outliers must stay a minority: with no majority to disagree with,
-    the remaining faces are kept and the report warns instead. Sets ``similarity`` on the kept ones.
+    """Leave-one-out identity check (:func:`charkit.identity.screening.find_outliers`): the worst face below the
+    threshold goes first and the rest are re-scored; outliers stay a minority (with no majority to disagree with,
+    the remaining faces are kept and the report warns instead). Sets ``similarity`` on the kept ones.
     """
     threshold = backend.info.threshold if threshold is None else threshold
-    kept = list(cands)
-    rejected: dict[str, ImageRejection] = {}
-    while len(kept) >= 3 and 2 * (len(rejected) + 1) < len(cands):
-        loo = leave_one_out(backend, np.stack([c.embedding for c in kept]))
-        worst = int(np.argmin(loo))
-        if loo[worst] >= threshold:
-            break
-        c = kept.pop(worst)
-        rejected[c.source] = ImageRejection(
-            str(c.path), f"identity_outlier (similarity {loo[worst]:.2f} < threshold {threshold:.2f})"
-        )
-    loo = leave_one_out(backend, np.stack([c.embedding for c in kept])) if kept else []
-    for c, s in zip(kept, loo):
-        c.similarity = None if np.isnan(s) else float(s)
-    return kept, [rejected[c.source] for c in cands if c.source in rejected]
+    found = (
+        screening.find_outliers(np.stack([c.embedding for c in cands]), backend, threshold=threshold) if cands else {}
+    )
+    kept = [c for i, c in enumerate(cands) if i not in found]
+    rejected = [
+        ImageRejection(str(cands[i].path), f"identity_outlier (similarity {v:.2f} < threshold {threshold:.2f})")
+        for i, v in sorted(found.items())
+    ]
+    loo = screening.leave_one_out(backend, np.stack([c.embedding for c in kept])) if kept else []
+    for c, v in zip(kept, loo):
+        c.similarity = None if np.isnan(v) else float(v)
+    return kept, rejected
 
 
 # ------------------------------------------------------------------------------------ crop + caption
@@ -570,6 +564,58 @@ def failed_dir(out: Path) -> Path:
 # ---------------------------------------------------------------------------------------- lifecycle
 
 
+def screen(
+    plan: PrepPlan,
+    backend: FaceBackend,
+    *,
+    cache: FaceCache | None,
+    max_duplicates_distance: int,
+    duplicate_similarity_min: float | None,
+) -> tuple[list[Candidate], list[ImageRejection], dict[str, bytes | None]]:
+    """analyze_refs -> screen_faces -> reject_duplicates -> reject_outliers: (kept, rejected in ref order, previews)."""
+    cands, rejected = analyze_refs(plan, backend, cache=cache)
+    previews = {str(c.path): c.thumbnail for c in cands}
+    cands, r = screen_faces(cands)
+    rejected += r
+    # Duplicates go before the identity check: two copies of a stranger would vouch for each other.
+    cands, r = reject_duplicates(
+        cands, backend, max_distance=max_duplicates_distance, min_similarity=duplicate_similarity_min
+    )
+    rejected += r
+    cands, r = reject_outliers(cands, backend)
+    rejected += r
+    order = {str(p): i for i, p in enumerate(plan.refs)}
+    rejected.sort(key=lambda x: order.get(x.path, len(order)))
+    return cands, rejected, previews
+
+
+def record_failure(plan: PrepPlan, backend: FaceBackend, rejected, thumbs, *, settings: dict) -> CharkitError:
+    """Every reference was rejected: the reports go to ``<out>.failed/`` (the old dataset stays) and the error says why."""
+    with staging(failed_dir(plan.out)) as tmp:
+        write_reports(tmp, build_report(plan, backend, [], rejected, settings=settings), thumbs)
+    summary = report_mod.reasons_summary([x.reason for x in rejected])
+    return CharkitError(
+        f"{plan.character.refs_dir}: all {len(plan.refs)} references were rejected ({summary}); "
+        f"see {failed_dir(plan.out) / REPORT_HTML}"
+    )
+
+
+def write_dataset(plan: PrepPlan, backend: FaceBackend, cands, rejected, thumbs, *, settings: dict):
+    """Crops, captions, reports and dataset.json built in a staging folder and swapped in for ``plan.out``."""
+    items: list[DatasetItem] = []
+    with staging(plan.out) as tmp:
+        (tmp / IMAGES_DIR).mkdir()
+        for c, name in zip(cands, output_names([c.source for c in cands])):
+            item, thumb = make_item(c, plan, name, tmp / IMAGES_DIR, backend)
+            items.append(item)
+            thumbs[item.file] = thumb
+        report = record(plan, tmp, backend, items, rejected, thumbs, settings=settings)
+    stale = failed_dir(plan.out)
+    if (stale / REPORT_JSON).is_file():
+        shutil.rmtree(stale, ignore_errors=True)  # an earlier run's failure report no longer applies
+    return items, report
+
+
 def prep_dataset(
     character_dir: str | os.PathLike,
     *,
@@ -593,58 +639,24 @@ def prep_dataset(
         raise CharkitError(
             f"--max-duplicates-distance {max_duplicates_distance!r}: must be a number of bits from 0 to 64"
         )
-    providers = onnx_providers(device)
-    backend = backend if backend is not None else get_backend("auto", providers=providers)
-    face_cache = FaceCache() if cache is True else (cache or None)
-
-    cands, rejected = analyze_refs(plan, backend, cache=face_cache)
-    previews = {str(c.path): c.thumbnail for c in cands}
-    cands, r = screen_faces(cands)
-    rejected += r
-    # Duplicates go before the identity check: two copies of a stranger would vouch for each other.
-    cands, r = reject_duplicates(
-        cands, backend, max_distance=max_duplicates_distance, min_similarity=duplicate_similarity_min
+    backend = backend if backend is not None else get_backend("auto", providers=onnx_providers(device))
+    cands, rejected, previews = screen(
+        plan,
+        backend,
+        cache=FaceCache() if cache is True else (cache or None),
+        max_duplicates_distance=max_duplicates_distance,
+        duplicate_similarity_min=duplicate_similarity_min,
     )
-    rejected += r
-    cands, r = reject_outliers(cands, backend)
-    rejected += r
-    order = {str(p): i for i, p in enumerate(plan.refs)}
-    rejected.sort(key=lambda x: order.get(x.path, len(order)))
     thumbs = {"ref:" + _source(x.path, plan.character.refs_dir): previews.get(x.path) for x in rejected}
     settings = {
         "max_duplicates_distance": max_duplicates_distance,
-        "duplicate_similarity": round(
-            duplicate_similarity(backend.info.threshold)
-            if duplicate_similarity_min is None
-            else duplicate_similarity_min,
-            4,
-        ),
+        "duplicate_similarity": round(duplicate_similarity_min or duplicate_similarity(backend.info.threshold), 4),
         "several_faces_area": SEVERAL_FACES_AREA,
         "buckets": [b.label for b in plan.buckets],
     }
-
     if not cands:
-        with staging(failed_dir(plan.out)) as tmp:
-            build = build_report(plan, backend, [], rejected, settings=settings)
-            write_reports(tmp, build, thumbs)
-        summary = report_mod.reasons_summary([x.reason for x in rejected])
-        raise CharkitError(
-            f"{plan.character.refs_dir}: all {len(plan.refs)} references were rejected ({summary}); "
-            f"see {failed_dir(plan.out) / REPORT_HTML}"
-        )
-
-    names = output_names([c.source for c in cands])
-    items: list[DatasetItem] = []
-    with staging(plan.out) as tmp:
-        (tmp / IMAGES_DIR).mkdir()
-        for c, name in zip(cands, names):
-            item, thumb = make_item(c, plan, name, tmp / IMAGES_DIR, backend)
-            items.append(item)
-            thumbs[item.file] = thumb
-        report = record(plan, tmp, backend, items, rejected, thumbs, settings=settings)
-    stale = failed_dir(plan.out)
-    if (stale / REPORT_JSON).is_file():
-        shutil.rmtree(stale, ignore_errors=True)  # an earlier run's failure report no longer applies
+        raise record_failure(plan, backend, rejected, thumbs, settings=settings)
+    items, report = write_dataset(plan, backend, cands, rejected, thumbs, settings=settings)
     return PrepResult(
         character=plan.character.name,
         family=plan.family,

@@ -8,6 +8,7 @@ is below the backend threshold are flagged as outliers and left out of the centr
 stray photo of someone else must not pull it), unless they are half the set or more. A
 reference that is a copy of an earlier one (similarity within 10 % of the way from the
 threshold to 1.0, e.g. the same photo re-saved) is skipped: it would inflate the baseline.
+Both checks are :mod:`charkit.identity.screening`'s, the same routine ``charkit prep`` uses.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from .analyze import analyze_file
 from .base import BackendInfo, FaceBackend
 from .cache import FaceCache
 from .results import ProfileSummary
+from .screening import (
+    PROFILE_DUPLICATE_FRACTION,
+    duplicate_similarity,
+    find_duplicates,
+    find_outliers,
+    leave_one_out,
+)
 
 
 @dataclass
@@ -57,14 +65,31 @@ class ReferenceProfile:
         )
 
 
-def leave_one_out(backend: FaceBackend, embeddings: np.ndarray) -> np.ndarray:
-    """Similarity of each vector to the centroid of all the others (NaN when there is only one)."""
-    n = len(embeddings)
-    if n < 2:
-        return np.full(n, np.nan)
-    return np.asarray(
-        [backend.similarity(embeddings[i], backend.centroid(np.delete(embeddings, i, axis=0))) for i in range(n)]
-    )
+def embed_references(
+    ref_paths: list[str | os.PathLike], backend: FaceBackend, *, cache: FaceCache | None, threshold: float
+) -> tuple[list[str], list[np.ndarray], list[ImageRejection]]:
+    """The largest face of each reference (references are portraits), copies of an earlier reference left out."""
+    paths, vecs, rejected = [], [], []
+    for p in ref_paths:
+        a = analyze_file(p, backend, cache)
+        if a.error:
+            rejected.append(ImageRejection(str(p), f"unreadable: {a.error}"))
+        elif not a.faces:
+            rejected.append(ImageRejection(str(p), "no_face"))
+        elif a.faces[0].embedding is None:  # e.g. too small for the recogniser
+            rejected.append(ImageRejection(str(p), a.faces[0].reason or "no_face"))
+        else:
+            paths.append(str(p))
+            vecs.append(a.faces[0].embedding)
+    # A copy of a reference adds nothing to the centroid and inflates the baseline: skip it (the first stays).
+    twins = find_duplicates(
+        vecs, backend, min_similarity=duplicate_similarity(threshold, PROFILE_DUPLICATE_FRACTION)
+    )  # dlib: 0.94; the same photo re-saved scores ~0.98
+    rejected += [ImageRejection(paths[i], f"near_duplicate of {Path(paths[k]).name}") for i, k in twins.items()]
+    order = {str(p): n for n, p in enumerate(ref_paths)}
+    rejected.sort(key=lambda r: order.get(r.path, len(order)))
+    keep = [i for i in range(len(paths)) if i not in twins]
+    return [paths[i] for i in keep], [vecs[i] for i in keep], rejected
 
 
 def build_profile(
@@ -83,25 +108,7 @@ def build_profile(
     0.63
     """
     threshold = backend.info.threshold if threshold is None else threshold
-    paths, vecs, rejected = [], [], []
-    duplicate_at = threshold + 0.9 * (1.0 - threshold)  # dlib: 0.94; same photo re-saved scores ~0.98
-    for p in ref_paths:
-        a = analyze_file(p, backend, cache)
-        if a.error:
-            rejected.append(ImageRejection(str(p), f"unreadable: {a.error}"))
-        elif not a.faces:
-            rejected.append(ImageRejection(str(p), "no_face"))
-        elif a.faces[0].embedding is None:  # e.g. too small for the recogniser
-            rejected.append(ImageRejection(str(p), a.faces[0].reason or "no_face"))
-        else:
-            emb = a.faces[0].embedding  # largest face: references are portraits
-            # A copy of a reference adds nothing to the centroid and inflates the baseline: skip it.
-            dup = next((q for q, v in zip(paths, vecs) if backend.similarity(emb, v) >= duplicate_at), None)
-            if dup is not None:
-                rejected.append(ImageRejection(str(p), f"near_duplicate of {Path(dup).name}"))
-                continue
-            paths.append(str(p))
-            vecs.append(emb)
+    paths, vecs, rejected = embed_references(ref_paths, backend, cache=cache, threshold=threshold)
     if not vecs:
         where = folder or (Path(ref_paths[0]).parent if ref_paths else "?")
         reason = rejected[0].reason if rejected else "no images"
@@ -109,19 +116,12 @@ def build_profile(
             f"{where}: no usable reference face for {name!r} ({len(rejected)} rejected, e.g. {reason}); add clear photos of the face"
         )
     emb = np.stack(vecs).astype(np.float32)
-    loo = leave_one_out(backend, emb)
-    outliers = [p for p, s in zip(paths, loo) if not np.isnan(s) and s < threshold]
-    if len(outliers) * 2 >= len(paths):
-        outliers = []  # no majority to disagree with: keep them all, the baseline will show the spread
+    outliers = [paths[i] for i in sorted(find_outliers(emb, backend, threshold=threshold))]
     keep = np.asarray([p not in outliers for p in paths])
-    centroid = backend.centroid(emb[keep])
-    if outliers:  # recompute the baseline on the references that make the centroid
-        loo_kept = leave_one_out(backend, emb[keep])
-        loo_map = {p: float(s) for p, s in zip(paths, loo)}
-        loo_map.update({p: float(s) for p, s in zip(np.asarray(paths)[keep], loo_kept)})
-    else:
-        loo_kept = loo
-        loo_map = {p: float(s) for p, s in zip(paths, loo)}
+    # every reference's leave-one-out score against all the others; the baseline is taken over the kept ones
+    loo_map = {p: float(v) for p, v in zip(paths, leave_one_out(backend, emb))}
+    loo_kept = leave_one_out(backend, emb[keep])
+    loo_map.update({p: float(v) for p, v in zip(np.asarray(paths)[keep], loo_kept)})
     valid = loo_kept[~np.isnan(loo_kept)]
     return ReferenceProfile(
         name=name,
@@ -129,7 +129,7 @@ def build_profile(
         backend=backend.info,
         paths=paths,
         embeddings=emb,
-        centroid=centroid,
+        centroid=backend.centroid(emb[keep]),
         loo=loo_map,
         baseline_mean=float(valid.mean()) if len(valid) else None,
         baseline_min=float(valid.min()) if len(valid) else None,

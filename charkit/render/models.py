@@ -18,64 +18,88 @@ def _local_or_text(board: Storyboard, text: str) -> str:
     return str(p) if p.exists() else text
 
 
+def model_family(spec: ModelSpec, src, *, allow_pickle_weights: bool) -> str:
+    """The family the storyboard names (checked against a local model's files) or the one detected."""
+    from ..families.detect import detect_family
+
+    if spec.family is None:
+        return detect_family(src.ref, allow_pickle_weights=allow_pickle_weights)
+    if src.kind in ("folder", "file") and not src.pickle:
+        found = detect_family(src.ref)
+        if found != spec.family:
+            raise CharkitError(
+                f"source {spec.source} is a {found} model, but family is {spec.family}; set family: {found}"
+            )
+    return spec.family
+
+
+def model_config(spec: ModelSpec, board: Storyboard, src, family: str) -> str | None:
+    """A single file's config folder (its component configs and tokenizers; required offline)."""
+    from ..families.sources import hub_offline, resolve_source
+
+    if spec.config is not None:
+        return resolve_source(_local_or_text(board, spec.config), what="config").ref
+    if src.kind == "file" and hub_offline():
+        raise CharkitError(
+            f"source {spec.source} is a single-file checkpoint: offline it needs config: <a diffusers {family} "
+            "folder or cached hub id> for the component configs and tokenizers; add it to the model"
+        )
+    return None
+
+
+def model_controlnets(spec: ModelSpec, board: Storyboard, family_spec, options: RenderOptions) -> dict[str, str]:
+    from ..families.sources import resolve_source
+
+    out = {}
+    for ctype, cn in spec.controlnet.items():
+        family_spec.require_control(ctype)
+        src = resolve_source(
+            _local_or_text(board, cn), what=f"controlnet.{ctype}", allow_pickle_weights=options.allow_pickle_weights
+        )
+        if src.kind == "hub":
+            require_cached(src.ref, f"controlnet.{ctype}")
+        out[ctype] = src.ref
+    return out
+
+
+def adapter_weights(spec: ModelSpec, board: Storyboard, family_spec, options: RenderOptions) -> dict[str, str | None]:
+    """``{"ip_adapter": ..., "faceid": ...}``: local files (pickle refused unless allowed) or hub file paths."""
+    from ..families.sources import check_weights_file
+
+    weights: dict[str, str | None] = {}
+    for name in ("ip_adapter", "faceid"):
+        text = getattr(spec, name)
+        weights[name] = None
+        if text is None:
+            continue
+        family_spec.require("faceid" if name == "faceid" else "ip_adapter")
+        local = board.resolve(text)
+        if local.exists():
+            check_weights_file(local, what=name, allow_pickle_weights=options.allow_pickle_weights)
+            weights[name] = str(local)
+        elif text.count("/") >= 2 and not text.startswith((".", "/", "~")):
+            weights[name] = text  # org/repo/path/file.safetensors on the hub
+        else:
+            raise CharkitError(f"{name} {text}: no such file; give a .safetensors file (relative to the storyboard)")
+    return weights
+
+
 def resolve_model(
     spec: ModelSpec, board: Storyboard, options: RenderOptions, *, where: str, scheduler: str | None
 ) -> ModelPlan:
     """Resolve one model entry (family detection, pickle refusal, adapters) or raise naming ``where``."""
-    from ..families import get_family
-    from ..families.detect import detect_family
-    from ..families.sources import check_weights_file, hub_offline, resolve_source
+    from ..families import get_spec
+    from ..families.sources import resolve_source
+    from ..families.spec import SCHEDULERS
 
-    sb = board.label
     try:
-        path = _local_or_text(board, spec.source)
-        src = resolve_source(path, what="source", allow_pickle_weights=options.allow_pickle_weights)
+        src = resolve_source(
+            _local_or_text(board, spec.source), what="source", allow_pickle_weights=options.allow_pickle_weights
+        )
         if src.kind == "hub":
             require_cached(src.ref, "source")
-        family = spec.family
-        if family is None:
-            family = detect_family(src.ref, allow_pickle_weights=options.allow_pickle_weights)
-        elif src.kind in ("folder", "file") and not src.pickle:
-            found = detect_family(src.ref)
-            if found != family:
-                raise CharkitError(
-                    f"source {spec.source} is a {found} model, but family is {family}; set family: {found}"
-                )
-        fam = get_family(family)
-        config = None
-        if spec.config is not None:
-            config = resolve_source(_local_or_text(board, spec.config), what="config").ref
-        elif src.kind == "file" and hub_offline():
-            raise CharkitError(
-                f"source {spec.source} is a single-file checkpoint: offline it needs config: <a diffusers {family} "
-                "folder or cached hub id> for the component configs and tokenizers; add it to the model"
-            )
-        controlnet = {}
-        for ctype, cn in spec.controlnet.items():
-            fam.SPEC.require_control(ctype)
-            cn_src = resolve_source(
-                _local_or_text(board, cn), what=f"controlnet.{ctype}", allow_pickle_weights=options.allow_pickle_weights
-            )
-            if cn_src.kind == "hub":
-                require_cached(cn_src.ref, f"controlnet.{ctype}")
-            controlnet[ctype] = cn_src.ref
-        weights = {}
-        for name in ("ip_adapter", "faceid"):
-            text = getattr(spec, name)
-            if text is None:
-                weights[name] = None
-                continue
-            fam.SPEC.require("faceid" if name == "faceid" else "ip_adapter")
-            local = board.resolve(text)
-            if local.exists():
-                check_weights_file(local, what=name, allow_pickle_weights=options.allow_pickle_weights)
-                weights[name] = str(local)
-            elif text.count("/") >= 2 and not text.startswith((".", "/", "~")):
-                weights[name] = text  # org/repo/path/file.safetensors on the hub
-            else:
-                raise CharkitError(
-                    f"{name} {text}: no such file; give a .safetensors file (relative to the storyboard)"
-                )
+        family = model_family(spec, src, allow_pickle_weights=options.allow_pickle_weights)
+        fspec = get_spec(family)
         encoder = None
         if spec.image_encoder is not None:
             encoder = resolve_source(
@@ -83,25 +107,24 @@ def resolve_model(
                 what="image_encoder",
                 allow_pickle_weights=options.allow_pickle_weights,
             ).ref
-        sched = scheduler or fam.SPEC.scheduler
-        from ..families.spec import SCHEDULERS
-
+        sched = scheduler or fspec.scheduler
         if sched not in SCHEDULERS:
             raise CharkitError(f"scheduler {sched!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
+        weights = adapter_weights(spec, board, fspec, options)
+        return ModelPlan(
+            label=spec.label or family,
+            family=family,
+            source=spec.source,
+            path=src.ref,
+            config=model_config(spec, board, src, family),
+            scheduler=sched,
+            controlnet=model_controlnets(spec, board, fspec, options),
+            ip_adapter=weights["ip_adapter"],
+            image_encoder=encoder,
+            faceid=weights["faceid"],
+        )
     except CharkitError as e:
-        raise CharkitError(f"{sb}: {where}: {e}") from None
-    return ModelPlan(
-        label=spec.label or family,
-        family=family,
-        source=spec.source,
-        path=src.ref,
-        config=config,
-        scheduler=sched,
-        controlnet=controlnet,
-        ip_adapter=weights["ip_adapter"],
-        image_encoder=encoder,
-        faceid=weights["faceid"],
-    )
+        raise CharkitError(f"{board.label}: {where}: {e}") from None
 
 
 def require_cached(repo_id: str, what: str) -> None:

@@ -248,42 +248,12 @@ def _detector_model():
 
     scores, boxes, kpss = [], [], []
     grid = mask
+    consts = (eps, half, one, two, twelve, top_edge, ax, ay, sel_x, sel_y)
     for i, stride in enumerate(STRIDES):
         # Marker coverage of each anchor cell (cascade: 8 -> 16 -> 32 halves the grid exactly).
         k = stride if i == 0 else 2
         grid = g.op("AveragePool", grid, kernel_shape=[k, k], strides=[k, k])
-        mom = g.op("Conv", grid, kernel, pads=[r, r, r, r])
-        m0, m1x, m1y, m2x, m2y, ring = g.op("Split", mom, g.const([1] * 6, np.int64), axis=1, n_out=6)
-        mass = g.add(m0, eps)
-        mx, my = g.div(m1x, mass), g.div(m1y, mass)  # centroid offset from this cell's centre, in cells
-        vx = g.op("Relu", g.sub(g.div(m2x, mass), g.mul(mx, mx)))
-        vy = g.op("Relu", g.sub(g.div(m2y, mass), g.mul(my, my)))
-        # A solid L-cell square has cell-centre variance (L^2 - 1) / 12, hence L = sqrt(12 v + 1).
-        w = g.op("Sqrt", g.add(g.mul(vx, twelve), one))
-        h = g.op("Sqrt", g.add(g.mul(vy, twelve), one))
-        # Box size: the mass is the exact area (coverage sums partial cells correctly); the
-        # variances, biased up by partial edge cells, only give the aspect ratio.
-        aspect = g.div(w, h)
-        hw = g.mul(g.op("Sqrt", g.mul(mass, aspect)), half)
-        hh = g.mul(g.op("Sqrt", g.div(mass, aspect)), half)
-        # SCRFD's anchor point is the cell's top-left corner: centre = anchor + (0.5 + offset) cells.
-        cx, cy = g.add(mx, half), g.add(my, half)
-        box = g.op("Concat", g.sub(hw, cx), g.sub(hh, cy), g.add(hw, cx), g.add(hh, cy), axis=1)
-        kps = g.add(
-            g.add(g.mul(sel_x, cx), g.mul(sel_y, cy)),
-            g.add(g.mul(ax, hw), g.mul(ay, hh)),
-        )
-        # Score: centroid on this cell x one solid rectangle (area == w * h) x wholly inside the
-        # window (nothing on its border ring, so no truncated view) x a size this stride handles.
-        centred = g.op("Exp", g.mul(g.add(g.mul(mx, mx), g.mul(my, my)), g.scalar(-0.25)))
-        fill_err = g.div(g.sub(g.div(g.mul(w, h), mass), one), g.scalar(0.4))
-        solid = g.op("Exp", g.op("Neg", g.mul(fill_err, fill_err)))
-        size_ok = g.mul(
-            g.mul(g.clip01(g.sub(w, two)), g.clip01(g.sub(top_edge, w))),
-            g.mul(g.clip01(g.sub(h, two)), g.clip01(g.sub(top_edge, h))),
-        )
-        whole = g.clip01(g.sub(one, g.mul(ring, two)))
-        score = g.mul(g.mul(centred, solid), g.mul(size_ok, whole))
+        score, box, kps = _anchor_heads(g, g.op("Conv", grid, kernel, pads=[r, r, r, r]), consts)
         scores.append(_per_anchor(g, score, 1))
         boxes.append(_per_anchor(g, box, 4))
         kpss.append(_per_anchor(g, kps, 10))
@@ -302,6 +272,42 @@ def _detector_model():
         initializer=g.inits,
     )
     return _model(graph)
+
+
+def _anchor_heads(g: _Graph, mom: str, consts) -> tuple[str, str, str]:
+    """Score, box and keypoints of every anchor cell of one stride, from the window moments ``mom``."""
+    eps, half, one, two, twelve, top_edge, ax, ay, sel_x, sel_y = consts
+    m0, m1x, m1y, m2x, m2y, ring = g.op("Split", mom, g.const([1] * 6, np.int64), axis=1, n_out=6)
+    mass = g.add(m0, eps)
+    mx, my = g.div(m1x, mass), g.div(m1y, mass)  # centroid offset from this cell's centre, in cells
+    vx = g.op("Relu", g.sub(g.div(m2x, mass), g.mul(mx, mx)))
+    vy = g.op("Relu", g.sub(g.div(m2y, mass), g.mul(my, my)))
+    # A solid L-cell square has cell-centre variance (L^2 - 1) / 12, hence L = sqrt(12 v + 1).
+    w = g.op("Sqrt", g.add(g.mul(vx, twelve), one))
+    h = g.op("Sqrt", g.add(g.mul(vy, twelve), one))
+    # Box size: the mass is the exact area (coverage sums partial cells correctly); the
+    # variances, biased up by partial edge cells, only give the aspect ratio.
+    aspect = g.div(w, h)
+    hw = g.mul(g.op("Sqrt", g.mul(mass, aspect)), half)
+    hh = g.mul(g.op("Sqrt", g.div(mass, aspect)), half)
+    # SCRFD's anchor point is the cell's top-left corner: centre = anchor + (0.5 + offset) cells.
+    cx, cy = g.add(mx, half), g.add(my, half)
+    box = g.op("Concat", g.sub(hw, cx), g.sub(hh, cy), g.add(hw, cx), g.add(hh, cy), axis=1)
+    kps = g.add(
+        g.add(g.mul(sel_x, cx), g.mul(sel_y, cy)),
+        g.add(g.mul(ax, hw), g.mul(ay, hh)),
+    )
+    # Score: centroid on this cell x one solid rectangle (area == w * h) x wholly inside the
+    # window (nothing on its border ring, so no truncated view) x a size this stride handles.
+    centred = g.op("Exp", g.mul(g.add(g.mul(mx, mx), g.mul(my, my)), g.scalar(-0.25)))
+    fill_err = g.div(g.sub(g.div(g.mul(w, h), mass), one), g.scalar(0.4))
+    solid = g.op("Exp", g.op("Neg", g.mul(fill_err, fill_err)))
+    size_ok = g.mul(
+        g.mul(g.clip01(g.sub(w, two)), g.clip01(g.sub(top_edge, w))),
+        g.mul(g.clip01(g.sub(h, two)), g.clip01(g.sub(top_edge, h))),
+    )
+    whole = g.clip01(g.sub(one, g.mul(ring, two)))
+    return g.mul(g.mul(centred, solid), g.mul(size_ok, whole)), box, kps
 
 
 def _per_anchor(g: _Graph, t: str, width: int) -> str:

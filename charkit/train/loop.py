@@ -453,28 +453,21 @@ def _accelerator(plan: TrainPlan):
     return Accelerator(mixed_precision=plan.mixed_precision, cpu=plan.device.type == "cpu")
 
 
-def load(plan: TrainPlan) -> TrainSession:
-    """Face profile, pipeline, LoRA adapters (fp32), optimizer, LR schedule; restore the checkpoint when resuming."""
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
-
+def load_identity(plan: TrainPlan, *, main: bool):
+    """(backend, reference profile) that score the probes: main process only, and before the model loads, so a
+    reference folder without faces fails before minutes of model loading (the face cache spares a resume the work)."""
+    if not main:
+        return None, None
     from ..identity import FaceCache, get_backend, profile_for_character
 
-    preset = plan.preset
-    accelerator = _accelerator(plan)
-    if accelerator.num_processes > 1:
-        plan.device = accelerator.device
-    # Identity first: a reference folder without faces should fail before minutes of model loading. Only the
-    # main process renders and scores probes. The face cache lets a resume skip re-embedding the references.
-    backend = profile = None
-    if accelerator.is_main_process:
-        backend = get_backend(plan.backend)
-        profile = profile_for_character(plan.character, backend, cache=FaceCache())
-    fam = family_part(plan.family, "lora")
-    pipeline_mod = family_part(plan.family, "pipeline")
-    spec = get_spec(plan.family)
+    backend = get_backend(plan.backend)
+    return backend, profile_for_character(plan.character, backend, cache=FaceCache())
+
+
+def load_base(plan: TrainPlan):
+    """The family's pipeline at the weight dtype, every component frozen."""
     kw = {"config": plan.model_config} if plan.model_config else {}
-    pipe = pipeline_mod.load_pipeline(
+    pipe = family_part(plan.family, "pipeline").load_pipeline(
         plan.model, device=plan.device, dtype=plan.weight_dtype, allow_pickle_weights=plan.allow_pickle_weights, **kw
     )
     pipe.set_progress_bar_config(disable=True)
@@ -482,49 +475,59 @@ def load(plan: TrainPlan) -> TrainSession:
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
+    return pipe
 
-    torch.manual_seed(preset.train.seed)  # LoRA init (lora_A) draws from the global generator
-    lcfg = preset.lora
+
+def add_adapters(pipe, plan: TrainPlan) -> list:
+    """peft LoRA adapters (fp32) on the denoiser and, with ``lora.text_encoder``, the text encoders; in train mode."""
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    lcfg, spec = plan.preset.lora, get_spec(plan.family)
+
+    def config(targets) -> LoraConfig:
+        return LoraConfig(
+            r=lcfg.rank,
+            lora_alpha=lcfg.alpha,
+            lora_dropout=lcfg.dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(targets),
+        )
+
+    torch.manual_seed(plan.preset.train.seed)  # LoRA init (lora_A) draws from the global generator
     denoiser = getattr(pipe, spec.denoiser)
     targets = list(lcfg.targets or spec.lora_targets)
     try:
-        denoiser.add_adapter(
-            LoraConfig(
-                r=lcfg.rank,
-                lora_alpha=lcfg.alpha,
-                lora_dropout=lcfg.dropout,
-                init_lora_weights="gaussian",
-                target_modules=targets,
-            )
-        )
+        denoiser.add_adapter(config(targets))
     except ValueError as e:
         raise CharkitError(
             f"preset field 'lora.targets' {targets}: {' '.join(str(e).split())[:200]}; use module names of the "
             f"{spec.denoiser} (or leave it empty for the family default)"
         ) from None
     modules = [denoiser]
-    if lcfg.text_encoder:
-        for name in spec.lora_text_encoders:
-            te = getattr(pipe, name)
-            te.add_adapter(
-                LoraConfig(
-                    r=lcfg.rank,
-                    lora_alpha=lcfg.alpha,
-                    lora_dropout=lcfg.dropout,
-                    init_lora_weights="gaussian",
-                    target_modules=list(spec.text_encoder_lora_targets),
-                )
-            )
-            modules.append(te)
+    for name in spec.lora_text_encoders if lcfg.text_encoder else ():
+        getattr(pipe, name).add_adapter(config(spec.text_encoder_lora_targets))
+        modules.append(getattr(pipe, name))
     cast_training_params(modules, dtype=torch.float32)  # LoRA weights train in fp32 whatever the base dtype
-    if preset.train.gradient_checkpointing:
+    if plan.preset.train.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
         for te in modules[1:]:
             (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
     for m in modules:
         m.train()
+    return modules
 
-    den_params = [p for p in denoiser.parameters() if p.requires_grad]
+
+def load(plan: TrainPlan) -> TrainSession:
+    """Face profile, pipeline, LoRA adapters (fp32), optimizer, LR schedule; restore the checkpoint when resuming."""
+    preset = plan.preset
+    accelerator = _accelerator(plan)
+    if accelerator.num_processes > 1:
+        plan.device = accelerator.device
+    backend, profile = load_identity(plan, main=accelerator.is_main_process)
+    pipe = load_base(plan)
+    modules = add_adapters(pipe, plan)
+    den_params = [p for p in modules[0].parameters() if p.requires_grad]
     te_params = [p for m in modules[1:] for p in m.parameters() if p.requires_grad]
     groups = [{"params": den_params, "lr": preset.optimizer.learning_rate}]
     if te_params:
@@ -534,12 +537,11 @@ def load(plan: TrainPlan) -> TrainSession:
         plan.notes.append(opt_note)
     lr_scheduler = _lr_scheduler(preset, optimizer)
     optimizer = accelerator.prepare(optimizer)  # fp16 loss scaling; models stay unwrapped (grads reduced by hand)
-
-    clip = ClipScorer(plan.clip_model, device=plan.device) if plan.clip_model and accelerator.is_main_process else None
+    fam = family_part(plan.family, "lora")
     session = TrainSession(
         plan=plan,
         family=fam,
-        pipeline=pipeline_mod,
+        pipeline=family_part(plan.family, "pipeline"),
         pipe=pipe,
         accelerator=accelerator,
         noise_scheduler=fam.noise_scheduler(pipe),
@@ -549,7 +551,9 @@ def load(plan: TrainPlan) -> TrainSession:
         optimizer_name=opt_name,
         backend=backend,
         profile=profile,
-        clip=clip,
+        clip=ClipScorer(plan.clip_model, device=plan.device)
+        if plan.clip_model and accelerator.is_main_process
+        else None,
     )
     if plan.resume is not None:
         restore(session, plan.resume)
