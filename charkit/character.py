@@ -138,7 +138,7 @@ def load_character(ref: str | os.PathLike, root: str | os.PathLike = "characters
     """Load ``characters/<name>/character.toml``.
 
     >>> alice = load_character("characters/alice")  # doctest: +SKIP
-    >>> alice.trigger_text
+    >>> alice.trigger_text  # doctest: +SKIP
     'ohwx'
     """
     d = resolve_character_dir(ref, root)

@@ -275,7 +275,7 @@ def run_demo(
     """Run the whole loop; returns every stage's result.
 
     >>> r = run_demo(out="/tmp/demo")  # doctest: +SKIP
-    >>> r.report_html.name
+    >>> r.report_html.name  # doctest: +SKIP
     'report.html'
     """
     from .devices import resolve_device, resolve_precision

@@ -22,7 +22,7 @@ def process_state(device: str = "cpu"):
     """accelerate's ``PartialState`` (``cpu=True`` on CPU), or a single-process stand-in when not launched.
 
     >>> state = process_state("cpu")  # doctest: +SKIP
-    >>> state.num_processes, state.is_main_process
+    >>> state.num_processes, state.is_main_process  # doctest: +SKIP
     (1, True)
     """
     if not _launched():

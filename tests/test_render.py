@@ -477,3 +477,47 @@ def test_scales_restore_exact_state_even_on_error(tiny_models, tiny_loras):
     with ip_adapter_scale(pipe, 0.9):
         assert all(p.scale == [0.9] for p in procs)
     assert all(p.scale == [0.3] for p in procs)
+
+
+def _edit_prompt(board_path, scene_id, prompt):
+    import yaml
+
+    data = yaml.safe_load(board_path.read_text())
+    next(s for s in data["scenes"] if s["id"] == scene_id)["prompt"] = prompt
+    board_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+PENDING = [
+    # (what changed since the last full render, options, scenes expected to render again)
+    ("nothing", {}, []),
+    ("force", {"force": True}, ["s01-arrival", "s02-cafe", "s03-night"]),
+    ("a prompt", {"edit": ("s02-cafe", "{alice} and {bob} at a bar")}, ["s02-cafe"]),
+    ("a png deleted", {"delete": "s03-night.png"}, ["s03-night"]),
+    ("a png changed by hand", {"touch": "s01-arrival.png"}, ["s01-arrival"]),
+    ("a prompt, but only another scene selected", {"edit": ("s02-cafe", "x {alice}"), "scenes": ("s01-arrival",)}, []),
+    ("force on one selected scene", {"force": True, "scenes": ("s03-night",)}, ["s03-night"]),
+]
+
+
+@pytest.mark.parametrize("case,change,expected", PENDING, ids=[p[0] for p in PENDING])
+def test_pending_jobs(sd15_board, case, change, expected):
+    from charkit.render.lifecycle import pending_jobs
+    from charkit.render.plan import RenderOptions, check_inputs
+    from charkit.render.storyboard import load_storyboard
+
+    first = render_storyboard(sd15_board, progress=False)
+    out = first.out_dir
+    if "edit" in change:
+        _edit_prompt(sd15_board, *change["edit"])
+    if "delete" in change:
+        (out / change["delete"]).unlink()
+    if "touch" in change:
+        with open(out / change["touch"], "ab") as f:
+            f.write(b"\0")
+    options = RenderOptions(force=change.get("force", False), scenes=change.get("scenes"), progress=False)
+    pending, kept = pending_jobs(check_inputs(load_storyboard(sd15_board), options=options))
+    assert [j.scene.id for j in pending] == expected
+    # what is not pending and still intact is kept; an unselected scene whose inputs changed keeps its old image
+    assert {r.scene for r in kept} == {"s01-arrival", "s02-cafe", "s03-night"} - set(expected) - (
+        {"s03-night"} if "delete" in change else set()
+    ) - ({"s01-arrival"} if "touch" in change else set())

@@ -320,3 +320,28 @@ def test_every_storyboard_field_is_documented_and_the_example_parses():
     board = load_storyboard(root / "examples" / "episode.yaml")
     assert len(board.scenes) == 5 and set(board.characters) == {"maya", "leo"}
     assert board.scenes[2].characters == ["maya", "leo"]
+
+
+def test_every_problem_of_a_storyboard_is_reported_in_one_run(tiny_models, render_env, alice):
+    """Three mistakes in three scenes: one check_inputs names all three (the CLI prints one line each)."""
+    from click.testing import CliRunner
+
+    from charkit.cli import cli
+    from charkit.errors import InputProblems
+
+    tiny = tiny_models("sd15")
+    scenes = (
+        "  - {id: s1, prompt: '{carol} waves'}\n"
+        "  - {id: s2, prompt: hi, size: 36x36}\n"
+        "  - {id: s3, prompt: '{alice}', lora: {alice: 0.8}}\n"
+    )
+    path = render_env.storyboard(_board_text(str(tiny.root), scenes), "three.yaml")
+    with pytest.raises(InputProblems) as e:
+        check_inputs(load_storyboard(path))
+    assert len(e.value.problems) == 3
+    for frag, problem in zip(["'s1'", "'s2'", "'s3'"], e.value.problems):
+        assert frag in problem and problem.startswith(str(path))
+    r = CliRunner().invoke(cli, ["render", str(path), "--device", "cpu"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("Error: ")]
+    assert len(lines) == 3 and "unknown character 'carol'" in lines[0] and "multiples of 8" in lines[1]

@@ -174,7 +174,7 @@ def check_inputs(
     """Validate the character folder, its references, the family/resolution and the output folder.
 
     >>> plan = check_inputs("characters/alice")  # doctest: +SKIP
-    >>> plan.out
+    >>> plan.out  # doctest: +SKIP
     PosixPath('characters/alice/dataset')
     """
     d = resolve_character_dir(character_dir)
@@ -631,7 +631,7 @@ def prep_dataset(
     """Filter, crop and caption a character's references into ``<character>/dataset/``.
 
     >>> r = prep_dataset("characters/alice", family="sdxl")  # doctest: +SKIP
-    >>> len(r.items), r.rejected[0].reason
+    >>> len(r.items), r.rejected[0].reason  # doctest: +SKIP
     (14, 'near_duplicate of 03.jpg')
     """
     plan = check_inputs(character_dir, family=family, resolution=resolution, out=out)

@@ -78,7 +78,7 @@ def calibrate(characters: list, backend: FaceBackend, *, cache: FaceCache | None
     """Same/different similarity ranges over the characters' references and a suggested threshold.
 
     >>> c = calibrate([load_character("characters/alice"), load_character("characters/bob")], backend)  # doctest: +SKIP
-    >>> c.suggested
+    >>> c.suggested  # doctest: +SKIP
     0.41
     """
     if len(characters) < 2:

@@ -104,7 +104,7 @@ def build_profile(
     """Embed every reference (largest face of each) and compute centroid, baseline and outliers.
 
     >>> profile = build_profile("alice", alice.ref_paths(), get_backend("dlib"))  # doctest: +SKIP
-    >>> round(profile.baseline_mean, 2)
+    >>> round(profile.baseline_mean, 2)  # doctest: +SKIP
     0.63
     """
     threshold = backend.info.threshold if threshold is None else threshold

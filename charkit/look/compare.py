@@ -119,7 +119,7 @@ def reference_look(measures: list[LookMeasures]) -> LookBaseline:
     """Min, max, mean and std of each measure over the reference photos.
 
     >>> base = reference_look([measure_look(img, face.box) for img, face in refs])  # doctest: +SKIP
-    >>> base.ranges["smoothness"].min, base.ranges["smoothness"].max
+    >>> base.ranges["smoothness"].min, base.ranges["smoothness"].max  # doctest: +SKIP
     (0.658, 0.7018)
     """
     if not measures:
@@ -235,7 +235,7 @@ def compare_look(run: list[LookMeasures], baseline: LookBaseline, *, name: str =
     """The run's median/p10/p90 per measure and a statement of where it sits against the references.
 
     >>> cmp = compare_look(run_measures, reference_look(ref_measures), name="flux")  # doctest: +SKIP
-    >>> cmp.measures["smoothness"].statement
+    >>> cmp.measures["smoothness"].statement  # doctest: +SKIP
     'smoother than every reference photo (median 0.91 vs references 0.66-0.70; 18 of 20 images beyond)'
     """
     for m in run:

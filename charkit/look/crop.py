@@ -96,7 +96,7 @@ def matched_crop(image: Image.Image | np.ndarray, face_box, *, scale_to: int = 2
     """Resample the surroundings of ``face_box`` so the box side becomes ``scale_to`` pixels.
 
     >>> crop = matched_crop(img, (366, 136, 624, 394))  # doctest: +SKIP
-    >>> crop.face_px, crop.rgb.shape
+    >>> crop.face_px, crop.rgb.shape  # doctest: +SKIP
     (258, (512, 512, 3))
     """
     if scale_to < MIN_FACE_PX:

@@ -142,7 +142,7 @@ class Conditioner:
         """Unit-length mean ArcFace embedding of ``character``'s references (insightface backend only).
 
         >>> emb = Conditioner().faceid_embedding(alice, InsightFaceBackend(pack))  # doctest: +SKIP
-        >>> emb.shape
+        >>> emb.shape  # doctest: +SKIP
         (512,)
         """
         from ..identity import profile_for_character

@@ -15,7 +15,7 @@ Reads like diffusers' ``__call__``; every step is a public function you can call
     finish                            one manifest.json (merged across processes); --verify report
 
 >>> result = render_storyboard("examples/episode.yaml", device="cuda", dtype="fp16")  # doctest: +SKIP
->>> [r.file.name for r in result.rendered][:2]
+>>> [r.file.name for r in result.rendered][:2]  # doctest: +SKIP
 ['s01-arrival.png', 's02-cafe.png']
 """
 
@@ -597,7 +597,7 @@ def render_storyboard(
     (``device="cuda"``, ``dtype="fp16"``, ``verify=True``, ``scenes=["s01"]``, ...).
 
     >>> result = render_storyboard("examples/episode.yaml", out="renders/ep1", device="cpu")  # doctest: +SKIP
-    >>> result.manifest_path.name
+    >>> result.manifest_path.name  # doctest: +SKIP
     'manifest.json'
     """
     if options is not None and option_values:

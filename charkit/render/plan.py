@@ -319,7 +319,7 @@ def check_inputs(
     Every problem of the storyboard is collected and reported together (:class:`~charkit.errors.InputProblems`).
 
     >>> plan = check_inputs(load_storyboard("examples/episode.yaml"))  # doctest: +SKIP
-    >>> [j.file for j in plan.jobs][:2]
+    >>> [j.file for j in plan.jobs][:2]  # doctest: +SKIP
     ['s01-arrival.png', 's02-cafe.png']
     """
     from .jobs import load_characters, plan_job

@@ -422,7 +422,7 @@ def load_storyboard(path: str | os.PathLike) -> Storyboard:
     """Read and validate a storyboard YAML file.
 
     >>> board = load_storyboard("examples/episode.yaml")  # doctest: +SKIP
-    >>> [s.id for s in board.scenes][:2]
+    >>> [s.id for s in board.scenes][:2]  # doctest: +SKIP
     ['s01-arrival', 's02-cafe']
     """
     p = Path(path)

@@ -97,7 +97,7 @@ def load_dataset(
     blur): re-run prep at that resolution.
 
     >>> ds = load_dataset("characters/alice", family="sd15")  # doctest: +SKIP
-    >>> len(ds.items), ds.resolution
+    >>> len(ds.items), ds.resolution  # doctest: +SKIP
     (14, 512)
     """
     root = Path(folder) if folder is not None else dataset_dir(character_dir)

@@ -930,7 +930,7 @@ def train_lora(
 
     >>> r = train_lora("characters/alice", model="runwayml/stable-diffusion-v1-5",
     ...                preset="training/sd15-lora.toml", steps=1000, device="cuda")  # doctest: +SKIP
-    >>> r.best
+    >>> r.best  # doctest: +SKIP
     PosixPath('characters/alice/loras/sd15/run-20260101-120000/best.safetensors')
     """
     state = process_state(str(kwargs.get("device") or "auto"))

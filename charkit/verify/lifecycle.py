@@ -244,7 +244,7 @@ def verify(
     """Score images against characters and (with ``out``) write the reports.
 
     >>> report = verify(["renders/"], characters=["characters/alice"], out="renders/")  # doctest: +SKIP
-    >>> report.runs[0].pass_rate
+    >>> report.runs[0].pass_rate  # doctest: +SKIP
     0.9
     """
     inputs = check_inputs(list(paths), runs, list(characters))

@@ -84,7 +84,7 @@ def write_report(report: VerifyReport, out_dir: Path, *, thumbnails: dict[str, b
     :func:`charkit.images.make_thumbnail`; images without one get a placeholder.
 
     >>> paths = write_report(report, Path("out"), thumbnails={"a.png": jpeg})  # doctest: +SKIP
-    >>> paths.html.name
+    >>> paths.html.name  # doctest: +SKIP
     'report.html'
     """
     out = check_output(out_dir)
