@@ -446,3 +446,29 @@ def test_ldm_export_round_trips_through_diffusers_on_the_real_sd15_block_layout(
         {"first_stage_model." + k: v for k, v in vae_to_ldm(sd, vae.config).items()}, vae.config
     )
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_family_names_are_listed_only_in_the_registry():
+    """Adding a family is one folder plus one registry entry: no other module keeps a list or table of families."""
+    import ast
+    from pathlib import Path
+
+    import charkit
+    from charkit.families import FAMILIES
+
+    root = Path(charkit.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "families" / "registry.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                items = node.elts
+            elif isinstance(node, ast.Dict):
+                items = [k for k in node.keys if k is not None]
+            else:
+                continue
+            names = {e.value for e in items if isinstance(e, ast.Constant) and e.value in FAMILIES}
+            if len(names) >= 2:
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} {sorted(names)}")
+    assert offenders == [], "family lists outside charkit/families/registry.py: " + "; ".join(offenders)

@@ -44,44 +44,43 @@ from pathlib import Path
 import torch
 
 from ..errors import CharkitError
-from . import FAMILIES, get_family
 from .namemap import NameMap, OriginalModule, module_shapes, swap_halves
+from .registry import family_part, get_family, get_spec, specs
 
 LAYOUTS = ("diffusers", "peft", "kohya_sd", "kohya_flux", "kohya_sd3", "onetrainer", "unknown")
 
-#: Pipeline components that can carry a LoRA, per family (denoiser first).
-COMPONENTS = {
-    "sd15": ("unet", "text_encoder"),
-    "sdxl": ("unet", "text_encoder", "text_encoder_2"),
-    "sd3": ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"),
-    "flux": ("transformer", "text_encoder", "text_encoder_2"),
-}
-#: kohya text-encoder prefixes (sd-scripts: SD1.x ``lora_te``, SDXL/SD3 ``lora_te1/2``, T5 ``lora_te3``).
-KOHYA_TE = {
-    "sd15": {"text_encoder": "lora_te_"},
-    "sdxl": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
-    "sd3": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_"},
-    "flux": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te3_"},
-}
-_READ_TE = {  # prefixes accepted when reading (lora_te_ and lora_te1_ both mean the first encoder)
-    family: {"lora_te_": "text_encoder", **{p: c for c, p in te.items()}} for family, te in KOHYA_TE.items()
-}
+
+def components(family: str) -> tuple[str, ...]:
+    """Pipeline components that can carry a LoRA (denoiser first): the family's ``SPEC.lora_components``."""
+    return get_spec(family).lora_components
+
+
+def kohya_te(family: str) -> dict[str, str]:
+    """kohya text-encoder prefix per component (``SPEC.kohya_text_encoders``)."""
+    return dict(get_spec(family).kohya_text_encoders)
+
+
+def _read_te(family: str) -> dict[str, str]:
+    # prefixes accepted when reading: lora_te_ and lora_te1_ both mean the first encoder
+    return {"lora_te_": "text_encoder", **{p: c for c, p in kohya_te(family).items()}}
+
+
+def _original_names(family: str) -> bool:
+    """True when kohya names the denoiser's modules as the original release does (BFL / Stability)."""
+    return get_spec(family).original_layout is not None
+
+
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
 def _denoiser(family: str) -> str:
-    return COMPONENTS[family][0]
+    return get_spec(family).denoiser
 
 
 def _original_map(family: str):
-    if family == "flux":
-        from .flux.bfl import module_map
-    elif family == "sd3":
-        from .sd3.sai import module_map
-    else:
-        return None
-    return module_map
+    layout = get_spec(family).original_layout
+    return None if layout is None else family_part(family, layout).module_map
 
 
 # ------------------------------------------------------------------------------------------- detect
@@ -106,7 +105,7 @@ def detect_lora_layout(state_dict: Mapping[str, object]) -> str:
     if any(re.match(r"lora_(unet|te\d?)_", k) and k.endswith((_DOWN, _UP)) for k in keys):
         return "kohya_sd"
     if any(k.endswith((_A, _B)) for k in keys):
-        comps = {c for cs in COMPONENTS.values() for c in cs}
+        comps = {c for sp in specs() for c in sp.lora_components}
         return "diffusers" if all(k.split(".", 1)[0] in comps for k in keys) else "peft"
     return "unknown"
 
@@ -129,7 +128,7 @@ def all_linear_targets(family: str, denoiser: torch.nn.Module) -> list[str]:
     blocks = ("transformer_blocks.", "single_transformer_blocks.")
 
     def keep(n: str) -> bool:
-        return n.startswith(blocks) if family in ("flux", "sd3") else ".attentions." in n
+        return n.startswith(blocks) if _denoiser(family) == "transformer" else ".attentions." in n
 
     return sorted(n for n, m in denoiser.named_modules() if isinstance(m, torch.nn.Linear) and keep(n))
 
@@ -181,12 +180,10 @@ def _fuse(orig: OriginalModule, pairs, alpha: float) -> tuple[torch.Tensor, torc
 
 
 def _te_name(family: str, component: str, module: str) -> str:
-    clip = not (
-        (family == "flux" and component == "text_encoder_2") or (family == "sd3" and component == "text_encoder_3")
-    )
+    clip = component != get_spec(family).t5_encoder
     if clip and not module.startswith("text_model."):
         module = "text_model." + module  # kohya and ComfyUI name CLIP modules text_model.*
-    return KOHYA_TE[family][component] + module.replace(".", "_")
+    return kohya_te(family)[component] + module.replace(".", "_")
 
 
 def to_kohya(family: str, layers: Mapping[str, Mapping[str, torch.Tensor]], *, alpha: float) -> dict[str, torch.Tensor]:
@@ -201,7 +198,7 @@ def to_kohya(family: str, layers: Mapping[str, Mapping[str, torch.Tensor]], *, a
     >>> sd = to_kohya("flux", {"transformer": peft_state_dict}, alpha=8)  # doctest: +SKIP
     """
     get_family(family)
-    if family in ("sd15", "sdxl"):
+    if not _original_names(family):
         return _kohya_sd(family, layers, alpha)
     out: dict[str, torch.Tensor] = {}
     for comp, sd in layers.items():
@@ -218,11 +215,11 @@ def to_kohya(family: str, layers: Mapping[str, Mapping[str, torch.Tensor]], *, a
                     # diffusers' kohya-Flux reader takes final_layer tensors without their alpha: fold it in
                     down, up, a = down, up * (a / down.shape[0]), float(down.shape[0])
                 out.update(_kohya_entry("lora_unet_" + orig.name.replace(".", "_"), down, up, a))
-        elif comp in KOHYA_TE[family]:
+        elif comp in kohya_te(family):
             for m, (a_, b_) in pairs.items():
                 out.update(_kohya_entry(_te_name(family, comp, m), a_, b_, alpha))
         else:
-            raise CharkitError(f"{family} LoRA: unknown component {comp!r}; expected one of {COMPONENTS[family]}")
+            raise CharkitError(f"{family} LoRA: unknown component {comp!r}; expected one of {components(family)}")
     return out
 
 
@@ -231,8 +228,8 @@ def _kohya_sd(family: str, layers, alpha: float) -> dict[str, torch.Tensor]:
 
     flat = {}
     for comp, sd in layers.items():
-        if comp not in COMPONENTS[family]:
-            raise CharkitError(f"{family} LoRA: unknown component {comp!r}; expected one of {COMPONENTS[family]}")
+        if comp not in components(family):
+            raise CharkitError(f"{family} LoRA: unknown component {comp!r}; expected one of {components(family)}")
         _pairs(sd, comp)  # plain LoRA only
         for k, v in sd.items():
             if comp != "unet" and not k.startswith("text_model."):
@@ -240,8 +237,8 @@ def _kohya_sd(family: str, layers, alpha: float) -> dict[str, torch.Tensor]:
             flat[f"{comp}.{k}"] = v.detach().to("cpu", torch.float32).contiguous()
     out = {}
     for k, v in convert_state_dict_to_kohya(flat).items():
-        if family == "sd15":
-            k = k.replace("lora_te1_", "lora_te_")  # SD1.x has one text encoder: kohya calls it lora_te_
+        if kohya_te(family).get("text_encoder") == "lora_te_":
+            k = k.replace("lora_te1_", "lora_te_")  # one text encoder (SD1.x): kohya calls it lora_te_
         out[k] = torch.tensor(float(alpha), dtype=torch.float32) if k.endswith(_ALPHA) else v.contiguous()
     return out
 
@@ -252,7 +249,7 @@ def to_onetrainer(
     """OneTrainer's naming: ``lora_transformer_<diffusers module>`` for the Flux/SD3 transformer (what charkit's
     "kohya" export wrote before; ComfyUI reads it, stock diffusers only partly). SD1.5/SDXL: as :func:`to_kohya`."""
     get_family(family)
-    if family in ("sd15", "sdxl"):
+    if not _original_names(family):
         return _kohya_sd(family, layers, alpha)
     out: dict[str, torch.Tensor] = {}
     for comp, sd in layers.items():
@@ -306,7 +303,7 @@ def _ldm_names(unet) -> dict[str, str]:
 
 def _components(family: str, pipe_or_modules) -> dict[str, _Component]:
     out = {}
-    for name in COMPONENTS[family]:
+    for name in components(family):
         if isinstance(pipe_or_modules, Mapping):
             obj = pipe_or_modules.get(name)
         else:
@@ -371,10 +368,10 @@ def _resolve(
             return (den, orig) if orig else None
         m = comps[den].lookup().get(rest)
         return (den, m) if m else None
-    if base.startswith("lora_transformer_") and family in ("flux", "sd3") and den in comps:
+    if base.startswith("lora_transformer_") and _original_names(family) and den in comps:
         m = comps[den].lookup().get(base[len("lora_transformer_") :])
         return (den, m) if m else None
-    for prefix, comp in _READ_TE[family].items():
+    for prefix, comp in _read_te(family).items():
         if base.startswith(prefix) and comp in comps:
             m = comps[comp].lookup().get(base[len(prefix) :])
             return (comp, m) if m else None
@@ -415,7 +412,7 @@ def to_diffusers(
         )
     comps = _components(family, pipe_or_modules)
     originals = {}
-    if family in ("flux", "sd3") and _denoiser(family) in comps:
+    if _original_names(family) and _denoiser(family) in comps:
         originals[_denoiser(family)] = _original_map(family)(comps[_denoiser(family)].shapes)
     entries, stray = _entries(state_dict)
     out: dict[str, torch.Tensor] = {}
@@ -504,7 +501,7 @@ def adapter_modules(pipe, adapter_name: str) -> dict[str, set[str]]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     out: dict[str, set[str]] = {}
-    for comp in sorted({c for cs in COMPONENTS.values() for c in cs}):
+    for comp in sorted({c for sp in specs() for c in sp.lora_components}):
         model = getattr(pipe, comp, None)
         if not isinstance(model, torch.nn.Module):
             continue
@@ -520,7 +517,7 @@ def adapter_modules(pipe, adapter_name: str) -> dict[str, set[str]]:
 
 def _drop_adapter(pipe, adapter_name: str) -> None:
     """Remove ``adapter_name`` wherever it got to (layers or just a registered config)."""
-    for comp in sorted({c for cs in COMPONENTS.values() for c in cs}):
+    for comp in sorted({c for sp in specs() for c in sp.lora_components}):
         model = getattr(pipe, comp, None)
         if adapter_name not in (getattr(model, "peft_config", None) or {}):
             continue
@@ -545,8 +542,7 @@ def load_lora(pipe, path: str | os.PathLike, *, family: str, adapter_name: str) 
     from ..paths import sha256_file
     from .detect import family_from_pipeline_class
 
-    if family not in FAMILIES:
-        get_family(family)
+    get_family(family)
     p = Path(path)
     found = family_from_pipeline_class(type(pipe).__name__, what=f"LoRA {p}")
     if found != family:
@@ -563,7 +559,7 @@ def load_lora(pipe, path: str | os.PathLike, *, family: str, adapter_name: str) 
         if k.endswith(_A):
             comp, module = k[: -len(_A)].split(".", 1)
             expected.setdefault(comp, set()).add(module)
-    stock = layout == "diffusers" or (layout == "kohya_sd" and family in ("sd15", "sdxl"))
+    stock = layout == "diffusers" or (layout == "kohya_sd" and not _original_names(family))
     try:
         pipe.load_lora_weights(str(p) if stock else converted, adapter_name=adapter_name)
     except (ValueError, RuntimeError, KeyError, TypeError) as e:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import CharkitError
+from .registry import get_spec
 
 #: A1111's ``re_attention`` (modules/prompt_parser.py), unchanged.
 _ATTENTION = re.compile(
@@ -58,7 +59,6 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 ROUND = 1.1  # (x)
 SQUARE = 1 / 1.1  # [x]  (A1111 multiplies by 1/1.1; it does not divide by 1.1)
 COMMA_BACKTRACK = 20  # A1111's default opts.comma_padding_backtrack
-FAMILIES = ("sd15", "sdxl", "sd3", "flux")
 
 
 # --- parse ---------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ class PromptEmbeds:
             raise CharkitError(f"num_images_per_prompt={num_images_per_prompt}: must be at least 1")
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         kwargs = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-        if self.family in ("sd3", "flux") and num_images_per_prompt > 1:
+        if get_spec(self.family).denoiser == "transformer" and num_images_per_prompt > 1:
             kwargs = {n: t.repeat_interleave(num_images_per_prompt, dim=0) for n, t in kwargs.items()}
             num_images_per_prompt = 1
         kwargs["num_images_per_prompt"] = num_images_per_prompt
@@ -604,14 +604,14 @@ def _check_max_sequence_length(n: int) -> None:
         raise CharkitError(f"max_sequence_length={n!r}: must be a whole number from 1 to 512")
 
 
-_ENCODERS = {"sd15": encode_sd15, "sdxl": encode_sdxl, "sd3": encode_sd3, "flux": encode_flux}
+#: ``FamilySpec.text_conditioning`` -> its encoder
+ENCODERS = {"clip": encode_sd15, "clip2": encode_sdxl, "clip2_t5": encode_sd3, "clip_t5": encode_flux}
 
 
 def encode_prompt(family: str, pipe, prompt, negative_prompt=None, **options) -> PromptEmbeds:
-    """The family's encoder (:func:`encode_sd15`, :func:`encode_sdxl`, :func:`encode_sd3`, :func:`encode_flux`).
+    """The family's encoder, by its ``SPEC.text_conditioning`` (:func:`encode_sd15`, :func:`encode_sdxl`,
+    :func:`encode_sd3`, :func:`encode_flux`).
 
     >>> encode_prompt("sdxl", pipe, "a (cat:1.2)", "blurry", clip_skip=2)  # doctest: +SKIP
     """
-    if family not in _ENCODERS:
-        raise CharkitError(f"unknown model family {family!r}: choose one of {', '.join(FAMILIES)}")
-    return _ENCODERS[family](pipe, prompt, negative_prompt, **options)
+    return ENCODERS[get_spec(family).text_conditioning](pipe, prompt, negative_prompt, **options)

@@ -64,8 +64,21 @@ class FamilySpec:
     lora_text_encoders: tuple[str, ...] = ()  # pipeline attributes trained by a text-encoder LoRA
     text_encoder_lora_targets: tuple[str, ...] = ()
     shared_text_keys: tuple[str, ...] = ()  # text-conditioning entries shared by a batch (not concatenated)
+    #: how prompts become embeddings (charkit.families.prompts): "clip", "clip2" (two CLIPs), "clip2_t5", "clip_t5"
+    text_conditioning: str = "clip"
+    lora_components: tuple[str, ...] = ()  # pipeline components a LoRA file may hold weights for, denoiser first
+    t5_encoder: str | None = None  # the component that is a T5 (its LoRA keys carry no CLIP `text_model.` prefix)
     # -- files written and read by other tools -------------------------------------------------------
     kohya_base: str = ""  # kohya `ss_base_model_version`
+    #: modelspec (sd-scripts' sai_model_spec) `architecture` (+ "/lora" for a LoRA) and `implementation`,
+    #: what ComfyUI and Civitai read from a file's metadata
+    modelspec_architecture: str = ""
+    modelspec_implementation: str = "diffusers"
+    #: kohya's text-encoder key prefix per component (sd-scripts: SD1.x lora_te_, SDXL/SD3 lora_te1_/2_, T5 lora_te3_)
+    kohya_text_encoders: tuple[tuple[str, str], ...] = ()
+    #: the family-folder module naming the denoiser's modules as the original release does (``<f>/<name>.py``
+    #: with ``module_map``); None: kohya names are diffusers' module names (the UNet families)
+    original_layout: str | None = None
     single_file_keys: tuple[str, ...] = ()  # tensor-name fragments that identify an original-layout single file
     detect_priority: int = 0  # lower is checked first (SDXL files also hold SD1.5-style UNet keys)
 

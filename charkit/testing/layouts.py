@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CharkitError
+from ..families.registry import get_spec
 from ..paths import atomic_write_bytes, atomic_write_json
 from .tinyparts import (
     FACEID_DIM,
@@ -422,11 +423,6 @@ def write_h94_faceid(
 _KOHYA_UNET_TARGETS = ("Transformer2DModel",)  # LoRANetwork.UNET_TARGET_REPLACE_MODULE
 _KOHYA_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")  # ..._CONV2D_3X3, with conv_dim
 _KOHYA_TE_TARGETS = ("CLIPAttention", "CLIPMLP")  # LoRANetwork.TEXT_ENCODER_TARGET_REPLACE_MODULE
-_KOHYA_BASE = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}  # ss_base_model_version (model_util / sdxl_model_util)
-_MODELSPEC = {  # library/sai_model_spec.py: architecture + "/lora", implementation
-    "sd15": ("stable-diffusion-v1/lora", "diffusers"),
-    "sdxl": ("stable-diffusion-xl-v1-base/lora", "https://github.com/Stability-AI/generative-models"),
-}
 
 
 def _targets(root: nn.Module, classes: tuple[str, ...]):
@@ -495,8 +491,8 @@ def kohya_lora_state_dict(
     ``conv_rank`` (SD1.5 only) adds kohya's ``conv_dim`` LoCon modules: the 3x3 convs of ResnetBlock2D /
     Downsample2D / Upsample2D at ``conv_rank``, their Linear ``time_emb_proj`` and 1x1 ``conv_shortcut`` at ``rank``.
     """
-    if family not in _KOHYA_BASE:
-        raise CharkitError(f"kohya LoRA family {family!r}: this builder covers 'sd15' and 'sdxl'")
+    if get_spec(family).denoiser != "unet":
+        raise CharkitError(f"kohya LoRA family {family!r}: this builder covers the UNet families (SD1.5, SDXL)")
     if conv_rank is not None and family != "sd15":
         raise CharkitError("conv_rank (kohya LoCon) is built for sd15 only")
     lpb = pipe.unet.config.layers_per_block
@@ -554,12 +550,12 @@ def write_kohya_lora(
     sd = kohya_lora_state_dict(
         pipe, family, rank=rank, alpha=alpha, text_encoder=text_encoder, conv_rank=conv_rank, seed=seed
     )
-    arch, impl = _MODELSPEC[family]
+    arch, impl = get_spec(family).modelspec_architecture + "/lora", get_spec(family).modelspec_implementation
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha),
-        "ss_base_model_version": _KOHYA_BASE[family],
+        "ss_base_model_version": get_spec(family).kohya_base,
         "ss_v2": "False",
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": arch,

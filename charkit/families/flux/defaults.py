@@ -26,6 +26,13 @@ SPEC = FamilySpec(
     lora_targets=("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
     # ``text_ids`` hold token positions, the same for every sample of a batch.
     shared_text_keys=("text_ids",),
+    text_conditioning="clip_t5",
+    lora_components=("transformer", "text_encoder", "text_encoder_2"),
+    t5_encoder="text_encoder_2",
+    kohya_text_encoders=(("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te3_")),
+    original_layout="bfl",  # Black Forest Labs' names (double_blocks.N.img_attn.qkv...)
+    modelspec_architecture="flux-1-dev",
+    modelspec_implementation="https://github.com/black-forest-labs/flux",
     kohya_base="flux1",
     single_file_keys=("double_blocks.", "single_blocks.0.linear1"),
     detect_priority=0,

@@ -25,6 +25,17 @@ SPEC = FamilySpec(
     denoiser="transformer",
     # Joint attention projections of the image and the context stream.
     lora_targets=("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+    text_conditioning="clip2_t5",
+    lora_components=("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"),
+    t5_encoder="text_encoder_3",
+    kohya_text_encoders=(
+        ("text_encoder", "lora_te1_"),
+        ("text_encoder_2", "lora_te2_"),
+        ("text_encoder_3", "lora_te3_"),
+    ),
+    original_layout="sai",  # Stability's MMDiT names (joint_blocks.N.x_block...)
+    modelspec_architecture="stable-diffusion-3",
+    modelspec_implementation="https://github.com/Stability-AI/generative-models",
     kohya_base="sd3",
     single_file_keys=("joint_blocks.",),
     detect_priority=1,

@@ -25,6 +25,11 @@ SPEC = FamilySpec(
     lora_targets=("to_q", "to_k", "to_v", "to_out.0"),
     lora_text_encoders=("text_encoder", "text_encoder_2"),
     text_encoder_lora_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
+    text_conditioning="clip2",
+    lora_components=("unet", "text_encoder", "text_encoder_2"),
+    kohya_text_encoders=(("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_")),
+    modelspec_architecture="stable-diffusion-xl-v1-base",
+    modelspec_implementation="https://github.com/Stability-AI/generative-models",
     kohya_base="sdxl_base_v1-0",
     # the second (OpenCLIP) text encoder is what tells SDXL apart: its files also hold input_blocks keys
     single_file_keys=("conditioner.embedders.1.",),
