@@ -262,6 +262,8 @@ def test_token_required_off_loopback(studio_base):
 
 
 def test_cli_refuses_remote_host_without_token(tmp_path):
+    with pytest.raises(CharkitError, match="needs a token"):
+        create_app(tmp_path, host="0.0.0.0")  # the library refuses it too
     r = CliRunner().invoke(cli, ["studio", str(tmp_path), "--host", "0.0.0.0"])
     assert r.exit_code == 2 and "--token" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["studio", str(tmp_path), "--host", "0.0.0.0", "--token", "short"])
@@ -337,6 +339,10 @@ def test_edit_scene_and_failed_job_shows_one_line(studio_project):
         assert rec.seed == 4242 and rec.prompt == "ohwx man on a ferry <b>at dawn</b>"
         text = board.read_text()
         assert "# the opening shot" in text and "seed: 4242" in text and "<b>at dawn</b>" in text
+        same = s.post(
+            f"/episodes/{eid}/scenes/s01/edit", {"run": run, "prompt": prompt, "seed": "4242", "lora.obama": ""}
+        )
+        assert same.json() == {"ok": True, "message": "s01: nothing changed"}  # untouched fields write nothing
         # bad values never reach the file
         for data, error in (
             ({"seed": "-1"}, "seed -1: must be 0 to 2^63-1"),

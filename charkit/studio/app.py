@@ -98,6 +98,10 @@ def create_app(
     >>> app = create_app("my-project", port=8765)  # doctest: +SKIP
     >>> uvicorn.run(app, host="127.0.0.1", port=8765)
     """
+    from .security import MIN_TOKEN, is_loopback
+
+    if not is_loopback(host) and (token is None or len(token) < MIN_TOKEN):
+        raise CharkitError(f"host {host}: off loopback the studio needs a token of at least {MIN_TOKEN} characters")
     root = Path(root).resolve()
     if not root.is_dir():
         raise CharkitError(f"{root}: not a folder; pass the project folder (characters, storyboards, renders)")
@@ -150,7 +154,9 @@ def create_app(
     async def _bug(request: Request, exc: Exception):
         log.exception("studio request %s %s failed", request.method, request.url.path)
         text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
-        return JSONResponse({"error": text}, status_code=500)
+        if request.method != "GET":
+            return JSONResponse({"error": text}, status_code=500)
+        return page(request, "error.html.j2", status=500, title="internal error", message=text)
 
     def episode_of(view, eid: str) -> Episode:
         ep = view.episode(eid)
@@ -343,14 +349,16 @@ def create_app(
 
         return studio.jobs.submit(kind, title, work, episode=ep.id, scene=sid).to_dict()
 
-    def _check_free(ep: Episode, run: Run, sid: str) -> None:
+    def _check_free(ep: Episode, run: Run, sid: str, *, take_only: bool = False) -> None:
+        """One job per scene; a locked take is never changed (a scene renders while any take of it is unlocked)."""
         from .actions import locked_takes
 
         busy = studio.jobs.busy(ep.id, sid)
         if busy is not None:
             raise PageError(409, f"scene {sid} already has a job in the queue ({busy.title}); wait for it")
-        locked = locked_takes(run.folder, sid)
-        if locked and set(locked) >= {r.model for r in ep.render_runs if r.folder == run.folder}:
+        locked = set(locked_takes(run.folder, sid))
+        every = {r.model for r in ep.render_runs if r.folder == run.folder}
+        if (take_only and run.model in locked) or (locked and locked >= every):
             raise PageError(409, f"scene {sid} is locked in {run.rel}; unlock it to render it again")
 
     @app.post("/episodes/{eid}/scenes/{sid}/reroll")
@@ -386,14 +394,14 @@ def create_app(
         unknown = set(lora) - set(row.characters)
         if unknown:
             raise PageError(400, f"lora.{sorted(unknown)[0]}: not a character of scene {sid}")
-        change = await run_in_threadpool(
-            actions.edit_scene,
-            board,
-            sid,
-            prompt=None if prompt is None or prompt == row.prompt else str(prompt).replace("\r\n", "\n"),
-            seed=seed,
-            lora=lora or None,
-        )
+        # only what the user changed reaches the file (an untouched seed field does not pin the seed)
+        prompt = None if prompt is None else str(prompt).replace("\r\n", "\n")
+        prompt = None if prompt == row.prompt else prompt
+        seed = None if seed == row.seed else seed
+        lora = {n: v for n, v in lora.items() if row.lora.get(n) != v}
+        if prompt is None and seed is None and not lora:
+            return {"ok": True, "message": f"{sid}: nothing changed"}
+        change = await run_in_threadpool(actions.edit_scene, board, sid, prompt=prompt, seed=seed, lora=lora or None)
         job = _queue_render(ep, run, sid, f"edit {sid} ({', '.join(change) or 'no change'})", "edit")
         return {"ok": True, "job": job, "message": f"{sid}: written to {ep.rel}; rendering"}
 
@@ -414,7 +422,7 @@ def create_app(
 
         form = await request.form()
         ep, run = await run_in_threadpool(_target, eid, sid, form.get("run"))
-        _check_free(ep, run, sid)
+        _check_free(ep, run, sid, take_only=True)
 
         def work(progress):
             return actions.repair_take(run.folder, sid, run.model, settings=studio.settings, progress=progress)

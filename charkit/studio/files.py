@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..images import image_mime, load_image, make_thumbnail
+from ..images import image_mime, is_image_file, load_image, make_thumbnail
 from ..paths import atomic_write_bytes, default_cache_dir, sha256_file
 
 #: what an issued id looks like (anything else is refused before a lookup)
@@ -75,9 +75,9 @@ class FileIndex:
         return sha
 
     def issue(self, path: str | os.PathLike | None) -> str | None:
-        """An id for ``path``, or None when it is not a file inside ROOT."""
+        """An id for ``path``, or None when it is not an image file inside ROOT (the studio serves nothing else)."""
         p = self.inside(path) if path is not None else None
-        if p is None:
+        if p is None or not is_image_file(p):
             return None
         sha = self.sha256(p)
         rel = p.relative_to(self.root).as_posix()

@@ -558,6 +558,7 @@ class Project:
             if f.scene is None:
                 continue
             path = self.files.inside(folder / f.file)
+            path = path if path is not None and path.is_relative_to(folder.resolve()) else None
             take = Take(scene=f.scene, path=path, original_name=f.original)
             if path is not None:
                 take.scores = self._scores(path, index, None)
