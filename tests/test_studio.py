@@ -566,3 +566,50 @@ def test_cli_summary_and_docs_know_the_studio():
     for word in ("127.0.0.1", "--token", "CSRF", "Origin", "locked", "re-roll", "import", "repair"):
         assert word in doc, word
     assert XSS.startswith("<script>")
+
+
+def test_second_backend_scores_and_look_profile_show(studio_project):
+    render_dir = studio_project / "renders" / "episode"
+    report = json.loads((render_dir / "report.json").read_text())
+    report["backend"] = {**report["backend"], "name": "sface"}
+    for img in report["images"]:
+        img.update(status="pass", similarity=0.7123, relative=1.01)
+    other = studio_project / "reports" / "sface"
+    other.mkdir(parents=True)
+    report["look"] = [{"name": "sd15", "images": 3, "statements": ["smoother than every reference photo <b>x</b>"]}]
+    (other / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    with Studio(studio_project) as s:
+        eid = s.episode_id()
+        ep = s.get(f"/episodes/{eid}").text
+        # each backend's verdict on its own line; a face one backend scored beats another's no face
+        assert (
+            ep.count('<span class="backend">sface</span> 0.712') == 3
+            and ep.count('<span class="backend">dlib</span>') == 3
+        )
+        assert re.findall(r'data-badge="(\w+)"', ep) == ["pass"] * 3
+        assert "Look profile" in ep and "smoother than every reference photo &lt;b&gt;x&lt;/b&gt;" in ep
+        run = s.run_id(eid)
+        comp = s.get(f"/episodes/{eid}/compare?run={run}").text
+        assert comp.count('type="checkbox" name="run"') == 1 and "sface 0.712" in comp
+
+
+def test_busy_and_locked_scenes_refuse_new_jobs(studio_project):
+    with Studio(studio_project) as s:
+        eid = s.episode_id()
+        run = s.run_id(eid)
+        gate = threading.Event()
+        blocker = s.jobs.submit("reroll", "a long render", lambda p: gate.wait(30), episode=eid, scene="s03")
+        try:
+            for action, data in (("reroll", {"mode": "seed"}), ("edit", {"seed": "1"}), ("repair", {})):
+                r = s.post(f"/episodes/{eid}/scenes/s03/{action}", {"run": run, **data})
+                assert r.status_code == 409 and "already has a job in the queue (a long render)" in r.json()["error"]
+        finally:
+            gate.set()
+        s.jobs.wait(blocker.id)
+        assert s.post(f"/episodes/{eid}/scenes/s03/lock", {"run": run, "locked": "1"}).status_code == 200
+        r = s.post(f"/episodes/{eid}/scenes/s03/edit", {"run": run, "seed": "1"})
+        assert r.status_code == 409 and "locked" in r.json()["error"]
+        assert s.post(f"/episodes/{eid}/scenes/s03/lock", {"run": run, "locked": "0"}).status_code == 200
+        assert not manifest(studio_project).record("s03", "sd15").locked
+        r = s.post(f"/episodes/{eid}/scenes/s03/lock", {"run": "r000000000000"})
+        assert r.status_code == 404 and r.json() == {"error": "no such run in this episode"}

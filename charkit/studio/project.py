@@ -108,6 +108,7 @@ class Take:
 
     @property
     def badge(self) -> str:
+        """drift / missing from any backend wins; then error; a face some backend scored beats no face."""
         if self.path is None:
             return "not_rendered"
         statuses = {s.status for s in self.scores}
@@ -451,9 +452,9 @@ class Project:
             ep = episodes.get((self.root / rec.storyboard).resolve())
             if ep is not None:
                 ep.runs.append(self._import_run(folder, rec, scores))
-        for ep in episodes.values():
-            folders = {r.folder for r in ep.runs}
-            ep.look = [row for f in sorted(folders) for row in looks.get(f, [])]
+        for ep in episodes.values():  # the look rows of every report that scored one of the episode's takes
+            shas = {self._sha(t.path) for r in ep.runs for t in r.takes.values() if t.path is not None}
+            ep.look = [row for _, (rows, scored) in sorted(looks.items()) if scored & shas for row in rows]
         characters = []
         for d in scan.characters:
             ch = self._memo.get("character", d / CHARACTER, _parse_character)
@@ -479,9 +480,9 @@ class Project:
     # -- joins ------------------------------------------------------------------------------
 
     def _score_index(self, scan: _Scan, problems: list[str]):
-        """sha256 -> {backend: (mtime, score)} over every report, and each report folder's look rows."""
+        """sha256 -> {backend: (mtime, score)} over every report; each report's look rows and the images it scored."""
         index: dict[str, dict[str, tuple[int, Score]]] = {}
-        looks: dict[Path, list[LookRow]] = {}
+        looks: dict[Path, tuple[list[LookRow], set[str]]] = {}
         for path in scan.reports:
             parsed = self._memo.get("report", path, _parse_report)
             if isinstance(parsed, CharkitError):
@@ -489,7 +490,7 @@ class Project:
                 continue
             report, look = parsed
             if look:
-                looks[path.parent] = _look_rows(look)
+                looks[path] = (_look_rows(look), {img.sha256 for img in report.images if img.sha256})
             mtime = path.stat().st_mtime_ns
             rel = self.rel(path)
             for img in report.images:
@@ -501,10 +502,15 @@ class Project:
                     index[img.sha256][s.backend] = (mtime, s)
         return index, looks
 
-    def _scores(self, path: Path, index, record: ImageRecord | None) -> list[Score]:
+    def _sha(self, path: Path) -> str | None:
         try:
-            sha = self.files.sha256(path)
-        except OSError:
+            return self.files.sha256(path)
+        except OSError:  # gone since the scan
+            return None
+
+    def _scores(self, path: Path, index, record: ImageRecord | None) -> list[Score]:
+        sha = self._sha(path)
+        if sha is None:
             return []
         found = {b: s for b, (_, s) in index.get(sha, {}).items()}
         ident = record.identity if record is not None else None
