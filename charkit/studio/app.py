@@ -96,7 +96,7 @@ def create_app(
     """The studio as an ASGI app over the project folder ``root``.
 
     >>> app = create_app("my-project", port=8765)  # doctest: +SKIP
-    >>> uvicorn.run(app, host="127.0.0.1", port=8765)
+    >>> uvicorn.run(app, host="127.0.0.1", port=8765)  # doctest: +SKIP
     """
     from .security import MIN_TOKEN, is_loopback
 

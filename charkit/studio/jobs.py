@@ -80,10 +80,12 @@ def one_line(exc: BaseException) -> str:
 class JobQueue:
     """A FIFO of jobs and the one thread that runs them.
 
-    >>> jobs = JobQueue()  # doctest: +SKIP
-    >>> job = jobs.submit("reroll", "re-roll s02", lambda progress: render(...), episode=eid, scene="s02")
-    >>> jobs.wait(job.id).state
-    'done'
+    >>> jobs = JobQueue()
+    >>> job = jobs.submit("demo", "one plus one", lambda progress: 1 + 1, episode="e1", scene="s02")
+    >>> done = jobs.wait(job.id)
+    >>> done.state, done.result
+    ('done', 2)
+    >>> jobs.close()
     """
 
     def __init__(self):

@@ -396,7 +396,7 @@ class Project:
     """The studio's project: ``view()`` rescans ROOT and joins what it found.
 
     >>> view = Project(root, files).view()  # doctest: +SKIP
-    >>> [e.title for e in view.episodes]
+    >>> [e.title for e in view.episodes]  # doctest: +SKIP
     ['Episode 1']
     """
 
