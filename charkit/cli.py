@@ -20,6 +20,7 @@ COMMANDS = {
     "prep": "charkit.dataset.cli:prep",
     "train": "charkit.train.cli:train",
     "demo": "charkit.demo:demo",
+    "studio": "charkit.studio.cli:studio",
 }
 
 

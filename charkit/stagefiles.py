@@ -114,6 +114,11 @@ class CandidateScore(_Part):
     seed: int = Field(description="Seed of the candidate.")
     similarity: float | None = Field(description="Identity similarity (None: not scored or no face).")
     status: str | None = Field(description="pass, drift, no_face, error, or None when not scored.")
+    file: str | None = Field(
+        default=None,
+        description="Its PNG, relative to the output folder: the kept image's file, or "
+        "candidates/<scene>__<model>/<seed>.png for the others (None in manifests written before candidates were kept).",
+    )
 
 
 class ImageRecord(_Part):
@@ -146,6 +151,10 @@ class ImageRecord(_Part):
     inputs_hash: str = Field(default="", description="Hash of everything that changes the pixels (resume key).")
     dtype: str = Field(default="float32", description="Precision the image was rendered in.")
     device: str = Field(default="cpu", description="Device type it was rendered on.")
+    locked: bool = Field(
+        default=False,
+        description="A locked take (charkit studio): kept by every later render, whatever its inputs_hash or --force.",
+    )
 
     @property
     def key(self) -> tuple[str, str]:

@@ -211,6 +211,7 @@ def test_manifest_fields_prompts_and_metadata_round_trip(sd15_board):
         "inputs_hash",
         "dtype",
         "device",
+        "locked",
     ]
     assert m["project"] == "Episode 1" and m["storyboard"] == "../episode.yaml"
     assert (r.out_dir / m["characters"]["bob"]).resolve() == (sd15_board.parent / "characters" / "bob").resolve()

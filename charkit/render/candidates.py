@@ -23,8 +23,8 @@ class Candidate:
     similarity: float | None = None
     status: str | None = None
 
-    def score(self) -> CandidateScore:
-        return CandidateScore(seed=self.seed, similarity=self.similarity, status=self.status)
+    def score(self, file: str | None = None) -> CandidateScore:
+        return CandidateScore(seed=self.seed, similarity=self.similarity, status=self.status, file=file)
 
 
 @dataclass

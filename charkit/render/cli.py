@@ -124,7 +124,10 @@ def render(
     if result.manifest is None:
         return  # not the main process: it reports for everyone
     # Counted from the merged manifest: under accelerate, result.rendered holds this process's share only.
-    line = f"rendered {len(result.manifest.images) - len(result.skipped)}, unchanged {len(result.skipped)} -> {result.manifest_path}"
+    locked = sum(r.locked for r in result.manifest.images)
+    line = f"rendered {len(result.manifest.images) - len(result.skipped)}, unchanged {len(result.skipped)}"
+    line += f" ({locked} locked, kept as they are)" if locked else ""
+    line += f" -> {result.manifest_path}"
     if result.verify_report is not None:
         runs = result.verify_report.runs
         passed = sum(r.passed for r in runs)

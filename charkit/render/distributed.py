@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..distributed import SingleProcess, device_for, my_share, process_state  # noqa: F401 (re-exported)
-from .manifest import MANIFEST, PARTIAL_GLOB, ImageRecord, Manifest, merge_records, read_records, write_manifest
+from .manifest import MANIFEST, PARTIAL_GLOB, ImageRecord, Manifest, read_records, update_manifest
 
 
 def partial_path(out_dir: Path, rank: int) -> Path:
@@ -28,8 +28,7 @@ def recover_partials(out_dir: Path, header: dict, order: list[tuple[str, str]]) 
     partials = sorted(out_dir.glob(PARTIAL_GLOB))
     if not partials:
         return
-    groups = [read_records(out_dir / MANIFEST)] + [read_records(p) for p in partials]
-    write_manifest(out_dir / MANIFEST, Manifest(**header, images=merge_records(order, *groups)))
+    update_manifest(out_dir / MANIFEST, header, order, [r for p in partials for r in read_records(p)])
     for p in partials:
         p.unlink(missing_ok=True)
 
@@ -38,8 +37,9 @@ def final_merge(out_dir: Path, header: dict, order: list[tuple[str, str]], kept:
     """Main process, after every rank finished: kept records + every partial -> manifest.json (scene order)."""
     out_dir = Path(out_dir)
     partials = sorted(out_dir.glob(PARTIAL_GLOB))
-    manifest = Manifest(**header, images=merge_records(order, kept, *[read_records(p) for p in partials]))
-    write_manifest(out_dir / MANIFEST, manifest)
+    new = [r for p in partials for r in read_records(p)]
+    done = {r.key for r in kept} | {r.key for r in new}  # kept records are re-read under the manifest lock
+    manifest = update_manifest(out_dir / MANIFEST, header, [k for k in order if k in done], new)
     for p in partials:
         p.unlink(missing_ok=True)
     return manifest

@@ -11,7 +11,8 @@ Reads like diffusers' ``__call__``; every step is a public function you can call
             denoise                   seeded generators, best-of-N candidates in batches
         postprocess                   preset (lifelike: film grain seeded by the image seed)
         score_candidates / select     identity score of each candidate, keep the best
-        record                        PNG (atomic, A1111 + charkit metadata) -> manifest (atomic)
+        record                        PNG (atomic, A1111 + charkit metadata), other candidates under
+                                      candidates/ -> manifest (locked read-modify-write, atomic)
     finish                            one manifest.json (merged across processes); --verify report
 
 >>> result = render_storyboard("examples/episode.yaml", device="cuda", dtype="fp16")  # doctest: +SKIP
@@ -43,9 +44,8 @@ from .manifest import (
     ImageRecord,
     Manifest,
     is_complete,
-    merge_records,
     read_records,
-    write_manifest,
+    update_manifest,
     write_partial,
 )
 from .outputs import a1111_parameters, encode_png, write_png
@@ -163,7 +163,8 @@ def pending_jobs(plan: RenderPlan) -> tuple[list[SceneJob], list[ImageRecord]]:
     """Split the plan into jobs to render and finished records to keep.
 
     A record is kept when its PNG is intact (sha256) and, for selected scenes, its
-    ``inputs_hash`` matches and ``force`` is off.
+    ``inputs_hash`` matches and ``force`` is off. A locked take (``charkit studio``) is kept
+    whatever its inputs_hash or ``force``.
     """
     existing = {r.key: r for r in read_records(plan.out_dir / MANIFEST)}
     selected = {j.key for j in plan.selected()}
@@ -174,7 +175,7 @@ def pending_jobs(plan: RenderPlan) -> tuple[list[SceneJob], list[ImageRecord]]:
         if job.key not in selected:
             if complete:
                 kept.append(rec)
-        elif complete and not plan.options.force and rec.inputs_hash == job.inputs_hash:
+        elif complete and (rec.locked or (not plan.options.force and rec.inputs_hash == job.inputs_hash)):
             kept.append(rec)
         else:
             pending.append(job)
@@ -335,12 +336,17 @@ def score_candidates(candidates: list[Candidate], job: SceneJob, ctx: RenderCont
 
 
 def record(rendered: Rendered, ctx: RenderContext) -> ImageRecord:
-    """Write the kept candidate as ``DIR/<file>`` (atomic, with metadata) and return its manifest record."""
+    """Write the kept candidate as ``DIR/<file>`` and the others as ``DIR/candidates/<scene>__<model>/<seed>.png``
+    (atomic, with metadata); return the manifest record."""
     job, candidates, selection, scored = rendered.job, rendered.candidates, rendered.selection, rendered.scored
     kept = candidates[selection.index]
     plan = ctx.plan
     m = job.model
     backend = plan.scoring_backend
+    files = [
+        job.file if i == selection.index else f"candidates/{job.scene.id}__{m.label}/{c.seed}.png"
+        for i, c in enumerate(candidates)
+    ]
     rec = ImageRecord(
         scene=job.scene.id,
         model=m.label,
@@ -373,7 +379,7 @@ def record(rendered: Rendered, ctx: RenderContext) -> ImageRecord:
         identity={"similarity": kept.similarity, "status": kept.status, "backend": backend.info.name}
         if scored
         else None,
-        candidates=[c.score() for c in candidates],
+        candidates=[c.score(f) for c, f in zip(candidates, files)],
         selection=selection.reason,
         inputs_hash=job.inputs_hash,
         dtype=plan.options.dtype_name,
@@ -388,13 +394,12 @@ def record(rendered: Rendered, ctx: RenderContext) -> ImageRecord:
     if scored and kept.similarity is not None:
         extra["Identity"] = f"{kept.similarity:.4f} ({kept.status}, {backend.info.name})"
     extra["Version"] = f"charkit {__version__}"
-    params = a1111_parameters(
+    common = dict(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
         steps=job.steps,
         scheduler=m.scheduler,
         guidance=job.guidance,
-        seed=kept.seed,
         width=job.width,
         height=job.height,
         model=m.label,
@@ -403,8 +408,17 @@ def record(rendered: Rendered, ctx: RenderContext) -> ImageRecord:
         control=None
         if job.control is None
         else {"type": job.control.type, "model": Path(m.controlnet[job.control.type]).name, "scale": job.control.scale},
-        extra=extra,
     )
+    for i, (c, f) in enumerate(zip(candidates, files)):
+        if i == selection.index:
+            continue
+        own = {k: v for k, v in extra.items() if k != "Identity"}  # a candidate carries its own score
+        if c.similarity is not None:
+            own["Identity"] = f"{c.similarity:.4f} ({c.status}, {backend.info.name})"
+        meta = {"scene": job.scene.id, "model": m.label, "seed": c.seed, "candidate_of": job.file, "status": c.status}
+        params_c = a1111_parameters(**common, seed=c.seed, extra=own)
+        write_png(under_root(plan.out_dir, f), encode_png(c.image, parameters=params_c, meta=meta))
+    params = a1111_parameters(**common, seed=kept.seed, extra=extra)
     data = encode_png(kept.image, parameters=params, meta=rec.png_meta())
     rec.sha256 = write_png(under_root(plan.out_dir, job.file), data)
     return rec
@@ -454,7 +468,11 @@ def render_candidates(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) ->
 
 
 class ManifestWriter:
-    """Rewrites manifest.json (single process) or this rank's partial manifest after every scene."""
+    """Rewrites manifest.json (single process) or this rank's partial manifest after every scene.
+
+    manifest.json is updated under its file lock (:func:`update_manifest`): the kept records are
+    re-read from the file, so what another writer (the studio) changed meanwhile survives.
+    """
 
     def __init__(self, plan: RenderPlan, state, kept: list[ImageRecord]):
         self.plan = plan
@@ -464,13 +482,16 @@ class ManifestWriter:
         self.new: list[ImageRecord] = []
         self.partial = None if state.num_processes <= 1 else partial_path(plan.out_dir, state.process_index)
 
-    def _full(self) -> Manifest:
-        return Manifest(**self.header, images=merge_records(self.plan.order, self.kept, self.new))
+    def _update(self) -> Manifest:
+        # The kept and the newly rendered keys, in scene order: scenes still pending drop out, as they always did.
+        done = {r.key for r in self.kept} | {r.key for r in self.new}
+        order = [k for k in self.plan.order if k in done]
+        return update_manifest(self.plan.out_dir / MANIFEST, self.header, order, self.new)
 
     def add(self, rec: ImageRecord) -> None:
         self.new.append(rec)
         if self.partial is None:
-            write_manifest(self.plan.out_dir / MANIFEST, self._full())
+            self._update()
         else:
             write_partial(self.partial, self.new)
 
@@ -479,8 +500,7 @@ class ManifestWriter:
         manifest = None
         if self.state.is_main_process:
             if self.partial is None:
-                manifest = self._full()
-                write_manifest(self.plan.out_dir / MANIFEST, manifest)
+                manifest = self._update()
             else:
                 manifest = final_merge(self.plan.out_dir, self.header, self.plan.order, self.kept)
         self.state.wait_for_everyone()

@@ -7,6 +7,10 @@ sha256; everything else is rendered again.
 
 ``charkit verify DIR`` reads it: image order is scene order, and ``model`` and ``characters``
 (declared left to right) say what each image should hold. Keep those field names.
+
+Several writers may share one folder (``charkit render`` and ``charkit studio`` at once): every
+read-modify-write holds :func:`manifest_lock` (a file lock beside the manifest) and re-reads the
+file inside it, so no writer drops another's records (:func:`update_manifest`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict
 
 from ..paths import sha256_file
@@ -26,8 +31,10 @@ __all__ = [
     "ImageRecord",
     "Manifest",
     "is_complete",
+    "manifest_lock",
     "merge_records",
     "read_records",
+    "update_manifest",
     "write_manifest",
     "write_partial",
 ]
@@ -58,6 +65,32 @@ def read_records(path: str | os.PathLike) -> list[ImageRecord]:
 
 def write_manifest(path: str | os.PathLike, manifest: RenderManifest) -> None:
     write_stage_file(path, manifest)
+
+
+def manifest_lock(path: str | os.PathLike, timeout: float = 120.0) -> FileLock:
+    """The lock every manifest read-modify-write holds (``.manifest.json.lock`` beside it; not reentrant).
+
+    >>> with manifest_lock("renders/ep1/manifest.json"):  # doctest: +SKIP
+    ...     ...  # re-read, change, write_manifest
+    """
+    p = Path(path)
+    return FileLock(p.with_name(f".{p.name}.lock"), timeout=timeout)
+
+
+def update_manifest(
+    path: str | os.PathLike, header: dict, order: list[tuple[str, str]], records: list[ImageRecord]
+) -> RenderManifest:
+    """Lock, re-read, merge ``records`` over the file's own by key, keep the keys in ``order``, write atomically.
+
+    Records another writer added meanwhile survive (unless ``order`` leaves their key out); the
+    merged manifest is returned.
+
+    >>> update_manifest(out / MANIFEST, manifest_header(plan), plan.order, [record])  # doctest: +SKIP
+    """
+    with manifest_lock(path):
+        manifest = RenderManifest(**header, images=merge_records(order, read_records(path), records))
+        write_manifest(path, manifest)
+    return manifest
 
 
 def write_partial(path: str | os.PathLike, records: list[ImageRecord]) -> None:
