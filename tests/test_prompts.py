@@ -249,13 +249,16 @@ def logged_warnings():
 
     handler = Keep(level=logging.WARNING)
     loggers = [logging.getLogger("diffusers"), logging.getLogger("transformers")]
+    levels = [lg.level for lg in loggers]  # another test (a quiet CLI run) may have silenced them
     for lg in loggers:
         lg.addHandler(handler)
+        lg.setLevel(logging.WARNING)
     try:
         yield records
     finally:
-        for lg in loggers:
+        for lg, level in zip(loggers, levels):
             lg.removeHandler(handler)
+            lg.setLevel(level)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -55,7 +55,7 @@ def _scene(board, scene_id: str):
 
 
 def current_seed(board, scene_id: str) -> int:
-    from ..render.plan import default_seed
+    from ..render.jobs import default_seed
 
     s = _scene(board, scene_id)
     return s.seed if s.seed is not None else default_seed(board.defaults.seed, s.id)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..cli_options import device_option, dtype_option
 from ..errors import CharkitError
 
 
@@ -25,14 +26,8 @@ from ..errors import CharkitError
     help="Secret every browser must present once (open the printed address with ?token=...); required off "
     "loopback, at least 16 characters. Also read from $CHARKIT_STUDIO_TOKEN.",
 )
-@click.option("--device", default="auto", show_default=True, help="Device of re-renders: cpu, cuda, cuda:1, ...")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="Precision of re-renders (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU).",
-)
+@device_option()
+@dtype_option("Precision of re-renders (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU).")
 def studio(root: Path, host: str, port: int, token: str | None, device: str, dtype: str):
     """Review a project in the browser: episodes, characters, training runs; re-roll, lock, import.
 

@@ -580,7 +580,7 @@ def _score_of(img: ImageScoreRecord, backend: str, source: str) -> Score:
 
 
 def _scene_rows(board) -> list[SceneRow]:
-    from ..render.plan import default_seed
+    from ..render.jobs import default_seed
     from ..render.storyboard import placeholders
 
     d = board.defaults
