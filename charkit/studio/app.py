@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -59,6 +59,8 @@ class Studio:
     project: Project
     jobs: JobQueue
     settings: RenderSettings
+    env: object = None  # the jinja2 environment of the studio's templates
+    static: dict = field(default_factory=dict)  # static file name -> bytes
     _profiles: dict = field(default_factory=dict)
     _backend: object = None
     _face_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -111,7 +113,8 @@ def create_app(
     )
     env = environment("charkit.studio")
     env.globals.update(version=__version__, badge_label=badge_label, fmt=fmt)
-    static = {name: (resources.files("charkit.studio") / "static" / name).read_bytes() for name in STATIC}
+    studio.env = env
+    studio.static = {name: (resources.files("charkit.studio") / "static" / name).read_bytes() for name in STATIC}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -122,341 +125,403 @@ def create_app(
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.studio = studio
     app.add_middleware(GuardMiddleware, guard=Guard(host=host, port=port, token=token, extra_hosts=extra_hosts))
-
-    def page(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
-        html = env.get_template(template).render(
-            csrf=request.state.csrf, jobs=studio.jobs.list(), fid=studio.files.issue, **ctx
-        )
-        return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
-
-    @app.exception_handler(PageError)
-    async def _page_error(request: Request, exc: PageError):
-        if request.method != "GET":
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return page(request, "error.html.j2", status=exc.status, title="not found", message=str(exc))
-
-    @app.exception_handler(CharkitError)
-    async def _user_error(request: Request, exc: CharkitError):
-        if request.method != "GET":
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return page(request, "error.html.j2", status=400, title="error", message=str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
-        text = f"{where or 'request'}: {first.get('msg', 'invalid')}"
-        if request.method != "GET":
-            return JSONResponse({"error": text}, status_code=400)
-        return page(request, "error.html.j2", status=400, title="bad request", message=text)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception):
-        log.exception("studio request %s %s failed", request.method, request.url.path)
-        text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
-        if request.method != "GET":
-            return JSONResponse({"error": text}, status_code=500)
-        return page(request, "error.html.j2", status=500, title="internal error", message=text)
-
-    def episode_of(view, eid: str) -> Episode:
-        ep = view.episode(eid)
-        if ep is None:
-            raise PageError(404, "no such episode (the project changed?): go back to the project page")
-        return ep
-
-    def run_of(ep: Episode, run_id: str | None, *, kind: str | None = "render") -> Run:
-        run = ep.run(run_id or "")
-        if run is None or (kind is not None and run.kind != kind):
-            raise PageError(404, "no such run in this episode")
-        return run
-
-    # -- pages -------------------------------------------------------------------------------
-
-    @app.get("/", response_class=HTMLResponse)
-    def index(request: Request):
-        view = studio.project.view()
-        return page(request, "index.html.j2", title="project", view=view)
-
-    @app.get("/episodes/{eid}", response_class=HTMLResponse)
-    def episode(
-        request: Request,
-        eid: str,
-        drift: int = 0,
-        page_no: int = Query(1, alias="page"),
-        page_size: int = Query(PAGE_SIZE, alias="size"),
-    ):
-        view = studio.project.view()
-        ep = episode_of(view, eid)
-        scenes = [s for s in ep.scenes if not drift or ep.drifted(s.id)]
-        size = max(1, min(page_size, 500))
-        pages = max(1, -(-len(scenes) // size))
-        current = max(1, min(page_no, pages))
-        shown = scenes[(current - 1) * size : current * size]
-        return page(
-            request,
-            "episode.html.j2",
-            title=ep.title,
-            ep=ep,
-            scenes=shown,
-            total=len(scenes),
-            drift=bool(drift),
-            page_no=current,
-            pages=pages,
-            watch=ep.id,
-        )
-
-    @app.get("/episodes/{eid}/scenes/{sid}", response_class=HTMLResponse)
-    def scene(request: Request, eid: str, sid: str):
-        from ..render.outputs import read_png_metadata
-
-        view = studio.project.view()
-        ep = episode_of(view, eid)
-        row = ep.scene(sid)
-        if row is None:
-            raise PageError(404, "no such scene in this episode")
-        takes = []
-        for run in ep.runs:
-            take = run.takes.get(sid)
-            params = None
-            if take is not None and take.path is not None and take.path.suffix.lower() == ".png":
-                try:
-                    params = read_png_metadata(take.path)["parameters"]
-                except (OSError, ValueError):
-                    params = None
-            takes.append(
-                {
-                    "run": run,
-                    "take": take,
-                    "parameters": params,
-                    "candidates": _candidates(run, take),
-                    "history": _history(run, sid),
-                    "repair": _repair(run, take),
-                    "busy": studio.jobs.busy(ep.id, sid),
-                }
-            )
-        return page(request, "scene.html.j2", title=f"{ep.title}: {sid}", ep=ep, row=row, takes=takes, watch=ep.id)
-
-    @app.get("/episodes/{eid}/compare", response_class=HTMLResponse)
-    def compare(request: Request, eid: str):
-        view = studio.project.view()
-        ep = episode_of(view, eid)
-        chosen = request.query_params.getlist("run")
-        runs = [r for r in ep.runs if r.id in chosen] if chosen else list(ep.runs)
-        return page(request, "compare.html.j2", title=f"{ep.title}: compare", ep=ep, runs=runs, chosen=chosen)
-
-    @app.get("/characters/{name}", response_class=HTMLResponse)
-    def character(request: Request, name: str):
-        view = studio.project.view()
-        entry = view.character(name)
-        if entry is None:
-            raise PageError(404, "no such character in this project")
-        profile, error = None, entry.error
-        refs = []
-        if entry.character is not None:
-            try:
-                profile = studio.profile(entry.character)
-                refs = entry.character.ref_paths()
-            except CharkitError as e:
-                error = str(e)
-        rows = []
-        rejected = {r.path: r.reason for r in (profile.rejected if profile else [])}
-        for p in refs:
-            key = str(p)
-            rows.append(
-                {
-                    "path": p,
-                    "name": p.name,
-                    "loo": profile.loo.get(key) if profile else None,
-                    "outlier": bool(profile and key in profile.outliers),
-                    "rejected": rejected.get(key),
-                }
-            )
-        return page(
-            request, "character.html.j2", title=entry.name, entry=entry, profile=profile, rows=rows, error=error
-        )
-
-    @app.get("/training/{tid}", response_class=HTMLResponse)
-    def training(request: Request, tid: str):
-        view = studio.project.view()
-        t = view.training(tid)
-        if t is None:
-            raise PageError(404, "no such training run in this project")
-        return page(request, "training.html.j2", title=f"training {t.rel}", t=t, why=_why(t))
-
-    @app.get("/jobs.json")
-    def jobs():
-        return JSONResponse({"jobs": studio.jobs.list()}, headers={"cache-control": "no-store"})
-
-    # -- files -------------------------------------------------------------------------------
-
-    def _issued(fid: str):
-        entry = studio.files.lookup(fid)
-        if entry is None:
-            raise PageError(404, "no such file")
-        return entry
-
-    @app.get("/file/{fid}")
-    def file(fid: str):
-        entry = _issued(fid)
-        data = entry.path.read_bytes()
-        mime = media_type(data)
-        headers = {"cache-control": "private, max-age=31536000, immutable"}
-        if mime is None:  # never rendered inline
-            headers["content-disposition"] = "attachment"
-        return Response(data, media_type=mime or "application/octet-stream", headers=headers)
-
-    @app.get("/thumb/{fid}")
-    def thumb(fid: str):
-        entry = _issued(fid)
-        data = studio.files.thumbnail(entry)
-        if data is None:
-            raise PageError(404, "not a readable image")
-        return Response(
-            data, media_type="image/jpeg", headers={"cache-control": "private, max-age=31536000, immutable"}
-        )
-
-    @app.get("/static/{name}")
-    def static_file(name: str):
-        if name not in STATIC:
-            raise PageError(404, "no such file")
-        return Response(static[name], media_type=STATIC[name], headers={"cache-control": "no-cache"})
-
-    # -- actions -----------------------------------------------------------------------------
-
-    def _target(eid: str, sid: str, run_id: str | None):
-        view = studio.project.view()
-        ep = episode_of(view, eid)
-        if ep.scene(sid) is None:
-            raise PageError(404, "no such scene in this episode")
-        run = run_of(ep, run_id)
-        return ep, run
-
-    def _need_storyboard(ep: Episode) -> Path:
-        if ep.board is None or ep.storyboard is None:
-            raise PageError(409, "this render folder's storyboard is not in the project: re-render it with the CLI")
-        return ep.storyboard
-
-    def _queue_render(ep: Episode, run: Run, sid: str, title: str, kind: str) -> dict:
-        from . import actions
-
-        board = _need_storyboard(ep)
-        models = actions.manifest_models(run.folder, ep.board)
-
-        def work(progress):
-            return actions.render_scene(
-                board, sid, out=run.folder, settings=studio.settings, progress=progress, models=models
-            )
-
-        return studio.jobs.submit(kind, title, work, episode=ep.id, scene=sid).to_dict()
-
-    def _check_free(ep: Episode, run: Run, sid: str, *, take_only: bool = False) -> None:
-        """One job per scene; a locked take is never changed (a scene renders while any take of it is unlocked)."""
-        from .actions import locked_takes
-
-        busy = studio.jobs.busy(ep.id, sid)
-        if busy is not None:
-            raise PageError(409, f"scene {sid} already has a job in the queue ({busy.title}); wait for it")
-        locked = set(locked_takes(run.folder, sid))
-        every = {r.model for r in ep.render_runs if r.folder == run.folder}
-        if (take_only and run.model in locked) or (locked and locked >= every):
-            raise PageError(409, f"scene {sid} is locked in {run.rel}; unlock it to render it again")
-
-    @app.post("/episodes/{eid}/scenes/{sid}/reroll")
-    async def reroll(request: Request, eid: str, sid: str):
-        from . import actions
-
-        form = await request.form()
-        ep, run = await run_in_threadpool(_target, eid, sid, form.get("run"))
-        mode = str(form.get("mode", "seed"))
-        n = _int(form.get("candidates"), "candidates") if form.get("candidates") else None
-        _check_free(ep, run, sid)
-        board = _need_storyboard(ep)
-        change = await run_in_threadpool(actions.reroll_scene, board, sid, mode=mode, candidates=n)
-        what = f"seed {change['seed']}" if "seed" in change else f"{change['candidates']} candidates"
-        job = _queue_render(ep, run, sid, f"re-roll {sid} ({what})", "reroll")
-        return {"ok": True, "job": job, "message": f"{sid}: {what} written to {ep.rel}; rendering"}
-
-    @app.post("/episodes/{eid}/scenes/{sid}/edit")
-    async def edit(request: Request, eid: str, sid: str):
-        from . import actions
-
-        form = await request.form()
-        ep, run = await run_in_threadpool(_target, eid, sid, form.get("run"))
-        _check_free(ep, run, sid)
-        board = _need_storyboard(ep)
-        prompt = form.get("prompt")
-        seed = _int(form.get("seed"), "seed") if form.get("seed") not in (None, "") else None
-        lora = {}
-        for key, value in form.items():
-            if key.startswith("lora.") and value not in ("", None):
-                lora[key[5:]] = _float(value, key)
-        row = ep.scene(sid)
-        unknown = set(lora) - set(row.characters)
-        if unknown:
-            raise PageError(400, f"lora.{sorted(unknown)[0]}: not a character of scene {sid}")
-        # only what the user changed reaches the file (an untouched seed field does not pin the seed)
-        prompt = None if prompt is None else str(prompt).replace("\r\n", "\n")
-        prompt = None if prompt == row.prompt else prompt
-        seed = None if seed == row.seed else seed
-        lora = {n: v for n, v in lora.items() if row.lora.get(n) != v}
-        if prompt is None and seed is None and not lora:
-            return {"ok": True, "message": f"{sid}: nothing changed"}
-        change = await run_in_threadpool(actions.edit_scene, board, sid, prompt=prompt, seed=seed, lora=lora or None)
-        job = _queue_render(ep, run, sid, f"edit {sid} ({', '.join(change) or 'no change'})", "edit")
-        return {"ok": True, "job": job, "message": f"{sid}: written to {ep.rel}; rendering"}
-
-    @app.post("/episodes/{eid}/scenes/{sid}/lock")
-    async def lock(request: Request, eid: str, sid: str):
-        from .actions import set_locked
-
-        form = await request.form()
-        ep, run = await run_in_threadpool(_target, eid, sid, form.get("run"))
-        locked = str(form.get("locked", "1")) in ("1", "true", "on")
-        await run_in_threadpool(set_locked, run.folder, sid, run.model, locked)
-        word = "locked" if locked else "unlocked"
-        return {"ok": True, "reload": True, "message": f"{sid} on {run.label}: {word}"}
-
-    @app.post("/episodes/{eid}/scenes/{sid}/repair")
-    async def repair(request: Request, eid: str, sid: str):
-        from . import actions
-
-        form = await request.form()
-        ep, run = await run_in_threadpool(_target, eid, sid, form.get("run"))
-        _check_free(ep, run, sid, take_only=True)
-
-        def work(progress):
-            return actions.repair_take(run.folder, sid, run.model, settings=studio.settings, progress=progress)
-
-        job = studio.jobs.submit("repair", f"repair {sid} on {run.label}", work, episode=ep.id, scene=sid)
-        return {"ok": True, "job": job.to_dict(), "message": f"{sid}: repair queued"}
-
-    @app.post("/episodes/{eid}/import")
-    async def import_run(request: Request, eid: str):
-        from . import actions
-
-        form = await request.form(max_files=MAX_UPLOAD_FILES, max_fields=20)
-        view = await run_in_threadpool(studio.project.view)
-        ep = episode_of(view, eid)
-        board = _need_storyboard(ep)
-        label = str(form.get("label", "")).strip()
-        uploads = []
-        for item in form.getlist("files"):
-            if isinstance(item, str) or not getattr(item, "filename", None):
-                continue
-            data = await item.read(MAX_UPLOAD_BYTES + 1)
-            if len(data) > MAX_UPLOAD_BYTES:
-                raise PageError(413, f"{item.filename}: larger than {MAX_UPLOAD_BYTES >> 20} MB")
-            uploads.append((item.filename, data))
-        staging = await run_in_threadpool(actions.stage_upload, studio.root, label, uploads)
-
-        def work(progress):
-            rec = actions.import_images(studio.root, label, staging, storyboard=board, progress=progress)
-            return {"files": len(rec.files), "rejected": len(rec.rejected)}
-
-        job = studio.jobs.submit("import", f"import {label} ({len(uploads)} files)", work, episode=ep.id)
-        return {"ok": True, "job": job.to_dict(), "message": f"importing {len(uploads)} files as {label}"}
-
+    for exc, handler in _HANDLERS:
+        app.add_exception_handler(exc, handler)
+    app.include_router(router)
     return app
+
+
+router = APIRouter()
+_HANDLERS: list = []
+
+
+def _handles(exc):
+    """Register an exception handler for every app :func:`create_app` builds."""
+
+    def register(fn):
+        _HANDLERS.append((exc, fn))
+        return fn
+
+    return register
+
+
+def _studio(request: Request) -> Studio:
+    return request.app.state.studio
+
+
+def page(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
+    studio = _studio(request)
+    html = studio.env.get_template(template).render(
+        csrf=request.state.csrf, jobs=studio.jobs.list(), fid=studio.files.issue, **ctx
+    )
+    return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
+
+
+@_handles(PageError)
+async def _page_error(request: Request, exc: PageError):
+    if request.method != "GET":
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return page(request, "error.html.j2", status=exc.status, title="not found", message=str(exc))
+
+
+@_handles(CharkitError)
+async def _user_error(request: Request, exc: CharkitError):
+    if request.method != "GET":
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return page(request, "error.html.j2", status=400, title="error", message=str(exc))
+
+
+@_handles(RequestValidationError)
+async def _bad_request(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+    text = f"{where or 'request'}: {first.get('msg', 'invalid')}"
+    if request.method != "GET":
+        return JSONResponse({"error": text}, status_code=400)
+    return page(request, "error.html.j2", status=400, title="bad request", message=text)
+
+
+@_handles(Exception)
+async def _bug(request: Request, exc: Exception):
+    log.exception("studio request %s %s failed", request.method, request.url.path)
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+    if request.method != "GET":
+        return JSONResponse({"error": text}, status_code=500)
+    return page(request, "error.html.j2", status=500, title="internal error", message=text)
+
+
+def episode_of(view, eid: str) -> Episode:
+    ep = view.episode(eid)
+    if ep is None:
+        raise PageError(404, "no such episode (the project changed?): go back to the project page")
+    return ep
+
+
+def run_of(ep: Episode, run_id: str | None, *, kind: str | None = "render") -> Run:
+    run = ep.run(run_id or "")
+    if run is None or (kind is not None and run.kind != kind):
+        raise PageError(404, "no such run in this episode")
+    return run
+
+
+# -- pages -------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request):
+    studio = _studio(request)
+    view = studio.project.view()
+    return page(request, "index.html.j2", title="project", view=view)
+
+
+@router.get("/episodes/{eid}", response_class=HTMLResponse)
+def episode(
+    request: Request,
+    eid: str,
+    drift: int = 0,
+    page_no: int = Query(1, alias="page"),
+    page_size: int = Query(PAGE_SIZE, alias="size"),
+):
+    studio = _studio(request)
+    view = studio.project.view()
+    ep = episode_of(view, eid)
+    scenes = [s for s in ep.scenes if not drift or ep.drifted(s.id)]
+    size = max(1, min(page_size, 500))
+    pages = max(1, -(-len(scenes) // size))
+    current = max(1, min(page_no, pages))
+    shown = scenes[(current - 1) * size : current * size]
+    return page(
+        request,
+        "episode.html.j2",
+        title=ep.title,
+        ep=ep,
+        scenes=shown,
+        total=len(scenes),
+        drift=bool(drift),
+        page_no=current,
+        pages=pages,
+        watch=ep.id,
+    )
+
+
+@router.get("/episodes/{eid}/scenes/{sid}", response_class=HTMLResponse)
+def scene(request: Request, eid: str, sid: str):
+    studio = _studio(request)
+    from ..render.outputs import read_png_metadata
+
+    view = studio.project.view()
+    ep = episode_of(view, eid)
+    row = ep.scene(sid)
+    if row is None:
+        raise PageError(404, "no such scene in this episode")
+    takes = []
+    for run in ep.runs:
+        take = run.takes.get(sid)
+        params = None
+        if take is not None and take.path is not None and take.path.suffix.lower() == ".png":
+            try:
+                params = read_png_metadata(take.path)["parameters"]
+            except (OSError, ValueError):
+                params = None
+        takes.append(
+            {
+                "run": run,
+                "take": take,
+                "parameters": params,
+                "candidates": _candidates(run, take),
+                "history": _history(run, sid),
+                "repair": _repair(run, take),
+                "busy": studio.jobs.busy(ep.id, sid),
+            }
+        )
+    return page(request, "scene.html.j2", title=f"{ep.title}: {sid}", ep=ep, row=row, takes=takes, watch=ep.id)
+
+
+@router.get("/episodes/{eid}/compare", response_class=HTMLResponse)
+def compare(request: Request, eid: str):
+    studio = _studio(request)
+    view = studio.project.view()
+    ep = episode_of(view, eid)
+    chosen = request.query_params.getlist("run")
+    runs = [r for r in ep.runs if r.id in chosen] if chosen else list(ep.runs)
+    return page(request, "compare.html.j2", title=f"{ep.title}: compare", ep=ep, runs=runs, chosen=chosen)
+
+
+@router.get("/characters/{name}", response_class=HTMLResponse)
+def character(request: Request, name: str):
+    studio = _studio(request)
+    view = studio.project.view()
+    entry = view.character(name)
+    if entry is None:
+        raise PageError(404, "no such character in this project")
+    profile, error = None, entry.error
+    refs = []
+    if entry.character is not None:
+        try:
+            profile = studio.profile(entry.character)
+            refs = entry.character.ref_paths()
+        except CharkitError as e:
+            error = str(e)
+    rows = []
+    rejected = {r.path: r.reason for r in (profile.rejected if profile else [])}
+    for p in refs:
+        key = str(p)
+        rows.append(
+            {
+                "path": p,
+                "name": p.name,
+                "loo": profile.loo.get(key) if profile else None,
+                "outlier": bool(profile and key in profile.outliers),
+                "rejected": rejected.get(key),
+            }
+        )
+    return page(request, "character.html.j2", title=entry.name, entry=entry, profile=profile, rows=rows, error=error)
+
+
+@router.get("/training/{tid}", response_class=HTMLResponse)
+def training(request: Request, tid: str):
+    studio = _studio(request)
+    view = studio.project.view()
+    t = view.training(tid)
+    if t is None:
+        raise PageError(404, "no such training run in this project")
+    return page(request, "training.html.j2", title=f"training {t.rel}", t=t, why=_why(t))
+
+
+@router.get("/jobs.json")
+def jobs(request: Request):
+    studio = _studio(request)
+    return JSONResponse({"jobs": studio.jobs.list()}, headers={"cache-control": "no-store"})
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def _issued(request: Request, fid: str):
+    studio = _studio(request)
+    entry = studio.files.lookup(fid)
+    if entry is None:
+        raise PageError(404, "no such file")
+    return entry
+
+
+@router.get("/file/{fid}")
+def file(request: Request, fid: str):
+    entry = _issued(request, fid)
+    data = entry.path.read_bytes()
+    mime = media_type(data)
+    headers = {"cache-control": "private, max-age=31536000, immutable"}
+    if mime is None:  # never rendered inline
+        headers["content-disposition"] = "attachment"
+    return Response(data, media_type=mime or "application/octet-stream", headers=headers)
+
+
+@router.get("/thumb/{fid}")
+def thumb(request: Request, fid: str):
+    studio = _studio(request)
+    entry = _issued(request, fid)
+    data = studio.files.thumbnail(entry)
+    if data is None:
+        raise PageError(404, "not a readable image")
+    return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=31536000, immutable"})
+
+
+@router.get("/static/{name}")
+def static_file(request: Request, name: str):
+    studio = _studio(request)
+    if name not in STATIC:
+        raise PageError(404, "no such file")
+    return Response(studio.static[name], media_type=STATIC[name], headers={"cache-control": "no-cache"})
+
+
+# -- actions -----------------------------------------------------------------------------
+
+
+def _target(request: Request, eid: str, sid: str, run_id: str | None):
+    studio = _studio(request)
+    view = studio.project.view()
+    ep = episode_of(view, eid)
+    if ep.scene(sid) is None:
+        raise PageError(404, "no such scene in this episode")
+    run = run_of(ep, run_id)
+    return ep, run
+
+
+def _need_storyboard(ep: Episode) -> Path:
+    if ep.board is None or ep.storyboard is None:
+        raise PageError(409, "this render folder's storyboard is not in the project: re-render it with the CLI")
+    return ep.storyboard
+
+
+def _queue_render(request: Request, ep: Episode, run: Run, sid: str, title: str, kind: str) -> dict:
+    studio = _studio(request)
+    from . import actions
+
+    board = _need_storyboard(ep)
+    models = actions.manifest_models(run.folder, ep.board)
+
+    def work(progress):
+        return actions.render_scene(
+            board, sid, out=run.folder, settings=studio.settings, progress=progress, models=models
+        )
+
+    return studio.jobs.submit(kind, title, work, episode=ep.id, scene=sid).to_dict()
+
+
+def _check_free(request: Request, ep: Episode, run: Run, sid: str, *, take_only: bool = False) -> None:
+    """One job per scene; a locked take is never changed (a scene renders while any take of it is unlocked)."""
+    studio = _studio(request)
+    from .actions import locked_takes
+
+    busy = studio.jobs.busy(ep.id, sid)
+    if busy is not None:
+        raise PageError(409, f"scene {sid} already has a job in the queue ({busy.title}); wait for it")
+    locked = set(locked_takes(run.folder, sid))
+    every = {r.model for r in ep.render_runs if r.folder == run.folder}
+    if (take_only and run.model in locked) or (locked and locked >= every):
+        raise PageError(409, f"scene {sid} is locked in {run.rel}; unlock it to render it again")
+
+
+@router.post("/episodes/{eid}/scenes/{sid}/reroll")
+async def reroll(request: Request, eid: str, sid: str):
+    from . import actions
+
+    form = await request.form()
+    ep, run = await run_in_threadpool(_target, request, eid, sid, form.get("run"))
+    mode = str(form.get("mode", "seed"))
+    n = _int(form.get("candidates"), "candidates") if form.get("candidates") else None
+    _check_free(request, ep, run, sid)
+    board = _need_storyboard(ep)
+    change = await run_in_threadpool(actions.reroll_scene, board, sid, mode=mode, candidates=n)
+    what = f"seed {change['seed']}" if "seed" in change else f"{change['candidates']} candidates"
+    job = _queue_render(request, ep, run, sid, f"re-roll {sid} ({what})", "reroll")
+    return {"ok": True, "job": job, "message": f"{sid}: {what} written to {ep.rel}; rendering"}
+
+
+@router.post("/episodes/{eid}/scenes/{sid}/edit")
+async def edit(request: Request, eid: str, sid: str):
+    from . import actions
+
+    form = await request.form()
+    ep, run = await run_in_threadpool(_target, request, eid, sid, form.get("run"))
+    _check_free(request, ep, run, sid)
+    board = _need_storyboard(ep)
+    prompt = form.get("prompt")
+    seed = _int(form.get("seed"), "seed") if form.get("seed") not in (None, "") else None
+    lora = {}
+    for key, value in form.items():
+        if key.startswith("lora.") and value not in ("", None):
+            lora[key[5:]] = _float(value, key)
+    row = ep.scene(sid)
+    unknown = set(lora) - set(row.characters)
+    if unknown:
+        raise PageError(400, f"lora.{sorted(unknown)[0]}: not a character of scene {sid}")
+    # only what the user changed reaches the file (an untouched seed field does not pin the seed)
+    prompt = None if prompt is None else str(prompt).replace("\r\n", "\n")
+    prompt = None if prompt == row.prompt else prompt
+    seed = None if seed == row.seed else seed
+    lora = {n: v for n, v in lora.items() if row.lora.get(n) != v}
+    if prompt is None and seed is None and not lora:
+        return {"ok": True, "message": f"{sid}: nothing changed"}
+    change = await run_in_threadpool(actions.edit_scene, board, sid, prompt=prompt, seed=seed, lora=lora or None)
+    job = _queue_render(request, ep, run, sid, f"edit {sid} ({', '.join(change) or 'no change'})", "edit")
+    return {"ok": True, "job": job, "message": f"{sid}: written to {ep.rel}; rendering"}
+
+
+@router.post("/episodes/{eid}/scenes/{sid}/lock")
+async def lock(request: Request, eid: str, sid: str):
+    from .actions import set_locked
+
+    form = await request.form()
+    ep, run = await run_in_threadpool(_target, request, eid, sid, form.get("run"))
+    locked = str(form.get("locked", "1")) in ("1", "true", "on")
+    await run_in_threadpool(set_locked, run.folder, sid, run.model, locked)
+    word = "locked" if locked else "unlocked"
+    return {"ok": True, "reload": True, "message": f"{sid} on {run.label}: {word}"}
+
+
+@router.post("/episodes/{eid}/scenes/{sid}/repair")
+async def repair(request: Request, eid: str, sid: str):
+    studio = _studio(request)
+    from . import actions
+
+    form = await request.form()
+    ep, run = await run_in_threadpool(_target, request, eid, sid, form.get("run"))
+    _check_free(request, ep, run, sid, take_only=True)
+
+    def work(progress):
+        return actions.repair_take(run.folder, sid, run.model, settings=studio.settings, progress=progress)
+
+    job = studio.jobs.submit("repair", f"repair {sid} on {run.label}", work, episode=ep.id, scene=sid)
+    return {"ok": True, "job": job.to_dict(), "message": f"{sid}: repair queued"}
+
+
+@router.post("/episodes/{eid}/import")
+async def import_run(request: Request, eid: str):
+    studio = _studio(request)
+    from . import actions
+
+    form = await request.form(max_files=MAX_UPLOAD_FILES, max_fields=20)
+    view = await run_in_threadpool(studio.project.view)
+    ep = episode_of(view, eid)
+    board = _need_storyboard(ep)
+    label = str(form.get("label", "")).strip()
+    uploads = []
+    for item in form.getlist("files"):
+        if isinstance(item, str) or not getattr(item, "filename", None):
+            continue
+        data = await item.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise PageError(413, f"{item.filename}: larger than {MAX_UPLOAD_BYTES >> 20} MB")
+        uploads.append((item.filename, data))
+    staging = await run_in_threadpool(actions.stage_upload, studio.root, label, uploads)
+
+    def work(progress):
+        rec = actions.import_images(studio.root, label, staging, storyboard=board, progress=progress)
+        return {"files": len(rec.files), "rejected": len(rec.rejected)}
+
+    job = studio.jobs.submit("import", f"import {label} ({len(uploads)} files)", work, episode=ep.id)
+    return {"ok": True, "job": job.to_dict(), "message": f"importing {len(uploads)} files as {label}"}
 
 
 # ------------------------------------------------------------------------------------------ helpers
