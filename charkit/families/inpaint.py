@@ -15,7 +15,7 @@ Three kinds of denoiser inpaint, and diffusers picks the behaviour from the inpu
 
 >>> ipipe = inpaint_pipeline(get_spec("sd15"), pipe)  # doctest: +SKIP
 >>> out = inpaint(get_spec("sd15"), ipipe, image=crop, mask=mask, prompt="photo of ohwx man", width=512,
-...               height=512, steps=20, guidance=7.0, strength=0.4, generator=torch.Generator().manual_seed(1))
+...               height=512, steps=20, guidance=7.0, strength=0.4, generator=torch.Generator().manual_seed(1))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def inpaint_pipeline(spec: FamilySpec, pipe):
     """The inpaint (or Flux Fill) variant of ``pipe`` sharing all its components (``from_pipe``).
 
     >>> ipipe = inpaint_pipeline(get_spec("flux"), pipe)  # doctest: +SKIP
-    >>> type(ipipe).__name__
+    >>> type(ipipe).__name__  # doctest: +SKIP
     'FluxInpaintPipeline'
     """
     import diffusers
