@@ -314,6 +314,7 @@ def test_a_candidate_of_the_right_person_is_kept_recorded_and_survives_a_crash(w
     assert p["ADetailer version"].startswith("charkit ") and p["ADetailer model"].startswith("dlib")
     assert p["Repair"] == f"obama {fo.face.before:.4f} -> {fo.decision.after:.4f} kept (dlib)"
     print(meta["parameters"])
+    print(json.dumps(r, indent=2))
 
     # The verify report shows before -> after.
     report = verify([out], backend=DlibBackend(), out=out)

@@ -143,7 +143,7 @@ def adetailer_fields(job: ImageJob, plan: RepairPlan, outcomes: list[FaceOutcome
     fields: dict[str, Any] = {
         "ADetailer model": f"{plan.evaluator.info.name} (charkit identity repair)",
         # ADetailer applies prompt i to face i and separates them with [SEP]
-        "ADetailer prompt": " [SEP] ".join(dict.fromkeys(prompts)) if len(set(prompts)) > 1 else prompts[0],
+        "ADetailer prompt": " [SEP] ".join(prompts) if len(set(prompts)) > 1 else prompts[0],
     }
     if job.scene_job.negative_prompt:
         fields["ADetailer negative prompt"] = job.scene_job.negative_prompt
