@@ -343,6 +343,30 @@ def test_a_candidate_of_the_right_person_is_kept_recorded_and_survives_a_crash(w
     assert json.loads((out / MANIFEST).read_text())["images"][0]["sha256"] == r["original_sha256"]
 
 
+def test_a_folder_rendered_with_model_overrides_is_repaired_on_those_models(
+    tiny_models, tiny_loras, render_env, real_portraits
+):
+    """`charkit render --model alt=...` records other models than the storyboard's: repair plans on those."""
+    from charkit.render.storyboard import ModelSpec
+
+    tiny = tiny_models("sd15")
+    render_env.character("obama", refs=("obama.jpg", "obama3.jpg"), lora={"sd15": tiny_loras("sd15")})
+    board = render_env.storyboard(
+        {
+            "project": "override",
+            "output": "out",
+            "characters": {"obama": "characters/obama"},
+            "defaults": {"model": model_entry("sd15", tiny, adapters=False), "size": "64x64", "steps": 4},
+            "scenes": [{"id": "s1", "prompt": "photo of {obama} man", "seed": 3}],
+        }
+    )
+    r = render_storyboard(board, models=[ModelSpec(source=str(tiny.root), label="alt")], progress=False)
+    assert r.out_dir.joinpath("s1.png").is_file()
+    swap_scene_image(r.out_dir, "s1", real_portraits("biden.jpg"))
+    plan = check_inputs(r.out_dir, options=RepairOptions(**OPTS))
+    assert [i.key for i in plan.pending] == [("s1", "alt")] and plan.pending[0].model.label == "alt"
+
+
 def test_in_a_two_character_scene_only_the_drifted_face_is_redrawn_with_its_own_lora(
     tiny_models, tiny_loras, render_env, real_portraits, monkeypatch
 ):
