@@ -76,6 +76,7 @@ __all__ = [
     "record",
     "repair_face",
     "repair_image",
+    "repair_jobs",
     "repair_render_dir",
     "score_tries",
 ]
@@ -402,87 +403,26 @@ def _group_by_model(jobs: list[ImageJob]) -> list[tuple[Any, list[ImageJob]]]:
 # -- the lifecycle ---------------------------------------------------------------------------
 
 
-def repair_render_dir(
-    render_dir: str | os.PathLike,
-    *,
-    target: float | None = None,
-    tries: int = 3,
-    strength: float = 0.4,
-    steps: int | None = None,
-    guidance: float | None = None,
-    padding: int = 32,
-    dilate: int = 4,
-    mask_blur: int = 4,
-    margin: float = 0.02,
-    resolution: int | None = None,
-    backend: str | None = None,
-    face_models: str | os.PathLike | None = None,
-    inpaint_model: str | os.PathLike | None = None,
-    device: str = "cpu",
-    dtype: Any = "float32",
-    allow_pickle_weights: bool = False,
-    scenes: list[str] | None = None,
-    progress: bool = True,
-    state=None,
-    candidates: Candidates | None = None,
-) -> RepairResult:
-    """Repair every face below ``target`` in a render folder; keep a try only when it beats the original.
-
-    ``candidates`` replaces the model that re-draws faces (a seam for tests and other drawers; then no
-    model is loaded).
-
-    >>> result = repair_render_dir("renders/ep1", device="cuda")  # doctest: +SKIP
-    >>> result.manifest.images[2].repair["faces"][0]["kept"]  # doctest: +SKIP
-    True
-    """
+def repair_jobs(
+    jobs: list[ImageJob], ctx: RepairContext, writer: RepairWriter, *, candidates: Candidates | None = None
+) -> list[ImageRepair]:
+    """Repair ``jobs`` model by model (each model loaded once); every image is recorded as soon as it is done."""
     from tqdm.auto import tqdm
 
-    from ..identity.cache import FaceCache
     from ..render.lifecycle import release
 
-    state = state or process_state(device)
-    options = RepairOptions(
-        target=target,
-        tries=tries,
-        strength=strength,
-        steps=steps,
-        guidance=guidance,
-        padding=padding,
-        dilate=dilate,
-        mask_blur=mask_blur,
-        margin=margin,
-        resolution=resolution,
-        backend=backend,
-        face_models=None if face_models is None else str(face_models),
-        inpaint_model=None if inpaint_model is None else str(inpaint_model),
-        device=device_for(state, device),
-        dtype=str(dtype),
-        allow_pickle_weights=allow_pickle_weights,
-        scenes=tuple(scenes) if scenes else None,
-        progress=progress,
-    )
-    root = Path(render_dir).expanduser().resolve()
-    if state.is_main_process and (root / MANIFEST).is_file():
-        _fold_partials(root)
-    state.wait_for_everyone()
-    cache = FaceCache()
-    plan = check_inputs(root, options=options, cache=cache)
-    state.wait_for_everyone()  # every process planned from the same files before anyone writes
-
-    mine = my_share(state, plan.pending)
-    writer = RepairWriter(plan, state)
-    ctx = make_context(plan, cache=cache, state=state)
+    o = ctx.plan.options
+    show = o.progress and ctx.render_ctx.state.is_main_process
+    bar = tqdm(total=sum(len(j.faces) for j in jobs), desc="repair", unit="face", disable=not show)
     repaired: list[ImageRepair] = []
-    total = sum(len(j.faces) for j in mine)
-    bar = tqdm(total=total, desc="repair", unit="face", disable=not (progress and state.is_main_process))
     try:
-        for model, jobs in _group_by_model(mine):
-            loaded = None if candidates is not None else load(plan, model, device=options.device, jobs=jobs)
+        for model, group in _group_by_model(jobs):
+            loaded = None if candidates is not None else load(ctx.plan, model, device=ctx.device, jobs=group)
             try:
-                for job in jobs:
+                for job in group:
                     if loaded is not None:  # a hub or single-file model: its inpaint class is known now
                         job.pipeline_class = type(_inpaint_variant(loaded)).__name__
-                        job.guidance = job_guidance(options, model.spec, job.pipeline_class, job.record.guidance)
+                        job.guidance = job_guidance(o, model.spec, job.pipeline_class, job.record.guidance)
                     rep = repair_image(loaded, job, ctx, candidates=candidates)
                     writer.add(record(rep, ctx))
                     repaired.append(rep)
@@ -492,6 +432,44 @@ def repair_render_dir(
                     release(loaded)
     finally:
         bar.close()
+    return repaired
+
+
+def repair_render_dir(
+    render_dir: str | os.PathLike,
+    *,
+    options: RepairOptions | None = None,
+    state=None,
+    candidates: Candidates | None = None,
+    **option_values,
+) -> RepairResult:
+    """Repair every face below the target in a render folder; keep a try only when it beats the original.
+
+    How to repair comes as ``options`` (a :class:`RepairOptions`) or as its fields by name (``tries=4``,
+    ``strength=0.5``, ``device="cuda"``, ...). ``candidates`` replaces the model that re-draws faces (a
+    seam for tests and other drawers; then no model is loaded).
+
+    >>> result = repair_render_dir("renders/ep1", device="cuda")  # doctest: +SKIP
+    >>> result.manifest.images[2].repair["faces"][0]["kept"]  # doctest: +SKIP
+    True
+    """
+    from ..identity.cache import FaceCache
+
+    if options is not None and option_values:
+        raise TypeError("pass either options=RepairOptions(...) or its fields by name, not both")
+    options = options or RepairOptions(**option_values)
+    state = state or process_state(options.device)
+    options = replace(options, device=device_for(state, options.device))
+    root = Path(render_dir).expanduser().resolve()
+    if state.is_main_process and (root / MANIFEST).is_file():
+        _fold_partials(root)
+    state.wait_for_everyone()
+    cache = FaceCache()
+    plan = check_inputs(root, options=options, cache=cache)
+    state.wait_for_everyone()  # every process planned from the same files before anyone writes
+    writer = RepairWriter(plan, state)
+    ctx = make_context(plan, cache=cache, state=state)
+    repaired = repair_jobs(my_share(state, plan.pending), ctx, writer, candidates=candidates)
     manifest = writer.finish()
     return RepairResult(
         render_dir=root,

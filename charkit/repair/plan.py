@@ -52,6 +52,14 @@ class RepairOptions:
     scenes: tuple[str, ...] | None = None
     progress: bool = True
 
+    def __post_init__(self):
+        # paths arrive as Path objects from the CLI and as strings from code: keep one form
+        for name in ("face_models", "inpaint_model"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, str(value))
+        self.scenes = tuple(self.scenes) if self.scenes else None
+
     def settings(self) -> dict:
         """The options that change a repair's pixels or decision (what the record and inputs hash hold)."""
         return {
@@ -332,33 +340,21 @@ def _check_options(o: RepairOptions) -> None:
 # -- the step ----------------------------------------------------------------------------------
 
 
-def check_inputs(
-    render_dir: str | os.PathLike,
-    *,
-    options: RepairOptions | None = None,
-    cache=None,
-    score: bool = True,
-) -> RepairPlan:
-    """Validate the render folder and options, score each original, and list the faces to re-draw. Writes nothing.
-
-    ``score=False`` skips the scoring (every image is left ``pending`` with no faces): for a caller that
-    only needs the validation.
-
-    >>> plan = check_inputs("renders/ep1", options=RepairOptions(tries=4))  # doctest: +SKIP
-    >>> [(i.record.scene, [f.character for f in i.faces]) for i in plan.pending]  # doctest: +SKIP
-    [('s03-night', ['alice'])]
-    """
+def check_options(options: RepairOptions) -> RepairOptions:
+    """The options with the precision name normalised (a copy), or a one-line error; the argument is not changed."""
     from ..devices import precision_name
-    from ..families.inpaint import check_inpaint_model, check_strength
-    from ..render.plan import RenderOptions, inputs_hash
-    from ..render.plan import check_inputs as check_render
-    from ..render.storyboard import load_storyboard
 
-    options = options or RepairOptions()
-    options.dtype = precision_name(options.dtype)
+    options = replace(options, dtype=precision_name(options.dtype))
     _check_options(options)
-    render_dir = Path(render_dir).expanduser().resolve()
-    manifest = read_manifest(render_dir)
+    return options
+
+
+def load_render_plan(render_dir: Path, manifest: Manifest, options: RepairOptions) -> RenderPlan:
+    """The render stage's plan of the storyboard that wrote the folder, on the models the manifest records."""
+    from ..render.plan import RenderOptions
+    from ..render.plan import check_inputs as check_render
+    from ..render.storyboard import ModelSpec, load_storyboard
+
     mf = render_dir / MANIFEST
     if not manifest.storyboard:
         raise CharkitError(f"{mf}: field 'storyboard' is empty; repair needs the storyboard that rendered the folder")
@@ -380,96 +376,127 @@ def check_inputs(
     rendered_on = [m.model_dump() for m in manifest.models]
     if rendered_on and rendered_on != [m.describe() for m in render_plan.models]:
         # rendered with --model instead of the storyboard's own models: plan on those, as render did
-        from ..render.storyboard import ModelSpec
-
         specs = [ModelSpec(source=m["source"], label=m["label"], family=m["family"]) for m in rendered_on]
         render_plan = check_render(board, out=render_dir, models=specs, options=ropts)
-    by_key = {j.key: j for j in render_plan.jobs}
-    records = manifest.images
-    if options.scenes:
-        known = {r.scene for r in records}
-        unknown = [s for s in options.scenes if s not in known]
-        if unknown:
-            raise CharkitError(
-                f"--scene {unknown[0]!r}: no such scene in {mf}; scenes: {', '.join(dict.fromkeys(r.scene for r in records))}"
-            )
-        records = [r for r in records if r.scene in options.scenes]
+    return render_plan
 
+
+def select_records(manifest: Manifest, options: RepairOptions, where: Path) -> list[ImageRecord]:
+    """The manifest's images that ``--scene`` selects (all of them by default)."""
+    records = manifest.images
+    if not options.scenes:
+        return list(records)
+    unknown = [s for s in options.scenes if s not in {r.scene for r in records}]
+    if unknown:
+        scenes = ", ".join(dict.fromkeys(r.scene for r in records))
+        raise CharkitError(f"--scene {unknown[0]!r}: no such scene in {where}; scenes: {scenes}")
+    return [r for r in records if r.scene in options.scenes]
+
+
+def check_record(rec: ImageRecord, render_plan: RenderPlan, where: str) -> SceneJob:
+    """The render job behind ``rec``, or a one-line error: unknown character, scene gone, storyboard changed."""
+    from ..render.plan import inputs_hash
+
+    board = render_plan.storyboard.path.name if render_plan.storyboard.path else "the storyboard"
+    for name in rec.characters:
+        if name not in render_plan.characters:
+            known = ", ".join(render_plan.characters) or "none"
+            raise CharkitError(
+                f"{where}: unknown character {name!r}; the storyboard declares {known}: re-render the scene or "
+                "add the character back"
+            )
+    job = next((j for j in render_plan.jobs if j.key == rec.key), None)
+    if job is None:
+        raise CharkitError(
+            f"{where}: not in the storyboard any more; run `charkit render {board}` to update the folder"
+        )
+    as_rendered = replace(render_plan, options=replace(render_plan.options, dtype=rec.dtype, device=rec.device))
+    if inputs_hash(job, as_rendered) != rec.inputs_hash:
+        raise CharkitError(
+            f"{where}: the storyboard, a character or the model changed since this image was rendered; run "
+            f"`charkit render {board}` first"
+        )
+    return job
+
+
+def plan_image(
+    rec: ImageRecord,
+    job: SceneJob,
+    plan: RepairPlan,
+    *,
+    where: str,
+    inpaint_models: dict,
+) -> ImageJob:
+    """One image's model, inpaint class, steps, guidance, resolution, original and inputs hash (no scoring yet)."""
+    from ..families.inpaint import check_inpaint_model, check_strength
+
+    options, render_dir = plan.options, plan.render_dir
+    try:
+        model = _resolve_inpaint_model(options, job.model, plan.render_plan, inpaint_models)
+        pipeline_class = check_inpaint_model(model.spec, model.path)
+        steps = options.steps or rec.steps
+        check_strength(options.strength, steps)
+        resolution = options.resolution or model.spec.width
+        try:
+            model.spec.check_size(resolution, resolution)
+        except CharkitError as e:
+            raise CharkitError(f"--resolution {resolution}: {e}") from None
+    except CharkitError as e:
+        raise CharkitError(f"{where}: {e}") from None
+    source, sha = original_of(rec, render_dir)
+    conditioned_by = "insightface" if (rec.ip_adapter or {}).get("mode") == "face" else None
+    ij = ImageJob(
+        record=rec,
+        scene_job=job,
+        model=model,
+        pipeline_class=pipeline_class,
+        source=source,
+        source_sha256=sha,
+        steps=steps,
+        guidance=job_guidance(options, model.spec, pipeline_class, rec.guidance),
+        resolution=resolution,
+        independent=plan.evaluator.info.name != conditioned_by,
+        inputs_hash="",
+    )
+    ij.inputs_hash = repair_inputs_hash(ij, options, plan.render_plan, plan.evaluator, plan.target)
+    png = under_root(render_dir, rec.file)
+    same = rec.repair and rec.repair.get("inputs_hash") == ij.inputs_hash
+    if same and png.is_file() and sha256_file(png) == rec.sha256:
+        ij.status = "done"  # repaired with these very inputs: resume skips it
+    return ij
+
+
+def check_inputs(
+    render_dir: str | os.PathLike,
+    *,
+    options: RepairOptions | None = None,
+    cache=None,
+    score: bool = True,
+) -> RepairPlan:
+    """Validate the render folder and options, score each original, and list the faces to re-draw. Writes nothing.
+
+    ``score=False`` skips the scoring (images are left ``repair`` with no faces): validation only.
+
+    >>> plan = check_inputs("renders/ep1", options=RepairOptions(tries=4))  # doctest: +SKIP
+    >>> [(i.record.scene, [f.character for f in i.faces]) for i in plan.pending]  # doctest: +SKIP
+    [('s03-night', ['alice'])]
+    """
+    options = check_options(options or RepairOptions())
+    render_dir = Path(render_dir).expanduser().resolve()
+    manifest = read_manifest(render_dir)
+    render_plan = load_render_plan(render_dir, manifest, options)
+    records = select_records(manifest, options, render_dir / MANIFEST)
     evaluator = choose_evaluator(options, render_plan, records)
     target = evaluator.info.threshold if options.target is None else float(options.target)
+    plan = RepairPlan(render_dir, manifest, render_plan, options, evaluator, target, images=[])
     inpaint_models: dict = {}
-    images: list[ImageJob] = []
     for rec in records:
-        where = f"{mf}: scene {rec.scene!r} (model {rec.model})"
-        for name in rec.characters:
-            if name not in render_plan.characters:
-                known = ", ".join(render_plan.characters) or "none"
-                raise CharkitError(
-                    f"{where}: unknown character {name!r}; the storyboard declares {known}: re-render the scene or "
-                    "add the character back"
-                )
-        job = by_key.get(rec.key)
-        if job is None:
-            raise CharkitError(
-                f"{where}: not in the storyboard any more; run `charkit render {board_path.name}` to bring the "
-                "folder up to date"
-            )
-        as_rendered = replace(render_plan, options=replace(render_plan.options, dtype=rec.dtype, device=rec.device))
-        if inputs_hash(job, as_rendered) != rec.inputs_hash:
-            raise CharkitError(
-                f"{where}: the storyboard, a character or the model changed since this image was rendered; run "
-                f"`charkit render {board_path.name}` first"
-            )
-        try:
-            model = _resolve_inpaint_model(options, job.model, render_plan, inpaint_models)
-            pipeline_class = check_inpaint_model(model.spec, model.path)
-            steps = options.steps or rec.steps
-            check_strength(options.strength, steps)
-            resolution = options.resolution or model.spec.width
-            try:
-                model.spec.check_size(resolution, resolution)
-            except CharkitError as e:
-                raise CharkitError(f"--resolution {resolution}: {e}") from None
-        except CharkitError as e:
-            raise CharkitError(f"{where}: {e}") from None
-        source, sha = original_of(rec, render_dir)
-        conditioned_by = "insightface" if (rec.ip_adapter or {}).get("mode") == "face" else None
-        ij = ImageJob(
-            record=rec,
-            scene_job=job,
-            model=model,
-            pipeline_class=pipeline_class,
-            source=source,
-            source_sha256=sha,
-            steps=steps,
-            guidance=job_guidance(options, model.spec, pipeline_class, rec.guidance),
-            resolution=resolution,
-            independent=evaluator.info.name != conditioned_by,
-            inputs_hash="",
-        )
-        ij.inputs_hash = repair_inputs_hash(ij, options, render_plan, evaluator, target)
-        if (
-            rec.repair
-            and rec.repair.get("inputs_hash") == ij.inputs_hash
-            and under_root(render_dir, rec.file).is_file()
-            and sha256_file(under_root(render_dir, rec.file)) == rec.sha256
-        ):
-            ij.status = "done"
-        images.append(ij)
-
-    plan = RepairPlan(
-        render_dir=render_dir,
-        manifest=manifest,
-        render_plan=render_plan,
-        options=options,
-        evaluator=evaluator,
-        target=target,
-        images=images,
-    )
+        where = f"{render_dir / MANIFEST}: scene {rec.scene!r} (model {rec.model})"
+        job = check_record(rec, render_plan, where)
+        plan.images.append(plan_image(rec, job, plan, where=where, inpaint_models=inpaint_models))
     if score:
-        for ij in plan.images:
-            if ij.status == "repair":
-                find_faces(ij, plan, cache=cache)
+        for ij in plan.pending:
+            find_faces(ij, plan, cache=cache)
     return plan
 
 
