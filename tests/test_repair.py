@@ -367,6 +367,16 @@ def test_a_folder_rendered_with_model_overrides_is_repaired_on_those_models(
     assert [i.key for i in plan.pending] == [("s1", "alt")] and plan.pending[0].model.label == "alt"
 
 
+def test_a_take_locked_in_the_studio_is_left_as_it_is(wrong_person, real_portraits):
+    m = json.loads((wrong_person / MANIFEST).read_text())
+    m["images"][0]["locked"] = True
+    (wrong_person / MANIFEST).write_text(json.dumps(m))
+    before = snapshot(wrong_person)
+    result = repair_render_dir(wrong_person, **OPTS, candidates=donor(real_portraits("obama2.jpg")), progress=False)
+    assert result.repaired == [] and result.locked == [("s1", "sd15")]
+    assert snapshot(wrong_person) == before
+
+
 def test_in_a_two_character_scene_only_the_drifted_face_is_redrawn_with_its_own_lora(
     tiny_models, tiny_loras, render_env, real_portraits, monkeypatch
 ):

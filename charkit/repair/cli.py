@@ -144,7 +144,9 @@ def summary(result) -> str:
     lines = [
         f"repaired {len(kept)} of {len(faces)} drifted face{'s' if len(faces) != 1 else ''} "
         f"({len(faces) - len(kept)} kept the original), unchanged {len(result.skipped)}, "
-        f"passing {len(result.passed)} -> {result.manifest_path}"
+        f"passing {len(result.passed)}"
+        + (f", locked {len(result.locked)}" if result.locked else "")
+        + f" -> {result.manifest_path}"
     ]
     for f in faces:
         if f["kept"]:

@@ -33,15 +33,7 @@ from PIL import Image
 from ..distributed import SingleProcess, device_for, my_share, process_state
 from ..paths import atomic_write_bytes, sha256_file, under_root
 from ..render.distributed import final_merge, partial_path, recover_partials
-from ..render.manifest import (
-    MANIFEST,
-    PARTIAL_GLOB,
-    ImageRecord,
-    Manifest,
-    merge_records,
-    write_manifest,
-    write_partial,
-)
+from ..render.manifest import MANIFEST, PARTIAL_GLOB, ImageRecord, Manifest, update_manifest, write_partial
 from .masks import Box, Crop, crop_inputs, paste, plan_crop
 from .plan import (
     ORIGINALS,
@@ -53,6 +45,7 @@ from .plan import (
     check_inputs,
     job_guidance,
     profiles_for,
+    read_manifest,
 )
 from .records import (
     Decision,
@@ -116,6 +109,7 @@ class RepairResult:
     manifest: Manifest | None
     repaired: list[ImageRepair]  # images whose faces were tried (kept or not), this process's share
     skipped: list[tuple[str, str]]  # already repaired with the same inputs
+    locked: list[tuple[str, str]]  # locked takes (charkit studio): left as they are
     passed: list[tuple[str, str]]  # every face at or above the target
     not_found: list[tuple[str, str, list[str]]]  # (scene, model, characters without a face): reported, not guessed
 
@@ -348,7 +342,11 @@ def record(rep: ImageRepair, ctx: RepairContext) -> ImageRecord:
 
 
 class RepairWriter:
-    """Rewrites manifest.json (single process) or this rank's partial manifest after every image."""
+    """Updates manifest.json (single process) or this rank's partial manifest after every image.
+
+    manifest.json is updated under its file lock (render's :func:`update_manifest`): records another
+    writer (the studio) changed meanwhile survive; only the repaired images' records are replaced.
+    """
 
     def __init__(self, plan: RepairPlan, state):
         self.plan = plan
@@ -356,14 +354,13 @@ class RepairWriter:
         self.new: list[ImageRecord] = []
         self.partial = None if state.num_processes <= 1 else partial_path(plan.render_dir, state.process_index)
 
-    def _full(self) -> Manifest:
-        images = merge_records(self.plan.order, self.plan.manifest.images, self.new)
-        return self.plan.manifest.model_copy(update={"images": images})
+    def _update(self) -> Manifest:
+        return update_manifest(self.plan.render_dir / MANIFEST, self.plan.header, self.plan.order, self.new)
 
     def add(self, rec: ImageRecord) -> None:
         self.new.append(rec)
         if self.partial is None:
-            write_manifest(self.plan.render_dir / MANIFEST, self._full())
+            self._update()
         else:
             write_partial(self.partial, self.new)
 
@@ -372,9 +369,7 @@ class RepairWriter:
         manifest = None
         if self.state.is_main_process:
             if self.partial is None:
-                manifest = self._full()
-                if self.new:
-                    write_manifest(self.plan.render_dir / MANIFEST, manifest)
+                manifest = self._update() if self.new else read_manifest(self.plan.render_dir)
             else:
                 manifest = final_merge(
                     self.plan.render_dir, self.plan.header, self.plan.order, self.plan.manifest.images
@@ -385,7 +380,7 @@ class RepairWriter:
 
 def _fold_partials(render_dir: Path) -> None:
     """Main process: partial manifests of a killed multi-process repair (or render) go into manifest.json first."""
-    from .plan import manifest_header, read_manifest
+    from .plan import manifest_header
 
     if not any(render_dir.glob(PARTIAL_GLOB)):
         return
@@ -477,6 +472,7 @@ def repair_render_dir(
         manifest=manifest,
         repaired=repaired,
         skipped=[i.key for i in plan.images if i.status == "done"],
+        locked=list(plan.locked),
         passed=[i.key for i in plan.images if i.status == "pass"],
         not_found=[(*i.key, list(i.not_found)) for i in plan.images if i.not_found],
     )

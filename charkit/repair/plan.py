@@ -126,6 +126,7 @@ class RepairPlan:
     target: float
     images: list[ImageJob]
     profiles: dict = field(default_factory=dict)  # character -> ReferenceProfile (evaluator space)
+    locked: list[tuple[str, str]] = field(default_factory=list)  # takes locked in the studio: never touched
 
     @property
     def pending(self) -> list[ImageJob]:
@@ -491,6 +492,9 @@ def check_inputs(
     plan = RepairPlan(render_dir, manifest, render_plan, options, evaluator, target, images=[])
     inpaint_models: dict = {}
     for rec in records:
+        if rec.locked:  # a take locked in the studio is kept as it is, as render keeps it
+            plan.locked.append(rec.key)
+            continue
         where = f"{render_dir / MANIFEST}: scene {rec.scene!r} (model {rec.model})"
         job = check_record(rec, render_plan, where)
         plan.images.append(plan_image(rec, job, plan, where=where, inpaint_models=inpaint_models))
