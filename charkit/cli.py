@@ -17,6 +17,7 @@ COMMANDS = {
     "calibrate": "charkit.verify.cli:calibrate",
     "tiny-model": "charkit.families.cli:tiny_model",
     "render": "charkit.render.cli:render",
+    "repair": "charkit.repair.cli:repair",
     "prep": "charkit.dataset.cli:prep",
     "train": "charkit.train.cli:train",
     "demo": "charkit.demo:demo",

@@ -155,6 +155,12 @@ class ImageRecord(_Part):
         default=False,
         description="A locked take (charkit studio): kept by every later render, whatever its inputs_hash or --force.",
     )
+    repair: dict | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,  # render manifests and PNGs stay as they were before repair existed
+        description="Identity repair (charkit repair): tries, seeds, scores before/after, kept or not, evaluator "
+        "(docs/repair.md); absent until a repair was attempted.",
+    )
 
     @property
     def key(self) -> tuple[str, str]:
@@ -254,6 +260,11 @@ class ImageScoreRecord(_Part):
     sha256: str | None = Field(description="sha256 of the image file.")
     notes: list[str] = Field(default_factory=list, description="What intake did to the file (exif-rotated, ...).")
     error: str | None = Field(description="Why the image could not be scored (status error).")
+    repair: dict | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="The manifest's identity-repair record of the image (before/after); else absent.",
+    )
 
 
 class ProfileRecord(_Part):

@@ -81,6 +81,11 @@ class FamilySpec:
     original_layout: str | None = None
     single_file_keys: tuple[str, ...] = ()  # tensor-name fragments that identify an original-layout single file
     detect_priority: int = 0  # lower is checked first (SDXL files also hold SD1.5-style UNet keys)
+    # -- inpainting (identity repair) ----------------------------------------------------------------
+    inpaint_pipeline_class: str | None = None  # masked re-denoising pipeline (None: the family cannot inpaint)
+    inpaint_in_channels: tuple[int, ...] = ()  # denoiser input channels that pipeline accepts (empty: any)
+    fill_pipeline_class: str | None = None  # pipeline of a dedicated fill model (Flux Fill), used when the model is one
+    fill_guidance: float | None = None  # the guidance a fill model is trained for (FLUX.1-Fill-dev: 30)
 
     @property
     def is_flow(self) -> bool:

@@ -60,9 +60,10 @@ class ImageScore:
     order: int = 0  # position along the scene order (manifest order, else sorted path order)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    repair: dict | None = None  # the manifest's identity-repair record (before/after), when the image has one
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "path": self.path,
             "run": self.run,
             "scene": self.scene,
@@ -84,6 +85,9 @@ class ImageScore:
             "notes": list(self.notes),
             "error": self.error,
         }
+        if self.repair is not None:
+            d["repair"] = self.repair
+        return d
 
 
 @dataclass

@@ -52,6 +52,7 @@ class ImageJob:
     model: str | None = None
     prompt: str | None = None
     characters: list[str] | None = None  # declared in a manifest, left to right
+    repair: dict | None = None  # the manifest's identity-repair record (charkit repair)
 
 
 @dataclass
@@ -139,6 +140,7 @@ def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> lis
                     model=img.model,
                     prompt=img.prompt,
                     characters=list(img.characters) or None,
+                    repair=img.repair,
                 )
             )
         # Keep scene order, but group images of one model together (matrix manifests interleave).
@@ -188,6 +190,7 @@ def score(
             analyzed, expected, backend, threshold=threshold, run=job.run, left_to_right=bool(job.characters)
         )
         s.order, s.scene, s.model, s.prompt = job.order, job.scene, job.model, job.prompt
+        s.repair = job.repair
         scores.append(s)
         if analyzed.thumbnail:
             thumbs[s.path] = analyzed.thumbnail

@@ -36,4 +36,9 @@ SPEC = FamilySpec(
     kohya_base="flux1",
     single_file_keys=("double_blocks.", "single_blocks.0.linear1"),
     detect_priority=0,
+    # Any Flux transformer inpaints (latents blended each step); a Fill model (FLUX.1-Fill-dev: more input channels
+    # than output channels, the masked image and mask packed beside the latents) uses its own pipeline.
+    inpaint_pipeline_class="FluxInpaintPipeline",
+    fill_pipeline_class="FluxFillPipeline",
+    fill_guidance=30.0,  # BFL's value for FLUX.1-Fill-dev (diffusers' FluxFillPipeline default)
 )

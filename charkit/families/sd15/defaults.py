@@ -34,4 +34,7 @@ SPEC = FamilySpec(
     kohya_base="sd_v1",
     single_file_keys=("model.diffusion_model.input_blocks.",),
     detect_priority=3,
+    # 4-channel UNets blend the kept latents back in each step; 9-channel inpainting fine-tunes see mask + masked image.
+    inpaint_pipeline_class="StableDiffusionInpaintPipeline",
+    inpaint_in_channels=(4, 9),
 )

@@ -39,4 +39,7 @@ SPEC = FamilySpec(
     kohya_base="sd3",
     single_file_keys=("joint_blocks.",),
     detect_priority=1,
+    # diffusers' SD3 inpaint pipeline takes SD3's own 16 latent channels (blended) or a 33-channel inpainting model.
+    inpaint_pipeline_class="StableDiffusion3InpaintPipeline",
+    inpaint_in_channels=(16, 33),
 )

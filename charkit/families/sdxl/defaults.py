@@ -34,4 +34,7 @@ SPEC = FamilySpec(
     # the second (OpenCLIP) text encoder is what tells SDXL apart: its files also hold input_blocks keys
     single_file_keys=("conditioner.embedders.1.",),
     detect_priority=2,
+    # 4-channel UNets blend the kept latents back in each step; 9-channel inpainting fine-tunes see mask + masked image.
+    inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",
+    inpaint_in_channels=(4, 9),
 )
