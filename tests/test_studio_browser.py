@@ -178,6 +178,7 @@ def test_review_import_reroll_lock_in_a_real_browser(studio_project, faces_dir, 
                 params = take.locator("pre.a1111").inner_text()
                 assert "Seed: 201" in params
                 take.locator("button.copy").click()
+                take.locator("button.copy[data-copied='1']").wait_for()  # the handler awaits the clipboard
                 assert take.locator("button.copy").inner_text() == "copied"
 
                 # -- lock the new take; the page reloads showing it locked
