@@ -15,7 +15,6 @@ imports and repairs are queued on the one worker (:mod:`charkit.studio.jobs`).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import re
@@ -388,20 +387,6 @@ def score_import(folder: Path, record: ImportRecord, board) -> None:
 
 # ---------------------------------------------------------------------------------------- repair
 
-REPAIR_UNAVAILABLE = "repair is not available in this build"
-
-
-def repair_entry():
-    """The repair stage's library function (``charkit.repair.repair``), or a one-line error without it."""
-    try:
-        module = importlib.import_module("charkit.repair")
-    except ImportError:
-        module = None
-    fn = getattr(module, "repair", None)
-    if not callable(fn):
-        raise CharkitError(REPAIR_UNAVAILABLE)
-    return fn
-
 
 def repair_take(
     render_dir: str | os.PathLike,
@@ -410,10 +395,26 @@ def repair_take(
     *,
     settings: RenderSettings,
     progress: Progress,
-):
-    """Re-draw the drifted face of one take (``charkit repair``), keeping the result only when identity rises."""
-    progress(0.05, "loading the repair stage")
-    repair = repair_entry()
+) -> dict:
+    """Re-draw the drifted faces of one scene (``charkit repair --scene``); a try is kept only when identity rises."""
+    import math
+
+    from ..render.manifest import MANIFEST, read_records
+    from ..repair import RepairOptions, repair_render_dir
+
     progress(0.1, f"repairing {scene_id} on {model}")
-    # The one call to adapt when h/repair merges: the repair stage's own lifecycle, on one take.
-    return repair(render_dir, scenes=[scene_id], models=[model], device=settings.device, dtype=settings.dtype)
+    strength = RepairOptions.strength
+    rec = next((r for r in read_records(Path(render_dir) / MANIFEST) if r.key == (scene_id, model)), None)
+    # a short render (a draft at 2 steps) still leaves at least one denoising step at the repair's strength
+    steps = max(rec.steps if rec else 0, math.ceil(1 / strength))
+    result = repair_render_dir(
+        render_dir, scenes=[scene_id], steps=steps, device=settings.device, dtype=settings.dtype, progress=False
+    )
+    faces = [f for r in result.repaired for f in r.faces]
+    missing = sorted({n for s, _, names in result.not_found if s == scene_id for n in names})
+    return {
+        "faces": len(faces),
+        "kept": sum(f.decision.kept for f in faces),
+        "not_found": missing,
+        "passing": sum(1 for s, _ in result.passed if s == scene_id),
+    }

@@ -583,30 +583,35 @@ def _history(run: Run, sid: str) -> list[dict]:
 
 
 def _repair(run: Run, take) -> dict | None:
-    """Repair tries recorded by ``charkit repair`` (the record's ``repair`` field), when there are any."""
+    """What ``charkit repair`` recorded on the take (the record's ``repair``): every face's tries and decision,
+    and the original kept under ``originals/`` (shown as "before repair")."""
     info = (take.raw or {}).get("repair") if take is not None else None
     if not isinstance(info, dict):
         return None
     tries = []
-    for t in info.get("tries", []) if isinstance(info.get("tries"), list) else []:
-        if not isinstance(t, dict):
+    for face in info.get("faces", []) if isinstance(info.get("faces"), list) else []:
+        if not isinstance(face, dict):
             continue
-        f = t.get("file")
-        p = (run.folder / f).resolve() if isinstance(f, str) else None
-        tries.append(
-            {
-                "path": p if p is not None and p.is_relative_to(run.folder) and p.is_file() else None,
-                "similarity": t.get("similarity") if isinstance(t.get("similarity"), (int, float)) else None,
-                "status": str(t.get("status", "")),
-                "kept": bool(t.get("kept")),
-            }
-        )
-    before = info.get("before")
-    bp = (run.folder / before).resolve() if isinstance(before, str) else None
+        for n, t in enumerate(face.get("tries", []) if isinstance(face.get("tries"), list) else []):
+            if isinstance(t, dict):
+                sim = t.get("similarity")
+                tries.append(
+                    {
+                        "path": None,  # tries are scored in memory; only the kept one is written
+                        "similarity": sim if isinstance(sim, (int, float)) else None,
+                        "status": f"{face.get('character', '')} seed {t.get('seed', '')}: {t.get('status', '')}",
+                        "kept": bool(face.get("kept")) and face.get("best_try") == n,
+                    }
+                )
+    original = info.get("original")
+    bp = (run.folder / original).resolve() if isinstance(original, str) else None
+    before, after = info.get("before") or {}, info.get("after") or {}
+    summary = {"kept": bool(info.get("kept")), "evaluator": (info.get("evaluator") or {}).get("name", "")}
+    summary.update({f"{c} before -> after": f"{before.get(c)} -> {after.get(c)}" for c in before})
     return {
         "tries": tries,
         "before": bp if bp is not None and bp.is_relative_to(run.folder) and bp.is_file() else None,
-        "summary": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) and k != "before"},
+        "summary": summary,
     }
 
 
