@@ -19,9 +19,18 @@ from PIL import Image
 import charkit.report as report_toolkit
 from charkit.errors import CharkitError
 from charkit.identity.base import BackendInfo, Face
-from charkit.identity.results import CharacterMatch, ImageScore, ProfileSummary
+from charkit.identity.results import (
+    STATUSES,
+    BackendMatch,
+    BackendVerdict,
+    CharacterMatch,
+    ImageScore,
+    ProfileSummary,
+)
 from charkit.images import load_image, make_thumbnail, thumbnails_for
+from charkit.look import LookMeasures, compare_look, reference_look
 from charkit.verify import report as report_writer
+from charkit.verify.look import RunLook
 from charkit.verify.report import CSV_COLUMNS, render_html, scene_slots, write_report
 from charkit.verify.results import RunSummary, VerifyReport
 
@@ -241,6 +250,29 @@ def build_report() -> VerifyReport:
             pass_rate=0.5,
         ),
     ]
+    for img in images:  # as score_faces records a lone backend: its own verdicts, under its name
+        _one_backend(img, "dlib")
+    for r in runs:
+        r.by_backend = {"dlib": {st: sum(i.status == st for i in images if i.run == r.run) for st in STATUSES}}
+    for c in characters:
+        c.backends = {"dlib": {"references": c.references, "baseline_mean": c.baseline_mean, "threshold": 0.4}}
+    # the look of three faces: s01 (like the references), the two-character image's obama, and the mj image
+    images[0].matches[0].look = _look(0.67, 13.5, 1.6, 22.0, 0.48, 0.20)
+    images[1].matches[0].look = _look(0.86, 9.0, 0.1, 22.5, 0.47, 0.19, face_px=170)
+    images[6].matches[0].look = _look(0.70, 14.0, 1.7, 30.0, 0.25, 0.30)
+    baseline = reference_look([_look(0.66, 13.2, 1.9, 21.3, 0.54, 0.17), _look(0.70, 14.5, 1.3, 23.9, 0.41, 0.24)])
+    look = [
+        RunLook(
+            run,
+            "obama",
+            compare_look(
+                [i.matches[0].look for i in images if i.run == run and i.matches and i.matches[0].look],
+                baseline,
+                name=run,
+            ),
+        )
+        for run in ("sd15", XSS_RUN, "mj")
+    ]
     return VerifyReport(
         backend=backend,
         threshold=0.4,
@@ -249,7 +281,18 @@ def build_report() -> VerifyReport:
         images=images,
         licence_note=XSS_LICENCE,
         charkit_version="0.1.0",
+        look=look,
     )
+
+
+def _one_backend(img: ImageScore, name: str) -> None:
+    img.scores, img.scored_by = {name: BackendVerdict(img.status, img.similarity)}, [name]
+    for m in img.matches:
+        m.scores = {name: BackendMatch(name, m.face, m.similarity, m.distance, m.relative, m.status)}
+
+
+def _look(smooth, sharp, noise, sat, bright, contrast, face_px=300) -> LookMeasures:
+    return LookMeasures(smooth, sharp, noise, sat, bright, contrast, face_px=face_px)
 
 
 # Which photo stands in for each rendered image (resized to the image's declared size, so boxes line up).
@@ -328,6 +371,8 @@ ALLOWED_TAGS = {
     "text",
     "label",
     "input",
+    "h3",
+    "caption",
 }
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -657,7 +702,8 @@ def test_scene_slots_align_plain_folders():
 def test_csv_rows_and_formula_neutralisation(written):
     text = written.csv.read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert tuple(csv.reader(io.StringIO(text)).__next__()) == CSV_COLUMNS
+    header = tuple(csv.reader(io.StringIO(text)).__next__())
+    assert header == report_writer.csv_columns(build_report()) == (*CSV_COLUMNS, "dlib_similarity", "dlib_status")
     # one row per (image, expected character): 6 one-character images + 2 two-character images
     assert len(rows) == 10
     two = [r for r in rows if r["path"] == f"renders/sd15/{XSS_FILE}"]
@@ -715,6 +761,7 @@ def test_golden_json_csv_and_html_fragments(written):
     html = written.html.read_text(encoding="utf-8")
     _golden("report_summary.html", _fragment(html, "summary"))
     _golden("report_plot.html", _fragment(html, "plot"))
+    _golden("report_look.html", _fragment(html, "look"))
 
 
 # -- thumbnails ------------------------------------------------------------------------------
