@@ -243,7 +243,8 @@ class BackendMatchRecord(_Part):
     relative: float | None = Field(description="similarity / this backend's leave-one-out baseline.")
     status: Literal["pass", "drift", "missing"] = Field(description="pass, drift, or missing (no opinion).")
     independent: bool = Field(
-        default=True, description="False: this model conditioned the image (FaceID), so its score was not counted."
+        default=True,
+        description="False: this model conditioned the image (FaceID); it is counted only with --allow-same-evaluator.",
     )
 
 
@@ -270,7 +271,9 @@ class BackendVerdictRecord(_Part):
 
     status: Status = Field(description="pass, drift, no_face or error, as this backend alone sees it.")
     similarity: float | None = Field(description="Its worst similarity over the expected characters.")
-    independent: bool = Field(default=True, description="False: this model conditioned the image (not counted).")
+    independent: bool = Field(
+        default=True, description="False: this model conditioned the image (counted only with --allow-same-evaluator)."
+    )
 
 
 class ImageScoreRecord(_Part):

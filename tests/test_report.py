@@ -865,3 +865,85 @@ def test_bad_input_writes_nothing(report, tmp_path):
         write_report(report, blocker)
     with pytest.raises(CharkitError, match="not a folder"):
         write_report(report, blocker / "sub")
+
+
+# -- several backends ------------------------------------------------------------------------------
+
+
+def build_panel_report() -> VerifyReport:
+    """dlib + sface: one image they agree on, one they disagree on, one FaceID image sface 'conditioned'."""
+    from charkit.identity.panel import COMBINED_METRIC, COMBINED_RULE
+
+    rep = build_report()
+    dlib = rep.backend
+    sface = BackendInfo("sface", "YuNet + SFace", "ab" * 32, 128, "cosine", 0.4, "Apache-2.0")
+    panel_info = BackendInfo("dlib+sface", "dlib; sface", "cd" * 32, 0, COMBINED_METRIC, 0.0, "CC0; Apache-2.0")
+    imgs = [rep.images[0], rep.images[3], rep.images[7]]
+    verdicts = [
+        (("pass", 0.61), ("pass", 0.66), True, None),
+        (("drift", 0.37), ("pass", 0.44), False, None),
+        (("pass", 0.52), ("pass", 0.71), None, "sface"),
+    ]
+    for img, (d, s, agree, conditioned) in zip(imgs, verdicts):
+        (m,) = img.matches
+        counted = ["dlib"] if conditioned == "sface" else ["dlib", "sface"]
+        m.scores = {
+            "dlib": BackendMatch("dlib", 0, d[1], 1 - d[1], d[1] / 0.62, d[0]),
+            "sface": BackendMatch("sface", 0, s[1], 1 - s[1], s[1] / 0.62, s[0], independent=conditioned != "sface"),
+        }
+        m.agree, m.status = agree, "drift" if agree is False else "pass"
+        m.similarity = sum((v[1] - 0.4) / 0.6 for v, n in ((d, "dlib"), (s, "sface")) if n in counted) / len(counted)
+        img.status, img.similarity = m.status, m.similarity
+        img.scores = {"dlib": BackendVerdict(*d), "sface": BackendVerdict(*s, independent=conditioned != "sface")}
+        img.scored_by, img.conditioned_by = counted, conditioned
+    rep.images = imgs
+    rep.backend, rep.backends, rep.combined_rule, rep.threshold = panel_info, [dlib, sface], COMBINED_RULE, 0.0
+    rep.runs = [RunSummary("sd15", 3, 2, 1, 0, 0, 0.1, -0.05, 2 / 3, compared=2, disagreements=1)]
+    return rep
+
+
+def test_panel_report_names_every_backend_and_flags_disagreements():
+    rep = build_panel_report()
+    record = json.loads(report_writer.render_json(rep))  # validates as VerifyReportFile
+    assert [b["name"] for b in record["backends"]] == ["dlib", "sface"] and record["backend"]["dim"] == 0
+    assert [i["disagree"] for i in record["images"]] == [False, True, False]
+    assert record["images"][2]["matches"][0]["scores"]["sface"]["independent"] is False
+    t = parse_html(render_html(rep))
+    (dis,) = t.root.find_all("table", "disagreements")
+    (row,) = dis.find_all("tbody")[0].find_all("tr")
+    assert [td.text() for td in row.find_all("td")][3:] == ["obama", "drift 0.008", "0.370 drift", "0.440 pass"]
+    header = t.root.find_all("dl", "backend")[0].text()
+    assert "dlib" in header and "sface" in header and "YuNet + SFace" in header and COMBINED_RULE_WORDS in t.root.text()
+    cards = {c.find_all("p", "file")[0].attrs["title"]: c for c in t.root.find_all("figure", "card")}
+    faceid = cards[rep.images[2].path]
+    assert "conditioned by sface (IP-Adapter FaceID)" in faceid.text() and "scored by dlib" in faceid.text()
+    (nc,) = faceid.find_all("li", "not-counted")
+    assert "sface" in nc.text() and "not counted" in nc.text()
+    assert [s.text() for s in cards[rep.images[1].path].find_all("span", "disagree")] == ["backends disagree"]
+    assert "combined score" in _plot(t).text()
+    summary = t.root.find_all("table", "summary")[0]
+    assert [th.text() for th in summary.find_all("th")][-3:] == ["dlib pass", "sface pass", "backends agree"]
+    assert "50% (1 of 2)" in summary.text()
+    rows = list(csv.DictReader(io.StringIO(report_writer.render_csv(rep))))
+    assert [(r["agree"], r["dlib_status"], r["sface_status"], r["conditioned_by"]) for r in rows] == [
+        ("yes", "pass", "pass", ""),
+        ("no", "drift", "pass", ""),
+        ("", "pass", "pass", "sface"),
+    ]
+
+
+COMBINED_RULE_WORDS = "passes only when every counted backend with an opinion passes"
+
+
+def test_look_plot_clips_far_faces_to_arrows():
+    from charkit.verify.look_view import build_look_views
+
+    rep = build_report()
+    (view,) = build_look_views(rep.look, {"sd15": "#111111", XSS_RUN: "#222222", "mj": "#333333"})
+    assert [t.run for t in view.tables] == ["sd15", XSS_RUN, "mj"] and view.references == 2
+    assert [len(t.rows) for t in view.tables] == [6, 0, 6] and view.tables[1].notes == ["no face measured in this run"]
+    mj = next(s for s in view.plot.series if s.run == "mj")
+    arrows = [d for d in mj.dots if d.arrow]
+    assert arrows and all(d.x in (view.plot.left, view.plot.right) for d in arrows)  # saturation 30 is far above
+    lo, hi = view.plot.band
+    assert view.plot.left < lo < hi < view.plot.right and len(mj.dots) == 6 and len(mj.medians) == 6

@@ -235,8 +235,13 @@ def combine_match(
     index: dict[str, list[int]],
     counted: set[str],
     thresholds: dict[str, float],
+    conditioned_by: str | None = None,
 ) -> CharacterMatch:
-    """One character's combined verdict from each backend's match (rule: :data:`COMBINED_RULE`)."""
+    """One character's combined verdict from each backend's match (rule: :data:`COMBINED_RULE`).
+
+    ``counted``: the backends whose opinions decide; ``conditioned_by``: the model that conditioned the
+    image (its opinion is recorded as not independent, and counted only under --allow-same-evaluator).
+    """
     scores = {
         n: BackendMatch(
             backend=n,
@@ -245,7 +250,7 @@ def combine_match(
             distance=m.distance,
             relative=m.relative,
             status=m.status,
-            independent=n in counted,
+            independent=n != conditioned_by,
         )
         for n, m in per.items()
     }
@@ -317,7 +322,7 @@ def score_panel(
         height=first.height,
         sha256=first.sha256,
         notes=_notes(analyses, index, panel, counted),
-        scores={n: BackendVerdict(s.status, s.similarity, n in counted) for n, s in per.items()},
+        scores={n: BackendVerdict(s.status, s.similarity, n != conditioned_by) for n, s in per.items()},
         scored_by=[n for n in panel.names if n in counted],
         conditioned_by=conditioned_by,
     )
@@ -326,8 +331,16 @@ def score_panel(
     if all(per[n].status == "no_face" for n in counted):
         return ImageScore(status="no_face", missing=[p.name for p in profiles], **base)
     thresholds = {b.name: b.info.threshold for b in panel.backends}
+    none = lambda name: CharacterMatch(name, None, None, None, None, "missing")  # a backend that saw no face
     matches = [
-        combine_match(p.name, {n: s.matches[i] for n, s in per.items()}, index, counted, thresholds)
+        combine_match(
+            p.name,
+            {n: s.matches[i] if s.matches else none(p.name) for n, s in per.items()},
+            index,
+            counted,
+            thresholds,
+            conditioned_by,
+        )
         for i, p in enumerate(profiles)
     ]
     swapped = [pair for pair in dict.fromkeys(tuple(x) for n in panel.names if n in counted for x in per[n].swapped)]

@@ -24,7 +24,7 @@ class BackendMatch:
     distance: float | None
     relative: float | None
     status: str  # "pass" | "drift" | "missing" (this backend has no opinion: no face, or none it could embed)
-    independent: bool = True  # False: this model conditioned the image, its score is not counted
+    independent: bool = True  # False: this model conditioned the image (counted only under --allow-same-evaluator)
 
     def to_dict(self) -> dict:
         return {

@@ -48,8 +48,8 @@ def measure_box(f: ImageFile, box, cache: FaceCache | None) -> LookMeasures | st
         m = measure_look(pixels, tuple(box), scale_to=SCALE_TO)
     except (CharkitError, ValueError) as e:  # a face box too small or off the image
         return f"look not measured: {e}"
-    if cache is not None and f.sha256 is not None:
-        cache.put_extra(_KIND, f.sha256, key, m.to_dict())
+    if cache is not None and f.sha256 is not None:  # full precision: a cached run reports what a fresh one does
+        cache.put_extra(_KIND, f.sha256, key, {"look": m.values(), "face_px": m.face_px, "scale_to": m.scale_to})
     return m
 
 

@@ -470,9 +470,9 @@ def build_view(report: VerifyReport, thumbnails: dict[str, bytes] | None = None)
     )
 
 
-def _backend_lines(m) -> list[BackendLine]:
+def _backend_lines(m, scored_by: list[str]) -> list[BackendLine]:
     return [
-        BackendLine(backend=n, similarity=_fmt(b.similarity), status=b.status, counted=b.independent)
+        BackendLine(backend=n, similarity=_fmt(b.similarity), status=b.status, counted=n in scored_by)
         for n, b in m.scores.items()
     ]
 
@@ -486,7 +486,7 @@ def _disagreements(card: Card) -> list[Disagreement]:
             path=card.image.path,
             character=m.character,
             combined=f"{m.status} {_fmt(m.similarity)}",
-            backends=_backend_lines(m),
+            backends=_backend_lines(m, card.image.scored_by),
         )
         for m in card.image.matches
         if m.agree is False
@@ -547,7 +547,7 @@ def _card(img: ImageScore, slot: Slot, run_index: int, colour: str, thumb: str |
             similarity=_fmt(m.similarity),
             relative=_rel(m.relative),
             status=m.status,
-            backends=_backend_lines(m) if len(m.scores) > 1 else [],
+            backends=_backend_lines(m, img.scored_by) if len(m.scores) > 1 else [],
             agree=m.agree,
         )
         for m in img.matches
