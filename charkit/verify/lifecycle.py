@@ -315,10 +315,12 @@ def verify(
     cache: FaceCache | None = None,
     progress: bool = False,
     allow_same_evaluator: bool = False,
+    look_profile: bool = True,
 ) -> VerifyReport:
     """Score images against characters and (with ``out``) write the reports.
 
-    ``backend`` defaults to ``get_scorer("auto")`` (dlib + sface); ``threshold`` overrides a lone backend's.
+    ``backend`` defaults to ``get_scorer("auto")`` (dlib + sface); ``threshold`` overrides a lone backend's;
+    ``look_profile=False`` skips the look measurements.
 
     >>> report = verify(["renders/"], characters=["characters/alice"], out="renders/")  # doctest: +SKIP
     >>> report.runs[0].pass_rate  # doctest: +SKIP
@@ -343,6 +345,7 @@ def verify(
         threshold=threshold,
         progress=progress,
         allow_same_evaluator=allow_same_evaluator,
+        look=look_profile,
     )
     report = VerifyReport(
         backend=backend.info,
@@ -355,7 +358,7 @@ def verify(
         backends=[b.info for b in backends_of(backend)],
         combined_rule=COMBINED_RULE if panel else None,
         allow_same_evaluator=allow_same_evaluator,
-        look=look(scores, profiles, cache=cache),
+        look=look(scores, profiles, cache=cache) if look_profile else [],
     )
     if out is not None:
         record(report, out, thumbs)
