@@ -352,6 +352,7 @@ def test_render_summary_counts_scenes_without_a_face(tiny_models, render_env):
             "project": "noise",
             "output": "out",
             "characters": {"alice": "characters/alice"},
+            "identity": {"backend": ["dlib", "sface"]},  # best-of-N by the combined score
             "defaults": {
                 "model": model_entry("sd15", tiny_models("sd15"), adapters=False),
                 "size": {"width": 32, "height": 32},
@@ -363,6 +364,23 @@ def test_render_summary_counts_scenes_without_a_face(tiny_models, render_env):
     r = CliRunner().invoke(render, [str(board), "--quiet"])
     assert r.exit_code == 0, r.output
     assert r.output.rstrip().endswith("; 2 scene(s) showed no face")  # tiny random models draw noise
+    manifest = json.loads((board.parent / "out" / "manifest.json").read_text())
+    assert [i["identity"] for i in manifest["images"]] == [
+        {"similarity": None, "status": "no_face", "backend": "dlib+sface"}
+    ] * 2
+
+
+def test_studio_lists_each_backend_of_a_panel_report(two_backend_report):
+    from charkit.stagefiles import VerifyReportFile, read_stage_file
+    from charkit.studio.project import _scores_of
+
+    out, _ = two_backend_report
+    report = read_stage_file(out / "report.json", VerifyReportFile)
+    blur = next(i for i in report.images if i.path.endswith("s03.jpg"))
+    assert [(s.backend, s.status) for s in _scores_of(blur, report.backend.name, "r")] == [
+        ("dlib", "drift"),
+        ("sface", "pass"),
+    ]
 
 
 def test_character_show_explains_a_single_reference(characters_root):
