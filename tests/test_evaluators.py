@@ -452,3 +452,17 @@ def test_auto_is_the_offline_pair_and_names_are_deduplicated():
     panel = get_scorer("auto")
     assert panel.info.name == "dlib+sface" and panel.info.threshold == 0.0 and panel.info.dim == 0
     assert [i.name for i in panel.infos] == ["dlib", "sface"]
+
+
+def test_render_verify_with_a_panel_and_a_storyboard_threshold(shots, characters_root, face_cache):
+    from charkit.verify import verify
+
+    panel = get_scorer(["dlib", "sface"], threshold=0.45)  # as render builds it from identity.threshold
+    report = verify(
+        [shots / "s01.jpg"], characters=[characters_root / "obama"], backend=panel, threshold=0.45, cache=face_cache
+    )
+    assert [b.threshold for b in report.members] == [0.45, 0.45] and report.threshold == 0.0
+    with pytest.raises(CharkitError, match="a panel's thresholds are its backends'"):
+        verify(
+            [shots / "s01.jpg"], characters=[characters_root / "obama"], backend=panel, threshold=0.5, cache=face_cache
+        )

@@ -331,7 +331,11 @@ def verify(
     check_independence(inputs, backend, allow_same_evaluator=allow_same_evaluator)
     panel = isinstance(backend, BackendPanel)
     if panel and threshold is not None:
-        raise CharkitError("threshold: a panel's thresholds are its backends' (get_scorer(names, threshold=...))")
+        if any(b.info.threshold != float(threshold) for b in backend.backends):
+            raise CharkitError(
+                f"threshold {threshold}: a panel's thresholds are its backends' (get_scorer(names, threshold=...))"
+            )
+        threshold = None  # already each member's (render passes the storyboard's identity.threshold on)
     if threshold is not None:
         threshold = check_threshold(threshold, backend.info.name, calibrated=backend.info.threshold)
     cache = cache if cache is not None else FaceCache()
