@@ -1,6 +1,6 @@
 """The verify stage: score folders of images against characters and write identity-drift reports.
 
-    lifecycle.py   check_inputs -> check_independence -> load_profiles -> score -> look -> summarize -> record
+    lifecycle.py   check_inputs -> check_independence -> load_profiles -> score -> look_profiles -> summarize -> record
     results.py     typed results: RunSummary, CharacterCount, VerifyReport (what report.json holds)
     look.py        the look profile of a run: matched faces measured, set against the references
     report.py      report.json, report.csv and report.html (through the shared report toolkit)
@@ -14,7 +14,16 @@ runs and scene order, which model may judge which image, and records it.
 
 from __future__ import annotations
 
-from .lifecycle import check_independence, check_inputs, collect, load_profiles, look, score, summarize, verify
+from .lifecycle import (
+    check_independence,
+    check_inputs,
+    collect,
+    load_profiles,
+    look_profiles,
+    score,
+    summarize,
+    verify,
+)
 from .results import CharacterCount, RunSummary, VerifyReport
 
 __all__ = [
@@ -25,7 +34,7 @@ __all__ = [
     "check_inputs",
     "collect",
     "load_profiles",
-    "look",
+    "look_profiles",
     "score",
     "summarize",
     "verify",

@@ -2,7 +2,7 @@
 
 Lifecycle (each step a public function)::
 
-    check_inputs -> check_independence -> load_profiles -> score -> look -> summarize -> record
+    check_inputs -> check_independence -> load_profiles -> score -> look_profiles -> summarize -> record
 
 (``collect`` lists one folder's images for ``check_inputs``.)
 
@@ -255,7 +255,7 @@ def score(
     return scores, thumbs
 
 
-def look(scores: list[ImageScore], profiles: dict, *, cache: FaceCache | None) -> list[RunLook]:
+def look_profiles(scores: list[ImageScore], profiles: dict, *, cache: FaceCache | None) -> list[RunLook]:
     """Per run and character: the look of the matched faces against the character's reference photos."""
     return compare_runs(scores, reference_looks(profiles, cache))
 
@@ -362,7 +362,7 @@ def verify(
         backends=[b.info for b in backends_of(backend)],
         combined_rule=COMBINED_RULE if panel else None,
         allow_same_evaluator=allow_same_evaluator,
-        look=look(scores, profiles, cache=cache) if look_profile else [],
+        look=look_profiles(scores, profiles, cache=cache) if look_profile else [],
     )
     if out is not None:
         record(report, out, thumbs)
