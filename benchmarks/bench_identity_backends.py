@@ -10,7 +10,8 @@ Prints four ratios (goals in brackets):
 
 The images are the public-domain test portraits (tests/data/faces: 910x1137 to 1434x2333, one face
 each), decoded once outside the timings; "scoring" is charkit's score_image on the decoded array
-against an obama profile of the same backend (detect, embed, assign, status), so the two-backend
+against an obama profile of the same backend (detect, embed, assign, status); "both" is score_image
+with a BackendPanel of the two (each backend's score, then the combined decision), so the two-backend
 time is what a caller pays for a second, independent evaluator on every image. One thread each
 (OMP_NUM_THREADS=1; sface's OpenCV pool follows it, dlib is single-threaded); times are CPU seconds
 of this process (each image's best of N runs, summed), so a busy shared box does not skew the ratios.
@@ -50,13 +51,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from charkit.identity import build_profile, score_image
+    from charkit.identity import BackendPanel, build_profile, score_image
     from charkit.identity.dlib_backend import DlibBackend
     from charkit.identity.sface_backend import SFaceBackend
 
     images = [np.asarray(Image.open(FACES / f).convert("RGB")) for f in PHOTOS]
     backends = {"dlib": DlibBackend(), "sface": SFaceBackend()}
-    profiles = {n: build_profile("obama", [FACES / "obama.jpg", FACES / "obama2.jpg"], b) for n, b in backends.items()}
+    panel = BackendPanel(list(backends.values()))
+    refs = [FACES / "obama.jpg", FACES / "obama2.jpg"]
+    profiles = {n: build_profile("obama", refs, b) for n, b in {**backends, "both": panel}.items()}
     for b in backends.values():  # warm-up: model loading and first-call set-up are start-up cost
         b.analyze(images[0])
     score_image(images[0], [profiles["dlib"]], backends["dlib"])  # scipy import
@@ -70,7 +73,7 @@ def main() -> None:
         "analyze sface": per_image(backends["sface"].analyze),
         "score dlib": per_image(lambda im: score_image(im, [profiles["dlib"]], backends["dlib"])),
         "score sface": per_image(lambda im: score_image(im, [profiles["sface"]], backends["sface"])),
-        "score both": per_image(lambda im: [score_image(im, [profiles[n]], backends[n]) for n in ("dlib", "sface")]),
+        "score both": per_image(lambda im: score_image(im, [profiles["both"]], panel)),  # one combined verdict
     }
     # where the time goes, per face (every photo holds one)
     stages = {}

@@ -2,9 +2,11 @@
 
     python benchmarks/bench_verify.py [--images N]
 
-Prints two ratios (goals in brackets):
+Prints four ratios (goals in brackets):
   throughput  charkit images/s / plain dlib loop images/s   [>= 0.9]
   re-verify   first run time / second run time (warm cache) [>= 20]
+  two vs one  verify with dlib + sface (auto) / with dlib alone, end to end   (the price of a second opinion)
+  look        verify with the look profile / without it (dlib)               (the price of the look profile)
 
 The image set is made from the public-domain test portraits (tests/data/faces) at several sizes,
 mirrored; all at most 1280 px so that charkit and the plain loop detect at the same resolution and
@@ -75,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from charkit.character import CharacterSpec, load_character, save_spec
-    from charkit.identity import FaceCache, profile_for_character
+    from charkit.identity import FaceCache, get_scorer, profile_for_character
     from charkit.identity.dlib_backend import DlibBackend
     from charkit.verify import verify
 
@@ -112,6 +114,7 @@ def main() -> None:
         t = time.perf_counter()
         verify([tmp / "images"], characters=[char], backend=backend, cache=FaceCache(cache_dir), out=tmp / "r2")
         t_second = time.perf_counter() - t
+        t_panel, t_nolook = second_opinion_and_look(tmp, char, backend, get_scorer("auto"), verify, FaceCache)
 
         agree = sum(
             1
@@ -128,6 +131,20 @@ def main() -> None:
         print(f"re-verify       : {t_second:.3f} s (warm cache)")
         print(f"RATIO throughput charkit/plain = {t_plain / t_first:.2f}  (goal >= 0.9)")
         print(f"RATIO re-verify speed-up first/second = {t_first / t_second:.1f}x  (goal >= 20)")
+        print(f"RATIO two backends (dlib + sface) / dlib alone, verify end to end = {t_panel / t_first:.2f}")
+        print(f"RATIO with the look profile / without it = {t_first / t_nolook:.2f}")
+
+
+def second_opinion_and_look(tmp: Path, char: Path, backend, panel, verify, FaceCache) -> tuple[float, float]:
+    """First-run times of verify with the auto pair, and of dlib without the look profile (references cached)."""
+    times = []
+    for i, (scorer, look) in enumerate(((panel, True), (backend, False))):
+        cache = FaceCache(tmp / f"extra{i}")
+        verify([char / "refs"], characters=[char], backend=scorer, cache=cache, out=tmp / f"warm{i}")  # refs, imports
+        t = time.perf_counter()
+        verify([tmp / "images"], characters=[char], backend=scorer, cache=cache, out=tmp / f"x{i}", look_profile=look)
+        times.append(time.perf_counter() - t)
+    return times[0], times[1]
 
 
 if __name__ == "__main__":

@@ -63,26 +63,42 @@ def init(name, refs, root, trigger, class_word, description, negative_prompt, fo
     type=click.Path(path_type=str),
     help="Folder that holds the character folders.",
 )
-@backend_option(help_text="Face model used for the reference statistics.")
+@backend_option(help_text="Face model used for the reference statistics.", multiple=True)
 @face_models_option()
 def show(name, root, backend, face_models):
-    """Print a character and its reference statistics (faces, leave-one-out baseline, outliers)."""
-    from .identity import get_backend, profile_for_character
+    """Print a character and its reference statistics (faces, leave-one-out baseline, outliers), per backend."""
+    from .identity import backends_of, get_scorer, profile_for_character
 
     ch = load_character(name, root)
     click.echo(f"[{ch.dir}]")
     for key, value in ch.spec.model_dump().items():
         click.echo(f"{key} = {value!r}")
-    fb = get_backend(backend, face_models=face_models)
-    p = profile_for_character(ch, fb)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"
-    click.echo(f"references: {len(ch.ref_paths())} files, {len(p.used)} in the centroid ({fb.info.name})")
-    click.echo(
-        f"baseline (leave-one-out similarity): mean {fmt(p.baseline_mean)}, min {fmt(p.baseline_min)}; "
-        f"threshold {fb.info.threshold:.2f}"
-    )
+    for fb in backends_of(get_scorer(backend, face_models=face_models)):
+        echo_profile(ch, profile_for_character(ch, fb), fb.info)
+
+
+def echo_profile(ch, p, info) -> None:
+    """One backend's view of the references; a lone reference is explained, never a bare nan."""
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}"
+    click.echo(f"references ({info.name}): {len(ch.ref_paths())} files, {len(p.used)} in the centroid")
+    if len(p.used) < 2:
+        click.echo(
+            f"baseline: none: the leave-one-out baseline compares each reference with the others, and "
+            f"{len(p.used)} usable reference leaves nothing to compare; add photos (10-30 is best); "
+            f"threshold {info.threshold:.2f}"
+        )
+    else:
+        click.echo(
+            f"baseline (leave-one-out similarity): mean {fmt(p.baseline_mean)}, min {fmt(p.baseline_min)}; "
+            f"threshold {info.threshold:.2f}"
+        )
     for path in p.paths:
         flag = "  OUTLIER" if path in p.outliers else ""
-        click.echo(f"  {fmt(p.loo.get(path))}  {path}{flag}")
+        loo = p.loo.get(path)
+        score = fmt(loo) if loo is not None and loo == loo else "  -  "
+        click.echo(
+            f"  {score}  {path}{flag}"
+            + ("  (only reference: no other photo to compare with)" if score.strip() == "-" else "")
+        )
     for r in p.rejected:
         click.echo(f"  rejected {r.path}: {r.reason}")

@@ -77,14 +77,19 @@ def dtype_option(help_text: str = "Precision (auto: bf16 on GPUs that have it, e
     )
 
 
-def backend_option(default: str | None = "auto", help_text: str = "Face model that scores identity.", **kw):
+def backend_option(
+    default: str | None = "auto", help_text: str = "Face model that scores identity.", *, multiple: bool = False, **kw
+):
+    """``--backend``; with ``multiple``, repeatable (several backends score together: a combined decision)."""
+    several = " Repeat to score with several (every face gets each one's similarity and one combined decision)."
     return click.option(
         "--backend",
         type=click.Choice(_backends()),
-        default=default,
+        default=((default,) if default is not None else ()) if multiple else default,
+        multiple=multiple,
         show_default=default is not None,
-        help=f"{help_text} dlib and sface run offline from PyPI packages; insightface needs a pack (--face-models); "
-        "auto prefers insightface when a pack is found, else dlib.",
+        help=f"{help_text} dlib and sface run offline from PyPI packages; insightface needs a pack (--face-models) "
+        f"and is used only when named; auto: dlib and sface, two unrelated models.{several if multiple else ''}",
         **kw,
     )
 

@@ -226,15 +226,60 @@ class FaceRecord(_Part):
         return d
 
 
+class LookRecord(_Part):
+    """How one face looks, measured at matched scale (docs/look.md): a measurement, not a realism verdict."""
+
+    smoothness: float = Field(description="0-1, higher = smoother (the 'airbrushed' index: little fine detail).")
+    sharpness: float = Field(description="Steepest edges, % of the face's tonal range per matched pixel.")
+    noise: float = Field(description="Grain: robust sigma in 8-bit luma levels, in the flattest half of the face.")
+    saturation: float = Field(description="Mean CIELAB chroma C*ab over the face and a ring around it.")
+    brightness: float = Field(description="Mean Rec. 709 luma Y' (0-1) over the face and the ring.")
+    contrast: float = Field(description="Standard deviation of Y' over the face and the ring.")
+    face_px: int = Field(description="Face box side in the image's pixels.")
+    scale_to: int = Field(default=256, description="The side the face was resampled to before measuring.")
+    character: str | None = Field(default=None, description="Whose face (on an image's look: the first character).")
+
+
+class BackendMatchRecord(_Part):
+    """One backend's opinion of a character in an image, in that backend's own similarity scale."""
+
+    face: int | None = Field(description="Index into faces; None when this backend found no face for the character.")
+    similarity: float | None = Field(description="This backend's similarity to its own reference centroid.")
+    distance: float | None = Field(description="Its native distance.")
+    relative: float | None = Field(description="similarity / this backend's leave-one-out baseline.")
+    status: Literal["pass", "drift", "missing"] = Field(description="pass, drift, or missing (no opinion).")
+    independent: bool = Field(
+        default=True,
+        description="False: this model conditioned the image (FaceID); it is counted only with --allow-same-evaluator.",
+    )
+
+
 class CharacterMatchRecord(_Part):
     """Which detected face is this character's, and how close it is to the reference centroid."""
 
     character: str = Field(description="Character name.")
     face: int | None = Field(description="Index into faces; None when no face was left for the character.")
-    similarity: float | None = Field(description="Similarity to the character's centroid.")
-    distance: float | None = Field(description="The backend's native distance.")
+    similarity: float | None = Field(
+        description="Similarity to the character's centroid; with several backends, the combined score."
+    )
+    distance: float | None = Field(description="The backend's native distance (None for a combined score).")
     relative: float | None = Field(description="similarity / the character's leave-one-out baseline.")
     status: Literal["pass", "drift", "missing"] = Field(description="pass, drift or missing.")
+    scores: dict[str, BackendMatchRecord] = Field(default_factory=dict, description="Each scoring backend's opinion.")
+    agree: bool | None = Field(
+        default=None, description="Whether the counted backends agree (None: fewer than two gave an opinion)."
+    )
+    look: LookRecord | None = Field(default=None, description="How this character's face looks (None: not measured).")
+
+
+class BackendVerdictRecord(_Part):
+    """One backend's verdict on a whole image."""
+
+    status: Status = Field(description="pass, drift, no_face or error, as this backend alone sees it.")
+    similarity: float | None = Field(description="Its worst similarity over the expected characters.")
+    independent: bool = Field(
+        default=True, description="False: this model conditioned the image (counted only with --allow-same-evaluator)."
+    )
 
 
 class ImageScoreRecord(_Part):
@@ -265,6 +310,13 @@ class ImageScoreRecord(_Part):
         exclude_if=lambda v: v is None,
         description="The manifest's identity-repair record of the image (before/after); else absent.",
     )
+    scores: dict[str, BackendVerdictRecord] = Field(default_factory=dict, description="Each backend's verdict.")
+    scored_by: list[str] = Field(default_factory=list, description="Backends whose verdicts made the decision.")
+    conditioned_by: str | None = Field(
+        default=None, description="Face model that conditioned the image (FaceID: insightface), from the manifest."
+    )
+    disagree: bool = Field(default=False, description="True when the counted backends disagree on a character.")
+    look: LookRecord | None = Field(default=None, description="How the first character's face looks.")
 
 
 class ProfileRecord(_Part):
@@ -277,6 +329,9 @@ class ProfileRecord(_Part):
     baseline_min: float | None = Field(description="Lowest leave-one-out similarity.")
     outliers: list[str] = Field(default_factory=list, description="References left out of the centroid.")
     rejected: list[dict] = Field(default_factory=list, description="Unusable references: {path, reason}.")
+    backends: dict[str, dict] = Field(
+        default_factory=dict, description="Per backend: {references, baseline_mean, baseline_min, threshold}."
+    )
 
 
 class RunSummaryRecord(_Part):
@@ -291,6 +346,55 @@ class RunSummaryRecord(_Part):
     mean_similarity: float | None = Field(description="Mean similarity over images with a face.")
     min_similarity: float | None = Field(description="Lowest similarity.")
     pass_rate: float | None = Field(description="pass / images with a face.")
+    by_backend: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Per backend: its own pass / drift / no_face / error counts."
+    )
+    compared: int = Field(default=0, description="Character faces that two or more backends gave an opinion on.")
+    disagreements: int = Field(default=0, description="... of which the backends disagreed on.")
+    agreement: float | None = Field(default=None, description="(compared - disagreements) / compared.")
+
+
+class MeasureComparisonRecord(_Part):
+    """One look measure of a run against the references."""
+
+    median: float = Field(description="Median over the run's faces.")
+    p10: float = Field(description="10th percentile.")
+    p90: float = Field(description="90th percentile.")
+    relation: Literal["within", "above", "below", "wider"] = Field(description="Where the run sits (docs/look.md).")
+    above: int = Field(description="Faces above the references' padded range.")
+    below: int = Field(description="Faces below it.")
+    statement: str = Field(description="The plain-language statement.")
+
+
+class MeasureRangeRecord(_Part):
+    min: float = Field(description="Lowest value over the reference photos.")
+    max: float = Field(description="Highest value.")
+    mean: float = Field(description="Mean.")
+    std: float = Field(description="Standard deviation.")
+    resolution: float = Field(description="Padding on each end: the measure's repeatability.")
+
+
+class LookBaselineRecord(_Part):
+    references: int = Field(description="Reference photos measured.")
+    scale_to: int = Field(description="Matched face side.")
+    upsampled: int = Field(default=0, description="References whose face was smaller than scale_to.")
+    ranges: dict[str, MeasureRangeRecord] = Field(description="Per measure: the references' range.")
+
+
+class RunLookRecord(_Part):
+    """A run's look profile against one character's reference photos."""
+
+    run: str = Field(description="Run label.")
+    character: str = Field(description="Character whose reference photos are the baseline.")
+    name: str = Field(description="Run label (as the look engine names the comparison).")
+    images: int = Field(description="Faces measured.")
+    upsampled: int = Field(default=0, description="Faces smaller than scale_to (upscaled before measuring).")
+    measures: dict[str, MeasureComparisonRecord] = Field(description="Per measure: distribution and statement.")
+    statements: list[str] = Field(description="One statement per measure (and a note on upscaled faces).")
+    positions: list[dict[str, float]] = Field(
+        default_factory=list, description="Per face: each measure's position (-1..+1 = the references' range)."
+    )
+    baseline: LookBaselineRecord = Field(description="The references' ranges.")
 
 
 class BaselineRecord(_Part):
@@ -304,13 +408,23 @@ class VerifyReportFile(_File):
 
     format_version: int = Field(default=FORMAT_VERSION, description="Format of this file.")
     charkit_version: str = Field(description="charkit version that wrote it.")
-    backend: BackendRecord = Field(description="The face model that scored every image.")
+    backend: BackendRecord = Field(
+        description="The scorer: one face model, or several combined (name a+b, metric combined, threshold 0)."
+    )
+    backends: list[BackendRecord] = Field(default_factory=list, description="Each face model that scored.")
+    combined_rule: str | None = Field(default=None, description="How several backends' verdicts combine.")
+    allow_same_evaluator: bool = Field(
+        default=False, description="True: a model that conditioned an image was allowed to judge it."
+    )
     threshold: float = Field(description="Pass threshold used.")
     baseline: dict[str, BaselineRecord] = Field(description="Per character: the references' own leave-one-out level.")
     licence_note: str = Field(description="Non-commercial warning whenever an insightface pack scored; else empty.")
     characters: list[ProfileRecord] = Field(description="Reference sets.")
     runs: list[RunSummaryRecord] = Field(description="Per-run summaries, in run order.")
     images: list[ImageScoreRecord] = Field(description="Every image's score.")
+    look: list[RunLookRecord] = Field(
+        default_factory=list, description="Per run and character: the look profile against the reference photos."
+    )
 
 
 # ------------------------------------------------------------------------------------------- training

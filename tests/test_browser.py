@@ -1,7 +1,7 @@
 """The report in a real browser: Debian's chromium, headless, driven by playwright (no browser download).
 
-Asserts that thumbnails and the drift plot render, that nothing is fetched from the network,
-and that XSS payloads in a prompt and a file name stay inert text.
+Asserts that thumbnails, the drift plot and the look profile (table and plot) render, that nothing is
+fetched from the network, and that XSS payloads in a prompt and a file name stay inert text.
 """
 
 from __future__ import annotations
@@ -71,6 +71,13 @@ def test_report_renders_offline_and_inert(report_html, tmp_path):
                 "(() => { const s = document.querySelector('svg polyline');"
                 " if (!s) return null; const b = s.getBBox(); return [b.width, b.height]; })()"
             )
+            look = page.evaluate(
+                "(() => { const rows = [...document.querySelectorAll('table.look tbody tr')];"
+                " const svg = document.querySelector('svg.lookplot'); const b = svg.getBoundingClientRect();"
+                " return [rows.filter(r => r.getBoundingClientRect().height > 0).map(r => r.cells[0].innerText),"
+                " [b.width, b.height], svg.querySelectorAll('circle, path.clipped').length,"
+                " svg.querySelector('rect.band').getBBox().width]; })()"
+            )
             pwned = page.evaluate("document.body.dataset.pwned || null")
             text = page.inner_text("body")
             shot = tmp_path / "report.png"
@@ -81,6 +88,11 @@ def test_report_renders_offline_and_inert(report_html, tmp_path):
     assert len(images) >= 3 and all(ok and w > 0 and src.startswith("data:image") for ok, w, src in images), images
     # drift plot: a polyline with real extent
     assert plot is not None and plot[0] > 50 and plot[1] > 5, plot
+    # the look profile: its per-run table (six measures) and its plot (every face, each measure) are drawn
+    rows, (width, height), marks, band = look
+    assert rows == ["smoothness", "sharpness", "noise", "saturation", "brightness", "contrast"], rows
+    assert width > 300 and height > 150 and band > 50 and marks == 3 * 6
+    assert "Look profile against the reference photos" in text and "reference photo" in text
     # nothing but the file itself (and inline data: URIs) was requested
     assert [u for u in requests if not u.startswith(("file://", "data:"))] == []
     # the payloads are shown as text and never ran

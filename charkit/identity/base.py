@@ -11,9 +11,40 @@ its threshold came from (docs/identity.md).
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..errors import CharkitError
+
+#: Every backend's similarity lies in [-1, 1] (cosine, or dlib's 1 - L2 between unit-scale descriptors):
+#: a threshold outside the open interval would pass every face or none.
+THRESHOLD_RANGE = (-1.0, 1.0)
+
+
+def check_threshold(value, backend: str, *, calibrated: float | None = None) -> float:
+    """``value`` as a threshold for ``backend``'s similarity scale, or one line saying what to pass instead.
+
+    >>> check_threshold("0.45", "dlib")
+    0.45
+    >>> check_threshold(float("nan"), "sface", calibrated=0.4)
+    Traceback (most recent call last):
+    ...
+    charkit.errors.CharkitError: --threshold nan: not a usable threshold for sface (its similarity lies between -1 and 1; a threshold must be strictly between them); pass e.g. 0.40, its calibrated value
+    """
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    lo, hi = THRESHOLD_RANGE
+    if not (math.isfinite(t) and lo < t < hi):
+        example = f"pass e.g. {calibrated:.2f}, its calibrated value" if calibrated is not None else "pass e.g. 0.40"
+        raise CharkitError(
+            f"--threshold {value}: not a usable threshold for {backend} (its similarity lies between {lo:g} and {hi:g}; "
+            f"a threshold must be strictly between them); {example}"
+        )
+    return t
 
 
 @dataclass

@@ -60,6 +60,13 @@ class FaceCache:
                     " PRIMARY KEY (backend, image_sha))"
                 )
             )
+            # other per-image measurements (the look profile of a face box), as JSON text
+            _retry_locked(
+                lambda: c.execute(
+                    "CREATE TABLE IF NOT EXISTS extras (kind TEXT, image_sha TEXT, key TEXT, data TEXT,"
+                    " PRIMARY KEY (kind, image_sha, key))"
+                )
+            )
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -89,6 +96,19 @@ class FaceCache:
             f.embedding = np.array(next(vecs)) if has else None
             faces.append(f)
         return CachedImage(faces=faces, width=d["width"], height=d["height"], notes=d["notes"], thumbnail=thumb)
+
+    def get_extra(self, kind: str, image_sha: str, key: str) -> dict | None:
+        """A measurement of ``kind`` (e.g. ``look-v1``) stored for this image and ``key`` (e.g. a face box)."""
+        row = (
+            self._conn()
+            .execute("SELECT data FROM extras WHERE kind=? AND image_sha=? AND key=?", (kind, image_sha, key))
+            .fetchone()
+        )
+        return None if row is None else json.loads(row[0])
+
+    def put_extra(self, kind: str, image_sha: str, key: str, data: dict) -> None:
+        with self._conn() as c:
+            c.execute("INSERT OR REPLACE INTO extras VALUES (?, ?, ?, ?)", (kind, image_sha, key, json.dumps(data)))
 
     def put(self, backend_key: str, image_sha: str, entry: CachedImage) -> None:
         data = json.dumps(

@@ -5,6 +5,11 @@ is a *different* pair. The suggested threshold is the midpoint of the gap when t
 separate, else the cut with the fewest misclassified pairs (ties: the one nearest the midpoint
 of the two sets' means). Use it with ``--threshold`` when the backend's default was not measured on faces like
 yours (the insightface default, for one).
+
+With fewer than :data:`MIN_PAIRS` pairs on either side no threshold is suggested (a cut placed between
+one same-person pair and a couple of different-person pairs says nothing about the next photo): the
+ranges are still reported, with how many pairs they come from. Several backends (a panel) are
+calibrated one by one, and how often they decide the same pairs alike is reported.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from .base import BackendInfo, FaceBackend
 from .cache import FaceCache
 from .profile import ReferenceProfile, profile_for_character
 
+#: fewest same-person pairs and fewest different-person pairs a suggested threshold is based on
+MIN_PAIRS = 3
+
 
 @dataclass
 class Calibration:
@@ -26,35 +34,61 @@ class Calibration:
     characters: list[str]
     same: list[float]  # similarities of same-person pairs
     different: list[float]  # similarities of different-person pairs
-    suggested: float
-    separable: bool  # every same pair above every different pair
-    errors_at_suggested: int  # pairs on the wrong side of the suggested threshold
+    suggested: float | None  # None: too few pairs to suggest one
+    separable: bool | None  # every same pair above every different pair (None: a side has no pairs)
+    errors_at_suggested: int | None  # pairs on the wrong side of the suggested threshold
     errors_at_default: int  # ... and of the backend's current threshold
+    decisions: dict[tuple[str, str], bool] | None = None  # (ref, ref) -> same person at the current threshold
+
+    @property
+    def enough_pairs(self) -> bool:
+        return len(self.same) >= MIN_PAIRS and len(self.different) >= MIN_PAIRS
+
+    @property
+    def too_few(self) -> str | None:
+        """Why no threshold is suggested, or None."""
+        if self.enough_pairs:
+            return None
+        return (
+            f"too few pairs to suggest a threshold ({len(self.same)} same-person, {len(self.different)} "
+            f"different-person; at least {MIN_PAIRS} of each are needed): add reference photos (a character with "
+            f"3 usable photos gives 3 same-person pairs) or another character"
+        )
 
     def to_dict(self) -> dict:
-        r = lambda v: round(float(v), 4)
+        r = lambda v: None if v is None else round(float(v), 4)
+        side = lambda v: {"pairs": len(v), "min": r(min(v, default=None)), "max": r(max(v, default=None))}
         return {
             "backend": self.backend.to_dict(),
             "characters": self.characters,
-            "same": {"pairs": len(self.same), "min": r(min(self.same)), "max": r(max(self.same))},
-            "different": {"pairs": len(self.different), "min": r(min(self.different)), "max": r(max(self.different))},
+            "same": side(self.same),
+            "different": side(self.different),
+            "enough_pairs": self.enough_pairs,
             "suggested_threshold": r(self.suggested),
+            "note": self.too_few,
             "separable": self.separable,
             "errors_at_suggested": self.errors_at_suggested,
             "errors_at_default": self.errors_at_default,
         }
 
 
+def pair_table(profiles: list[ReferenceProfile], backend: FaceBackend) -> dict[tuple[str, str], tuple[bool, float]]:
+    """(ref path, ref path) -> (same person?, similarity) over every pair of reference embeddings."""
+    table = {}
+    for p in profiles:
+        for (a, va), (b, vb) in itertools.combinations(zip(p.paths, p.embeddings), 2):
+            table[(a, b)] = (True, backend.similarity(va, vb))
+    for p, q in itertools.combinations(profiles, 2):
+        for a, va in zip(p.paths, p.embeddings):
+            for b, vb in zip(q.paths, q.embeddings):
+                table[(a, b)] = (False, backend.similarity(va, vb))
+    return table
+
+
 def pair_similarities(profiles: list[ReferenceProfile], backend: FaceBackend) -> tuple[list[float], list[float]]:
     """(same-person, different-person) similarities over every pair of reference embeddings."""
-    same = [backend.similarity(a, b) for p in profiles for a, b in itertools.combinations(list(p.embeddings), 2)]
-    different = [
-        backend.similarity(a, b)
-        for p, q in itertools.combinations(profiles, 2)
-        for a in p.embeddings
-        for b in q.embeddings
-    ]
-    return same, different
+    table = pair_table(profiles, backend)
+    return [s for same, s in table.values() if same], [s for same, s in table.values() if not same]
 
 
 def misclassified(same: list[float], different: list[float], threshold: float) -> int:
@@ -89,20 +123,51 @@ def calibrate(characters: list, backend: FaceBackend, *, cache: FaceCache | None
     # profile.embeddings holds every reference with a face, outliers included: a mislabelled photo
     # shows up as a misclassified pair (duplicates are skipped: a copy is not a second photo)
     profiles = [profile_for_character(c, backend, cache=cache) for c in characters]
-    same, different = pair_similarities(profiles, backend)
-    if not same:
-        raise CharkitError(
-            "calibrate needs a character with at least two usable reference photos "
-            "(same-person pairs come from within one character)"
-        )
-    t = suggest_threshold(same, different)
-    return Calibration(
+    table = pair_table(profiles, backend)
+    same = [s for is_same, s in table.values() if is_same]
+    different = [s for is_same, s in table.values() if not is_same]
+    t0 = backend.info.threshold
+    c = Calibration(
         backend=backend.info,
         characters=[p.name for p in profiles],
         same=same,
         different=different,
-        suggested=t,
-        separable=min(same) > max(different),
-        errors_at_suggested=misclassified(same, different, t),
-        errors_at_default=misclassified(same, different, backend.info.threshold),
+        suggested=None,
+        separable=min(same) > max(different) if same and different else None,
+        errors_at_suggested=None,
+        errors_at_default=misclassified(same, different, t0),
+        decisions={k: s >= t0 for k, (_, s) in table.items()},
     )
+    if c.enough_pairs:
+        c.suggested = suggest_threshold(same, different)
+        c.errors_at_suggested = misclassified(same, different, c.suggested)
+    return c
+
+
+@dataclass
+class Agreement:
+    """How often several backends decide the same reference pairs alike (each at its own threshold)."""
+
+    backends: list[str]
+    pairs: int  # pairs every backend embedded
+    agree: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.agree / self.pairs if self.pairs else None
+
+    def to_dict(self) -> dict:
+        rate = self.rate
+        return {
+            "backends": self.backends,
+            "pairs": self.pairs,
+            "agree": self.agree,
+            "rate": None if rate is None else round(rate, 4),
+        }
+
+
+def agreement(calibrations: list[Calibration]) -> Agreement:
+    """Pairs on which every calibrated backend takes the same decision, over the pairs all of them embedded."""
+    common = set.intersection(*(set(c.decisions or {}) for c in calibrations))
+    agree = sum(len({c.decisions[k] for c in calibrations}) == 1 for k in common)
+    return Agreement([c.backend.name for c in calibrations], len(common), agree)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import MissingModelError
 from ..hashing import files_sha256
-from .base import BackendInfo, Face, FaceBackend
+from .base import BackendInfo, Face, FaceBackend, check_threshold
 
 #: similarity = 1 - L2; dlib's documented same-person cut-off is L2 < 0.6
 DEFAULT_THRESHOLD = 0.40
@@ -53,7 +53,11 @@ class DlibBackend(FaceBackend):
 
     def __init__(self, *, threshold: float | None = None, num_jitters: int = 0):
         self._dlib, self._detector, self._predictor, self._resnet, self._files = _models()
-        self._threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self._threshold = (
+            DEFAULT_THRESHOLD
+            if threshold is None
+            else check_threshold(threshold, self.name, calibrated=DEFAULT_THRESHOLD)
+        )
         self.num_jitters = num_jitters
         self._shapes: dict[int, object] = {}
 

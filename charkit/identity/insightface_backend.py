@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import CharkitError, MissingModelError
 from ..hashing import files_sha256
 from ..paths import check_name
-from .base import BackendInfo, Face, FaceBackend
+from .base import BackendInfo, Face, FaceBackend, check_threshold
 
 #: environment variable naming a pack folder or a root of packs
 ENV_VAR = "CHARKIT_FACE_MODELS"
@@ -244,7 +244,11 @@ class InsightFaceBackend(FaceBackend):
         self.pack = locate_pack(pack, name=name)
         self.providers = default_providers() if providers is None else _check_providers(providers)
         self.det_size = (int(det_size[0]), int(det_size[1]))
-        self._threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self._threshold = (
+            DEFAULT_THRESHOLD
+            if threshold is None
+            else check_threshold(threshold, self.name, calibrated=DEFAULT_THRESHOLD)
+        )
         self.app = self._load()
         self.detector = self.app.models["detection"]
         self.recogniser = self.app.models["recognition"]

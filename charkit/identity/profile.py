@@ -24,6 +24,7 @@ from ..images import ImageRejection
 from .analyze import analyze_file
 from .base import BackendInfo, FaceBackend
 from .cache import FaceCache
+from .panel import BackendPanel, PanelProfile
 from .results import ProfileSummary
 from .screening import (
     PROFILE_DUPLICATE_FRACTION,
@@ -47,11 +48,17 @@ class ReferenceProfile:
     baseline_min: float | None
     outliers: list[str] = field(default_factory=list)
     rejected: list[ImageRejection] = field(default_factory=list)  # unreadable, no face
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # the face of each path
 
     @property
     def used(self) -> list[str]:
         """References that make up the centroid."""
         return [p for p in self.paths if p not in self.outliers]
+
+    @property
+    def used_faces(self) -> list[tuple[str, tuple[float, float, float, float]]]:
+        """(path, face box) of each reference in the centroid: where the look baseline is measured."""
+        return [(p, b) for p, b in zip(self.paths, self.boxes) if p not in self.outliers]
 
     def summary(self) -> ProfileSummary:
         return ProfileSummary(
@@ -62,14 +69,29 @@ class ReferenceProfile:
             baseline_min=self.baseline_min,
             outliers=list(self.outliers),
             rejected=[{"path": r.path, "reason": r.reason} for r in self.rejected],
+            backends={self.backend.name: self.backend_summary()},
         )
+
+    def backend_summary(self) -> dict:
+        """This backend's reference statistics, as a multi-backend report lists them."""
+        return {
+            "references": len(self.used),
+            "baseline_mean": self.baseline_mean,
+            "baseline_min": self.baseline_min,
+            "threshold": self.threshold,
+        }
+
+    @property
+    def threshold(self) -> float:
+        return self.backend.threshold
 
 
 def embed_references(
     ref_paths: list[str | os.PathLike], backend: FaceBackend, *, cache: FaceCache | None, threshold: float
-) -> tuple[list[str], list[np.ndarray], list[ImageRejection]]:
-    """The largest face of each reference (references are portraits), copies of an earlier reference left out."""
-    paths, vecs, rejected = [], [], []
+) -> tuple[list[str], list[np.ndarray], list[ImageRejection], list[tuple]]:
+    """The largest face of each reference (references are portraits), copies of an earlier reference left out;
+    (paths, vectors, rejections, face boxes)."""
+    paths, vecs, rejected, boxes = [], [], [], []
     for p in ref_paths:
         a = analyze_file(p, backend, cache)
         if a.error:
@@ -81,6 +103,7 @@ def embed_references(
         else:
             paths.append(str(p))
             vecs.append(a.faces[0].embedding)
+            boxes.append(tuple(float(v) for v in a.faces[0].box))
     # A copy of a reference adds nothing to the centroid and inflates the baseline: skip it (the first stays).
     twins = find_duplicates(
         vecs, backend, min_similarity=duplicate_similarity(threshold, PROFILE_DUPLICATE_FRACTION)
@@ -89,7 +112,7 @@ def embed_references(
     order = {str(p): n for n, p in enumerate(ref_paths)}
     rejected.sort(key=lambda r: order.get(r.path, len(order)))
     keep = [i for i in range(len(paths)) if i not in twins]
-    return [paths[i] for i in keep], [vecs[i] for i in keep], rejected
+    return [paths[i] for i in keep], [vecs[i] for i in keep], rejected, [boxes[i] for i in keep]
 
 
 def build_profile(
@@ -107,8 +130,10 @@ def build_profile(
     >>> round(profile.baseline_mean, 2)  # doctest: +SKIP
     0.63
     """
+    if isinstance(backend, BackendPanel):  # one profile per backend: their spaces never mix
+        return PanelProfile.build(name, ref_paths, backend, cache=cache, folder=folder)
     threshold = backend.info.threshold if threshold is None else threshold
-    paths, vecs, rejected = embed_references(ref_paths, backend, cache=cache, threshold=threshold)
+    paths, vecs, rejected, boxes = embed_references(ref_paths, backend, cache=cache, threshold=threshold)
     if not vecs:
         where = folder or (Path(ref_paths[0]).parent if ref_paths else "?")
         reason = rejected[0].reason if rejected else "no images"
@@ -135,6 +160,7 @@ def build_profile(
         baseline_min=float(valid.min()) if len(valid) else None,
         outliers=outliers,
         rejected=rejected,
+        boxes=boxes,
     )
 
 

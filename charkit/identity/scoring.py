@@ -16,11 +16,12 @@ import os
 import numpy as np
 from PIL import Image
 
-from .analyze import AnalyzedImage, analyze_array, analyze_file
+from .analyze import AnalyzedImage, ImageFile, analyze_array, analyze_file
 from .base import Face, FaceBackend
 from .cache import FaceCache
+from .panel import BackendPanel, PanelProfile, score_panel
 from .profile import ReferenceProfile
-from .results import CharacterMatch, ImageScore
+from .results import BackendMatch, BackendVerdict, CharacterMatch, ImageScore
 
 
 def assign_faces(
@@ -99,9 +100,31 @@ def score_faces(
     threshold: float | None = None,
     run: str = "",
     left_to_right: bool = False,
+    conditioned_by: str | None = None,
 ) -> ImageScore:
-    """Turn an analysed image into an :class:`ImageScore` against ``profiles`` (the expected characters)."""
+    """Turn an analysed image into an :class:`ImageScore` against ``profiles`` (the expected characters).
+
+    ``conditioned_by`` names the face model that conditioned the image, when known: a score from that same
+    model is recorded as not independent (whether it may decide is the caller's rule, see charkit.verify).
+    """
     threshold = backend.info.threshold if threshold is None else threshold
+    s = _score_faces(analyzed, profiles, backend, threshold, run, left_to_right)
+    name, independent = backend.info.name, backend.info.name != conditioned_by
+    s.scores = {name: BackendVerdict(s.status, s.similarity, independent)}
+    s.scored_by, s.conditioned_by = [name], conditioned_by
+    for m in s.matches:
+        m.scores = {name: BackendMatch(name, m.face, m.similarity, m.distance, m.relative, m.status, independent)}
+    return s
+
+
+def _score_faces(
+    analyzed: AnalyzedImage,
+    profiles: list[ReferenceProfile],
+    backend: FaceBackend,
+    threshold: float,
+    run: str,
+    left_to_right: bool,
+) -> ImageScore:
     base = dict(
         path=analyzed.path,
         run=run,
@@ -142,8 +165,8 @@ def score_faces(
 
 def score_image(
     image: str | os.PathLike | Image.Image | np.ndarray,
-    profiles: list[ReferenceProfile],
-    backend: FaceBackend,
+    profiles: list[ReferenceProfile] | list[PanelProfile],
+    backend: FaceBackend | BackendPanel,
     *,
     threshold: float | None = None,
     cache: FaceCache | None = None,
@@ -152,15 +175,26 @@ def score_image(
 ) -> ImageScore:
     """Score a file or an in-memory image against the characters it should hold.
 
+    ``backend`` may be a :class:`~charkit.identity.panel.BackendPanel` (with profiles built by it): the
+    score is then the combined one, each backend's in ``matches[i].scores``.
+
     >>> s = score_image("out/s01.png", [alice], backend)  # doctest: +SKIP
     >>> s.status, round(s.similarity, 2)  # doctest: +SKIP
     ('pass', 0.58)
     """
+    backends = backend.backends if isinstance(backend, BackendPanel) else [backend]
     if isinstance(image, (str, os.PathLike)):
-        analyzed = analyze_file(image, backend, cache, thumbnails=False)
+        f = ImageFile(image)  # decoded once for every backend
+        analyses = {b.info.name: analyze_file(f, b, cache, thumbnails=False) for b in backends}
     else:
         arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-        analyzed = AnalyzedImage(
-            path="<memory>", sha256=None, faces=analyze_array(arr, backend), width=arr.shape[1], height=arr.shape[0]
-        )
+        analyses = {
+            b.info.name: AnalyzedImage(
+                path="<memory>", sha256=None, faces=analyze_array(arr, b), width=arr.shape[1], height=arr.shape[0]
+            )
+            for b in backends
+        }
+    if isinstance(backend, BackendPanel):
+        return score_panel(analyses, profiles, backend, run=run, left_to_right=left_to_right)
+    analyzed = analyses[backend.info.name]
     return score_faces(analyzed, profiles, backend, threshold=threshold, run=run, left_to_right=left_to_right)

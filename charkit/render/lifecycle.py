@@ -542,6 +542,7 @@ def run_verify(plan: RenderPlan):
         out=plan.out_dir,
         cache=FaceCache(),
         progress=plan.options.progress,
+        allow_same_evaluator=plan.options.allow_same_evaluator,
     )
 
 

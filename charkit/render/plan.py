@@ -39,7 +39,8 @@ class RenderOptions:
     allow_pickle_weights: bool = False
     annotators: str | None = None
     face_models: str | None = None  # overrides storyboard identity.face_models
-    backend: str | None = None  # overrides storyboard identity.backend
+    backend: str | tuple[str, ...] | None = None  # overrides storyboard identity.backend (several: combined)
+    allow_same_evaluator: bool = False  # let insightface score the FaceID scenes it conditioned
     verify: bool = False
     force: bool = False
     progress: bool = True
@@ -303,8 +304,11 @@ def plan_backends(plan: RenderPlan) -> None:
                 f"{plan.storyboard.label}: ip_adapter mode face needs an insightface pack: {e}"
             ) from None
     if options.verify or any(j.scored for j in plan.jobs):
-        name = options.backend or ident.backend
-        plan.scoring_backend = get_backend(name, face_models=face_models, threshold=ident.threshold)
+        from ..identity import FACEID_MODEL, get_scorer, independent_scorer
+
+        scorer = get_scorer(options.backend or ident.backend, face_models=face_models, threshold=ident.threshold)
+        faceid = FACEID_MODEL if plan.faceid_backend is not None else None  # evaluator independence
+        plan.scoring_backend = independent_scorer(scorer, faceid, allow_same_evaluator=options.allow_same_evaluator)
 
 
 def check_inputs(

@@ -30,6 +30,7 @@ from ..paths import check_name
 ControlType = Literal["canny", "openpose", "depth"]
 IPMode = Literal["face", "image", "off"]
 Preset = Literal["lifelike", "none"]
+BackendName = Literal["auto", "dlib", "sface", "insightface"]  # charkit.identity.BACKENDS
 
 # `{name}` placeholders; `{{` and `}}` are literal braces.
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -226,8 +227,10 @@ class Scene(_Model):
 class IdentitySpec(_Model):
     """Face backend for best-of-N scoring, FaceID embeddings and --verify."""
 
-    backend: Literal["auto", "dlib", "insightface"] = Field(
-        default="dlib", description="Scoring backend: dlib (embedded, offline default), insightface, or auto."
+    backend: BackendName | list[BackendName] = Field(
+        default="dlib",
+        description="Scoring backend: dlib (embedded, offline default), sface (embedded), insightface, auto (dlib "
+        "and sface), or a list of them (scored together: one combined decision).",
     )
     face_models: str | None = Field(
         default=None,

@@ -119,16 +119,17 @@ def locked_takes(render_dir: str | os.PathLike, scene_id: str) -> list[str]:
 
 def _scoring_backend(render_dir: Path, board):
     """The backend of the folder's existing report (a re-score keeps it), else the storyboard's."""
-    from ..identity import get_backend
+    from ..identity import get_scorer
     from ..stagefiles import VerifyReportFile
 
     name = board.identity.backend
     report = render_dir / "report.json"
     if report.is_file():
         with contextlib.suppress(CharkitError):  # an unreadable report is rewritten with the storyboard's backend
-            name = read_stage_file(report, VerifyReportFile).backend.name
+            rep = read_stage_file(report, VerifyReportFile)
+            name = [b.name for b in rep.backends] or rep.backend.name  # several: a panel keeps its members
     face_models = board.resolve(board.identity.face_models) if board.identity.face_models else None
-    return get_backend(name, face_models=face_models, threshold=board.identity.threshold)
+    return get_scorer(name, face_models=face_models, threshold=board.identity.threshold)
 
 
 def render_scene(
@@ -348,7 +349,7 @@ def import_images(
 
 def score_import(folder: Path, record: ImportRecord, board) -> None:
     """``charkit verify`` of an imported folder, each image against the characters of the scene it stands for."""
-    from ..identity import get_backend
+    from ..identity import get_scorer
     from ..identity.cache import FaceCache
     from ..verify import lifecycle as vl
     from ..verify.results import VerifyReport
@@ -368,7 +369,7 @@ def score_import(folder: Path, record: ImportRecord, board) -> None:
             job.scene, job.prompt = sid, s.prompt
             job.characters = list(s.characters) if s.characters is not None else (placeholders(s.prompt) or None)
     face_models = board.resolve(board.identity.face_models) if board.identity.face_models else None
-    backend = get_backend(board.identity.backend, face_models=face_models, threshold=board.identity.threshold)
+    backend = get_scorer(board.identity.backend, face_models=face_models, threshold=board.identity.threshold)
     cache = FaceCache()
     threshold = backend.info.threshold if board.identity.threshold is None else float(board.identity.threshold)
     profiles = vl.load_profiles(inputs, backend, cache=cache, threshold=threshold)

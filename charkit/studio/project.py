@@ -496,10 +496,10 @@ class Project:
             for img in report.images:
                 if not img.sha256:
                     continue
-                s = _score_of(img, report.backend.name, rel)
-                best = index.setdefault(img.sha256, {}).get(s.backend)
-                if best is None or best[0] <= mtime:
-                    index[img.sha256][s.backend] = (mtime, s)
+                for s in _scores_of(img, report.backend.name, rel):
+                    best = index.setdefault(img.sha256, {}).get(s.backend)
+                    if best is None or best[0] <= mtime:
+                        index[img.sha256][s.backend] = (mtime, s)
         return index, looks
 
     def _sha(self, path: Path) -> str | None:
@@ -570,6 +570,16 @@ class Project:
                 take.scores = self._scores(path, index, None)
             run.takes[f.scene] = take
         return run
+
+
+def _scores_of(img: ImageScoreRecord, backend: str, source: str) -> list[Score]:
+    """One Score per backend: a report scored by several (a panel) lists each backend's own verdict."""
+    if len(img.scores) < 2:
+        return [_score_of(img, backend, source)]
+    return [
+        Score(name, v.similarity, None, "missing" if v.status == "drift" and img.missing else v.status, source)
+        for name, v in img.scores.items()
+    ]
 
 
 def _score_of(img: ImageScoreRecord, backend: str, source: str) -> Score:

@@ -42,7 +42,7 @@ from ..cli_options import allow_pickle_option, backend_option, device_option, dt
 )
 @device_option()
 @dtype_option("Mixed precision on GPU (auto: the preset's train.mixed_precision); CPU always trains in fp32.")
-@backend_option(default="dlib", help_text="Face backend that scores identity of the probe renders.")
+@backend_option(default="dlib", help_text="Face backend that scores identity of the probe renders.", multiple=True)
 @click.option(
     "--clip-model",
     type=click.Path(file_okay=False, path_type=str),

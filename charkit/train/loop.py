@@ -84,7 +84,7 @@ class TrainPlan:
     resume: ckpt.CheckpointInfo | None
     device: torch.device
     mixed_precision: str  # effective: "no" | "fp16" | "bf16"
-    backend: str
+    backend: tuple[str, ...]  # one or several (a panel: the combined score ranks checkpoints)
     clip_model: Path | None
     probe_width: int
     probe_height: int
@@ -298,7 +298,7 @@ def check_inputs(
     eval_every: int | None = None,
     device: str | torch.device | None = None,
     dtype: str | None = None,
-    backend: str = "dlib",
+    backend: str | tuple[str, ...] = "dlib",
     clip_model: str | os.PathLike | None = None,
     model_config: str | os.PathLike | None = None,
     allow_pickle_weights: bool = False,
@@ -313,7 +313,7 @@ def check_inputs(
     >>> plan = check_inputs("characters/alice", model="m/sd15", preset="training/sd15-lora.toml")  # doctest: +SKIP
     """
     from ..character import load_character
-    from ..identity import BACKENDS
+    from ..identity import scorer_names
 
     character = load_character(character_dir)
     p = resolve_preset(preset, steps=steps, eval_every=eval_every, dtype=dtype, clip_model=clip_model)
@@ -321,8 +321,7 @@ def check_inputs(
     dev = training_device(device)
     effective, notes = training_precision(p, dev)
     src = check_model(model, p.family, allow_pickle_weights=allow_pickle_weights)
-    if backend not in BACKENDS:
-        raise CharkitError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    backend = scorer_names(backend)  # several: checkpoints ranked by the combined score
     run_dir, run_name = run_folder(character, p.family, out=out, run=run, resume=resume)
     resume_from = check_resume(run_dir, p, src.ref, resume=resume, first_process=process_index == 0)
     dataset = check_dataset(character, p, num_processes=num_processes)
@@ -362,7 +361,10 @@ def prepare_dataset(plan: TrainPlan) -> TrainPlan:
 
     p, spec = plan.preset, get_spec(plan.family)
     prep_dataset(
-        plan.character.dir, family=plan.family, resolution=p.train.resolution or None, backend=get_backend(plan.backend)
+        plan.character.dir,
+        family=plan.family,
+        resolution=p.train.resolution or None,
+        backend=get_backend(plan.backend[0]),
     )
     dataset = load_dataset(
         plan.character.dir, family=plan.family, resolution=p.train.resolution or None, size_multiple=spec.size_multiple
@@ -458,9 +460,9 @@ def load_identity(plan: TrainPlan, *, main: bool):
     reference folder without faces fails before minutes of model loading (the face cache spares a resume the work)."""
     if not main:
         return None, None
-    from ..identity import FaceCache, get_backend, profile_for_character
+    from ..identity import FaceCache, get_scorer, profile_for_character
 
-    backend = get_backend(plan.backend)
+    backend = get_scorer(plan.backend)
     return backend, profile_for_character(plan.character, backend, cache=FaceCache())
 
 

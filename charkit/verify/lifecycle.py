@@ -2,13 +2,20 @@
 
 Lifecycle (each step a public function)::
 
-    check_inputs -> load_profiles -> collect -> score -> summarize -> record
+    check_inputs -> check_independence -> load_profiles -> score -> look_profiles -> summarize -> record
+
+(``collect`` lists one folder's images for ``check_inputs``.)
 
 Runs: every positional path is one run (labelled by its folder name); ``--run LABEL=PATH``
 names a run explicitly, e.g. one per model or a folder of Midjourney downloads. A folder
 holding a charkit render ``manifest.json`` supplies scene order, model and the characters
 of each scene (declared left to right); images of several models in one manifest become
 one run per model.
+
+The scorer is one face backend or a panel of several (``auto``: dlib + sface, two unrelated offline
+models). An image the manifest says was conditioned with a face model (IP-Adapter FaceID:
+insightface ArcFace) is never judged by that model unless ``allow_same_evaluator``: a panel leaves it
+out of that image's decision (its score is still recorded), a lone backend is refused.
 """
 
 from __future__ import annotations
@@ -24,12 +31,26 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..character import load_character
 from ..errors import CharkitError
-from ..identity import FaceBackend, FaceCache, ReferenceProfile, get_backend, profile_for_character
+from ..identity import (
+    COMBINED_RULE,
+    FACEID_MODEL,
+    BackendPanel,
+    FaceBackend,
+    FaceCache,
+    ImageFile,
+    ReferenceProfile,
+    backends_of,
+    check_threshold,
+    get_scorer,
+    profile_for_character,
+)
 from ..identity.analyze import analyze_file
+from ..identity.panel import score_panel
 from ..identity.results import STATUSES, ImageScore
 from ..identity.scoring import score_faces
 from ..images import is_image_file, list_images
 from ..stagefiles import RenderManifest, read_stage_file
+from .look import RunLook, compare_runs, measure_matches, reference_looks
 from .report import write_report
 from .results import RunSummary, VerifyReport
 
@@ -53,6 +74,7 @@ class ImageJob:
     prompt: str | None = None
     characters: list[str] | None = None  # declared in a manifest, left to right
     repair: dict | None = None  # the manifest's identity-repair record (charkit repair)
+    conditioned_by: str | None = None  # face model that conditioned it (manifest ip_adapter mode face)
 
 
 @dataclass
@@ -141,6 +163,7 @@ def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> lis
                     prompt=img.prompt,
                     characters=list(img.characters) or None,
                     repair=img.repair,
+                    conditioned_by=FACEID_MODEL if (img.ip_adapter or {}).get("mode") == "face" else None,
                 )
             )
         # Keep scene order, but group images of one model together (matrix manifests interleave).
@@ -149,10 +172,27 @@ def collect(label: str, path: Path, manifest_characters: dict[str, Path]) -> lis
     return [ImageJob(path=p, run=label, order=i) for i, p in enumerate(list_images(path))]
 
 
+def check_independence(
+    inputs: VerifyInputs, backend: FaceBackend | BackendPanel, *, allow_same_evaluator: bool = False
+) -> None:
+    """Refuse a lone backend that conditioned some of the images (evaluator independence); nothing is written."""
+    if allow_same_evaluator or isinstance(backend, BackendPanel):
+        return  # a panel leaves the conditioning model out of those images' decisions
+    same = [j for j in inputs.jobs if j.conditioned_by == backend.info.name]
+    if same:
+        raise CharkitError(
+            f"--backend {backend.info.name}: {len(same)} image(s) (e.g. {same[0].path}) were conditioned with "
+            f"{backend.info.name} ArcFace embeddings (ip_adapter mode face), and a score from the same model "
+            "flatters them; score with another model (--backend dlib, --backend sface, or the default auto: "
+            "both) or pass --allow-same-evaluator"
+        )
+
+
 def load_profiles(
-    inputs: VerifyInputs, backend: FaceBackend, *, cache: FaceCache | None, threshold: float
+    inputs: VerifyInputs, backend: FaceBackend | BackendPanel, *, cache: FaceCache | None, threshold: float | None
 ) -> dict[str, ReferenceProfile]:
-    """One reference profile per character, from --character folders and manifests."""
+    """One reference profile per character (a panel: one per backend, as a PanelProfile), from --character
+    folders and manifests."""
     profiles: dict[str, ReferenceProfile] = {}
     for ref in list(inputs.characters) + [p for n, p in inputs.manifest_characters.items()]:
         ch = load_character(ref)
@@ -173,28 +213,54 @@ def load_profiles(
 def score(
     inputs: VerifyInputs,
     profiles: dict[str, ReferenceProfile],
-    backend: FaceBackend,
+    backend: FaceBackend | BackendPanel,
     *,
     cache: FaceCache | None,
-    threshold: float,
+    threshold: float | None = None,
     progress: bool = True,
+    allow_same_evaluator: bool = False,
+    look: bool = True,
 ) -> tuple[list[ImageScore], dict[str, bytes]]:
-    """Score every image; returns the scores and their thumbnails (JPEG bytes by path)."""
+    """Score every image (with ``look``, measure each matched face); returns the scores and their thumbnails.
+
+    Each file is read once and decoded at most once, whatever the number of backends.
+    """
     # Without a manifest, every image should hold the --character characters (else all known ones).
     default = [profiles[n] for n in inputs.default_names] or list(profiles.values())
+    members = backends_of(backend)
     scores, thumbs = [], {}
     for job in tqdm(inputs.jobs, desc="verify", unit="img", disable=not progress):
         expected = [profiles[n] for n in job.characters] if job.characters else default
-        analyzed = analyze_file(job.path, backend, cache)
-        s = score_faces(
-            analyzed, expected, backend, threshold=threshold, run=job.run, left_to_right=bool(job.characters)
-        )
+        f = ImageFile(job.path)
+        analyses = {b.name: analyze_file(f, b, cache, thumbnails=i == 0) for i, b in enumerate(members)}
+        kw = dict(run=job.run, left_to_right=bool(job.characters))
+        if isinstance(backend, BackendPanel):
+            s = score_panel(
+                analyses,
+                expected,
+                backend,
+                conditioned_by=job.conditioned_by,
+                allow_same_evaluator=allow_same_evaluator,
+                **kw,
+            )
+        else:
+            s = score_faces(
+                analyses[backend.name], expected, backend, threshold=threshold, conditioned_by=job.conditioned_by, **kw
+            )
         s.order, s.scene, s.model, s.prompt = job.order, job.scene, job.model, job.prompt
         s.repair = job.repair
+        if look and s.status in ("pass", "drift"):
+            measure_matches(f, s, members[0].name, cache)
         scores.append(s)
-        if analyzed.thumbnail:
-            thumbs[s.path] = analyzed.thumbnail
+        thumb = analyses[members[0].name].thumbnail
+        if thumb:
+            thumbs[s.path] = thumb
     return scores, thumbs
+
+
+def look_profiles(scores: list[ImageScore], profiles: dict, *, cache: FaceCache | None) -> list[RunLook]:
+    """Per run and character: the look of the matched faces against the character's reference photos."""
+    return compare_runs(scores, reference_looks(profiles, cache))
 
 
 def summarize(scores: list[ImageScore]) -> list[RunSummary]:
@@ -207,6 +273,11 @@ def summarize(scores: list[ImageScore]) -> list[RunSummary]:
         counts = {st: sum(1 for s in items if s.status == st) for st in STATUSES}
         sims = np.asarray([s.similarity for s in items if s.similarity is not None], dtype=np.float64)
         with_face = counts["pass"] + counts["drift"]
+        by_backend: dict[str, dict] = {}
+        for s in items:
+            for name, v in s.scores.items():
+                by_backend.setdefault(name, dict.fromkeys(STATUSES, 0))[v.status] += 1
+        compared = [m for s in items for m in s.matches if m.agree is not None]
         out.append(
             RunSummary(
                 run=run,
@@ -218,14 +289,17 @@ def summarize(scores: list[ImageScore]) -> list[RunSummary]:
                 mean_similarity=float(sims.mean()) if len(sims) else None,
                 min_similarity=float(sims.min()) if len(sims) else None,
                 pass_rate=counts["pass"] / with_face if with_face else None,
+                by_backend=by_backend,
+                compared=len(compared),
+                disagreements=sum(1 for m in compared if m.agree is False),
             )
         )
     return out
 
 
-def licence_note(backend: FaceBackend) -> str:
+def licence_note(backend: FaceBackend | BackendPanel) -> str:
     """The licence warning a report must carry (the backend's own licence is in ``backend.licence``)."""
-    return NONCOMMERCIAL_NOTE if backend.info.name == "insightface" else ""
+    return NONCOMMERCIAL_NOTE if any(b.name == "insightface" for b in backends_of(backend)) else ""
 
 
 def record(report: VerifyReport, out: str | os.PathLike, thumbnails: dict[str, bytes]):
@@ -238,24 +312,48 @@ def verify(
     *,
     characters: list[str | os.PathLike] = (),
     runs: list[tuple[str, str | os.PathLike]] | None = None,
-    backend: FaceBackend | None = None,
+    backend: FaceBackend | BackendPanel | None = None,
     threshold: float | None = None,
     out: str | os.PathLike | None = None,
     cache: FaceCache | None = None,
     progress: bool = False,
+    allow_same_evaluator: bool = False,
+    look_profile: bool = True,
 ) -> VerifyReport:
     """Score images against characters and (with ``out``) write the reports.
+
+    ``backend`` defaults to ``get_scorer("auto")`` (dlib + sface); ``threshold`` overrides a lone backend's;
+    ``look_profile=False`` skips the look measurements.
 
     >>> report = verify(["renders/"], characters=["characters/alice"], out="renders/")  # doctest: +SKIP
     >>> report.runs[0].pass_rate  # doctest: +SKIP
     0.9
     """
     inputs = check_inputs(list(paths), runs, list(characters))
-    backend = backend or get_backend("auto")
+    backend = backend or get_scorer("auto")
+    check_independence(inputs, backend, allow_same_evaluator=allow_same_evaluator)
+    panel = isinstance(backend, BackendPanel)
+    if panel and threshold is not None:
+        if any(b.info.threshold != float(threshold) for b in backend.backends):
+            raise CharkitError(
+                f"threshold {threshold}: a panel's thresholds are its backends' (get_scorer(names, threshold=...))"
+            )
+        threshold = None  # already each member's (render passes the storyboard's identity.threshold on)
+    if threshold is not None:
+        threshold = check_threshold(threshold, backend.info.name, calibrated=backend.info.threshold)
     cache = cache if cache is not None else FaceCache()
-    threshold = backend.info.threshold if threshold is None else float(threshold)
-    profiles = load_profiles(inputs, backend, cache=cache, threshold=threshold)
-    scores, thumbs = score(inputs, profiles, backend, cache=cache, threshold=threshold, progress=progress)
+    threshold = backend.info.threshold if threshold is None else threshold
+    profiles = load_profiles(inputs, backend, cache=cache, threshold=None if panel else threshold)
+    scores, thumbs = score(
+        inputs,
+        profiles,
+        backend,
+        cache=cache,
+        threshold=threshold,
+        progress=progress,
+        allow_same_evaluator=allow_same_evaluator,
+        look=look_profile,
+    )
     report = VerifyReport(
         backend=backend.info,
         threshold=threshold,
@@ -264,6 +362,10 @@ def verify(
         images=scores,
         licence_note=licence_note(backend),
         charkit_version=__version__,
+        backends=[b.info for b in backends_of(backend)],
+        combined_rule=COMBINED_RULE if panel else None,
+        allow_same_evaluator=allow_same_evaluator,
+        look=look_profiles(scores, profiles, cache=cache) if look_profile else [],
     )
     if out is not None:
         record(report, out, thumbs)

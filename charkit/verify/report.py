@@ -30,12 +30,15 @@ from jinja2 import Environment
 
 from ..identity.results import ImageScore
 from ..images import image_mime
+from ..look import MEASURES
 from ..report import check_output, commit, data_uri
 from ..report import environment as report_environment
 from ..stagefiles import VerifyReportFile, parse_stage_file
+from .look_view import LookView, build_look_views
 from .results import VerifyReport
 
-#: Columns of report.csv, one row per (image, expected character).
+#: Columns of report.csv, one row per (image, expected character); then ``<backend>_similarity`` and
+#: ``<backend>_status`` for each scoring backend (:func:`csv_columns`).
 CSV_COLUMNS = (
     "path",
     "run",
@@ -52,6 +55,11 @@ CSV_COLUMNS = (
     "missing",
     "swapped",
     "error",
+    "scored_by",
+    "conditioned_by",
+    "agree",
+    *(f"look_{m}" for m in MEASURES),
+    "look_face_px",
 )
 
 #: Run colours (Okabe-Ito, colour-blind safe), assigned in run order and cycled.
@@ -151,31 +159,64 @@ def csv_rows(report: VerifyReport) -> list[dict[str, str]]:
                 status = img.status if img.status in ("no_face", "error") else "missing"
                 face = sim = dist = rel = None
             rows.append(
-                {
-                    "path": _text(img.path),
-                    "run": _text(img.run),
-                    "scene": _text(img.scene),
-                    "model": _text(img.model),
-                    "order": _num(img.order),
-                    "status": _text(status),
-                    "character": _text(ch),
-                    "face": _num(face),
-                    "similarity": _num(sim),
-                    "distance": _num(dist),
-                    "relative": _num(rel),
-                    "faces": _num(len(img.faces)),
-                    "missing": _text(";".join(img.missing)),
-                    "swapped": _text(";".join("<->".join(pair) for pair in img.swapped)),
-                    "error": _text(img.error),
-                }
+                {**_row(img, ch, status, face, sim, dist, rel), **_backend_cells(report, img, m), **_look_cells(m)}
             )
     return rows
+
+
+def csv_columns(report: VerifyReport) -> tuple[str, ...]:
+    """The header of ``report.csv``: :data:`CSV_COLUMNS`, then two columns per scoring backend."""
+    return CSV_COLUMNS + tuple(f"{b.name}_{k}" for b in report.members for k in ("similarity", "status"))
+
+
+def _backend_cells(report: VerifyReport, img: ImageScore, m) -> dict[str, str]:
+    out = {"scored_by": _text(";".join(img.scored_by)), "conditioned_by": _text(img.conditioned_by)}
+    out["agree"] = "" if m is None or m.agree is None else ("yes" if m.agree else "no")
+    for b in report.members:
+        own = m.scores.get(b.name) if m is not None else None
+        verdict = img.scores.get(b.name)
+        if verdict is not None and verdict.status in ("no_face", "error") and (own is None or own.status == "missing"):
+            status = verdict.status  # this backend saw no face it could score, or could not read the file
+        elif own is not None:
+            status = own.status
+        else:
+            status = "missing" if verdict is not None else None
+        out[f"{b.name}_similarity"] = _num(own.similarity if own is not None else None)
+        out[f"{b.name}_status"] = _text(status)
+    return out
+
+
+def _look_cells(m) -> dict[str, str]:
+    look = m.look if m is not None else None
+    out = {f"look_{k}": _num(None if look is None else float(getattr(look, k))) for k in MEASURES}
+    out["look_face_px"] = _num(None if look is None else int(look.face_px))
+    return out
+
+
+def _row(img: ImageScore, ch, status, face, sim, dist, rel) -> dict[str, str]:
+    return {
+        "path": _text(img.path),
+        "run": _text(img.run),
+        "scene": _text(img.scene),
+        "model": _text(img.model),
+        "order": _num(img.order),
+        "status": _text(status),
+        "character": _text(ch),
+        "face": _num(face),
+        "similarity": _num(sim),
+        "distance": _num(dist),
+        "relative": _num(rel),
+        "faces": _num(len(img.faces)),
+        "missing": _text(";".join(img.missing)),
+        "swapped": _text(";".join("<->".join(pair) for pair in img.swapped)),
+        "error": _text(img.error),
+    }
 
 
 def render_csv(report: VerifyReport) -> str:
     """``report.csv`` as text (UTF-8, ``\\n`` line ends, header row first)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(report), lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(report))
     return buf.getvalue()
@@ -237,6 +278,31 @@ class MatchLine:
     similarity: str
     relative: str
     status: str
+    backends: list[BackendLine] = field(default_factory=list)  # shown when several backends scored
+    agree: bool | None = None
+
+
+@dataclass
+class BackendLine:
+    """One backend's opinion of a character, as a card lists it."""
+
+    backend: str
+    similarity: str
+    status: str
+    counted: bool
+
+
+@dataclass
+class Disagreement:
+    """A character face on which the backends disagree (a row of the disagreements table)."""
+
+    run: str
+    scene: str
+    name: str
+    path: str
+    character: str
+    combined: str
+    backends: list[BackendLine]
 
 
 @dataclass
@@ -255,6 +321,7 @@ class Card:
     font: float
     matches: list[MatchLine]
     swapped: list[str]
+    panel: bool = False
 
 
 @dataclass
@@ -329,6 +396,9 @@ class ReportView:
     rows: list[GridRow]
     plot: Plot
     headline: dict = field(default_factory=dict)
+    panel: bool = False  # several backends scored
+    disagreements: list[Disagreement] = field(default_factory=list)
+    looks: list[LookView] = field(default_factory=list)
 
 
 def scene_slots(images: list[ImageScore]) -> tuple[list[Slot], list[Slot]]:
@@ -394,7 +464,33 @@ def build_view(report: VerifyReport, thumbnails: dict[str, bytes] | None = None)
         rows=rows,
         plot=build_plot(report, runs, slots, cards),
         headline=headline,
+        panel=len(report.members) > 1,
+        disagreements=[d for c in cards for d in _disagreements(c)],
+        looks=build_look_views(report.look, {r.run: r.colour for r in runs}),
     )
+
+
+def _backend_lines(m, scored_by: list[str]) -> list[BackendLine]:
+    return [
+        BackendLine(backend=n, similarity=_fmt(b.similarity), status=b.status, counted=n in scored_by)
+        for n, b in m.scores.items()
+    ]
+
+
+def _disagreements(card: Card) -> list[Disagreement]:
+    return [
+        Disagreement(
+            run=card.image.run,
+            scene=card.slot.label,
+            name=card.name,
+            path=card.image.path,
+            character=m.character,
+            combined=f"{m.status} {_fmt(m.similarity)}",
+            backends=_backend_lines(m, card.image.scored_by),
+        )
+        for m in card.image.matches
+        if m.agree is False
+    ]
 
 
 def _data_uris(report: VerifyReport, thumbnails: dict[str, bytes]) -> dict[str, str]:
@@ -446,7 +542,14 @@ def _card(img: ImageScore, slot: Slot, run_index: int, colour: str, thumb: str |
                 )
             )
     matches = [
-        MatchLine(character=m.character, similarity=_fmt(m.similarity), relative=_rel(m.relative), status=m.status)
+        MatchLine(
+            character=m.character,
+            similarity=_fmt(m.similarity),
+            relative=_rel(m.relative),
+            status=m.status,
+            backends=_backend_lines(m, img.scored_by) if len(m.scores) > 1 else [],
+            agree=m.agree,
+        )
         for m in img.matches
     ]
     return Card(
@@ -462,6 +565,7 @@ def _card(img: ImageScore, slot: Slot, run_index: int, colour: str, thumb: str |
         font=font,
         matches=matches,
         swapped=[" \u2194 ".join(p) for p in img.swapped],
+        panel=len(img.scores) > 1,
     )
 
 
