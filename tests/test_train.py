@@ -439,6 +439,99 @@ def test_kill9_during_save_keeps_previous_checkpoint(reference_run, tiny_models,
     _same_lora(r.best, reference_run.best)
 
 
+def test_kill9_inside_probe_rendering_then_resume(reference_run, tiny_models, character, tmp_path):
+    """SIGKILL while step 2's probes render (after its save): the resume scores step 2 first, says where it goes on,
+    trains to the end, and ends with the uninterrupted run's LoRA."""
+    out = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        torch.set_num_threads(1)
+        import charkit.train.loop as L
+        real = L.render_probes
+        def dying(session, specs):
+            if session.step == 2 and not session.plan.run_dir.joinpath("evals", "step-000002.json").exists() \
+                    and session.baseline is not None:
+                os.kill(os.getpid(), signal.SIGKILL)  # e.g. the OOM killer while rendering probes
+            return real(session, specs)
+        L.render_probes = dying
+        L.train_lora({str(character)!r}, model={str(tiny_models("sd15").root)!r}, preset={RESUME_PRESET!r},
+                     device="cpu", out={str(out)!r}, progress=False, register=False)
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert [c.step for c in ckpt.list_checkpoints(out)] == [2]  # saved...
+    assert sorted(p.name for p in (out / "evals").iterdir()) == ["step-000000.json"]  # ...but never scored
+
+    from charkit.train.loop import train_lora
+
+    said = []
+    r = train_lora(
+        character,
+        model=tiny_models("sd15").root,
+        preset=RESUME_PRESET,
+        device="cpu",
+        out=out,
+        progress=False,
+        register=False,
+        resume=True,
+        log=said.append,
+    )
+    resumed = [m for m in said if m.startswith("resuming")]
+    assert resumed and "from step 2 of 4" in resumed[0] and "checkpoint(s) 2 were saved but not scored" in resumed[0]
+    assert [s.step for s in r.scores] == [2, 4] and r.choice.step in (2, 4)
+    assert (out / "evals" / "step-000002.json").is_file() and (out / "probes" / "step-000002").is_dir()
+    _same_lora(r.best, reference_run.best)
+    assert json.loads(r.report_json.read_text())["resumed_from"] == 2
+
+
+class ProbeCrash(Exception):
+    pass
+
+
+def test_crash_in_the_last_probes_finishes_on_resume(reference_run, tiny_models, character, tmp_path, monkeypatch):
+    """A crash in the last checkpoint's probes (say CUDA out of memory): --resume at step 4 of 4 scores it, chooses
+    among all checkpoints, exports; the console says where it continues."""
+    from charkit.train import loop
+
+    out = tmp_path / "run"
+    real = loop.render_probes
+
+    def crash(session, specs):
+        if session.step == 4:
+            raise ProbeCrash("CUDA out of memory")
+        return real(session, specs)
+
+    monkeypatch.setattr(loop, "render_probes", crash)
+    with pytest.raises(ProbeCrash):
+        loop.train_lora(
+            character,
+            model=tiny_models("sd15").root,
+            preset=RESUME_PRESET,
+            device="cpu",
+            out=out,
+            progress=False,
+            register=False,
+        )
+    assert [c.step for c in ckpt.list_checkpoints(out)] == [2, 4]
+    assert not (out / "evals" / "step-000004.json").exists()
+    monkeypatch.setattr(loop, "render_probes", real)
+    import tomli_w
+
+    preset = tmp_path / "p.toml"
+    preset.write_text(tomli_w.dumps(parse_preset(RESUME_PRESET).model_dump(mode="json", exclude_none=True)))
+    res = CliRunner().invoke(
+        cli,
+        ["train", str(character), "-m", str(tiny_models("sd15").root), "-p", str(preset), "--out", str(out)]
+        + ["--resume", "--device", "cpu", "--quiet", "--no-register"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output and "from step 4 of 4" in res.output and "4 were saved but not scored" in res.output
+    report = json.loads((out / "training_report.json").read_text())
+    assert [c["step"] for c in report["checkpoints"]] == [2, 4] and report["choice"]["step"] == 4
+    _same_lora(out / "best.safetensors", reference_run.best)
+
+
 def test_two_processes_share_one_lora(tiny_models, character, tmp_path):
     """accelerate with 2 CPU processes: each draws its own batches, gradients are averaged, only rank 0 writes."""
     from accelerate import debug_launcher

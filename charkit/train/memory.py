@@ -25,6 +25,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import types
@@ -107,9 +108,8 @@ class MemoryPlan:
             lines.append(f"{r.name:<32} {r.what:<26} " + " ".join(f"{cell(r.phases.get(p)):>7}" for p in PHASES))
         t = self.phase_totals
         lines.append(f"{'total GiB':<32} {'':<26} " + " ".join(f"{t[p]:>7.2f}" for p in PHASES))
-        peak = (
-            f"peak {self.peak_gib:.1f} GiB while {'caching' if self.peak_phase == 'cache' else self.peak_phase + 'ing'}"
-        )
+        doing = {"cache": "caching", "train": "training", "probe": "rendering probes"}[self.peak_phase]
+        peak = f"peak {self.peak_gib:.1f} GiB while {doing}"
         if self.device_gib is None:
             lines.append(f"{peak}; no device to compare with: pass --vram GIB (e.g. --vram 24)")
         else:
@@ -180,6 +180,18 @@ def meta_components(folder: Path, names: list[str]) -> dict[str, torch.nn.Module
                 config = transformers.AutoConfig.for_model(**cfg) if "model_type" in cfg else cls.config_class(**cfg)
                 out[name] = cls(config)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _encoder_params(folder: str, name: str, mtime: float) -> int | None:
+    built = meta_components(Path(folder), [name])
+    return count(built[name]) if name in built else None
+
+
+def encoder_params(folder: Path, name: str) -> int | None:
+    """Parameters of a frozen component (built once per config file: a T5-XXL takes seconds even on meta)."""
+    f = folder / name / "config.json"
+    return _encoder_params(str(folder), name, f.stat().st_mtime) if f.is_file() else None
 
 
 def scheduler_config(folder: Path) -> dict:
@@ -308,22 +320,58 @@ def plan_memory(
     spec = get_spec(p.family)
     folder = config_folder(model, model_config)
     wb = _DTYPE_BYTES[p.train.mixed_precision]
-    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[p.train.mixed_precision]
     size = resolution or p.train.resolution or spec.width
-    batch = p.train.batch_size
-    encoders = [n for n in spec.lora_components if n != spec.denoiser]
-    comps = meta_components(folder, [spec.denoiser, "vae", *encoders])
+    facts = denoiser_facts(str(folder), p.model_dump_json(include={"family", "lora", "loss", "train"}), size)
+    trained = set(spec.lora_text_encoders) if p.lora.text_encoder else set()
+    encoders = {}
+    for name in (c for c in spec.lora_components if c != spec.denoiser):
+        if name in trained:
+            built = meta_components(folder, [name])
+            if name in built:
+                encoders[name] = built[name]
+        elif (n := encoder_params(folder, name)) is not None:
+            encoders[name] = n
+    return _assemble(p, spec, folder, facts, encoders, wb, size, vram_gib, device_name, QUANT_BYTES, STATE_BYTES)
+
+
+@dataclass(frozen=True)
+class DenoiserFacts:
+    """What the plan needs of the denoiser and VAE, measured once per (model, LoRA, loss, batch, size)."""
+
+    frozen: int  # frozen parameters
+    linear: int  # of which in Linear weights (what a quantised base shrinks)
+    blocks: tuple[int, ...]  # frozen parameters per transformer block, execution order (block swap); () for UNets
+    lora: int  # LoRA parameters
+    act: Activations
+    vae_params: int
+    vae_channels: int  # the VAE's first block width (decode / encode activations scale with it)
+
+
+@functools.lru_cache(maxsize=32)
+def denoiser_facts(folder: str, preset_json: str, size: int) -> DenoiserFacts:
+    """Build the denoiser on meta with the preset's LoRA and run its loss once (see :func:`measure_activations`)."""
+    from ..families import get_spec
+    from .config import parse_preset
+    from .offload import swap_blocks
+
+    p = parse_preset(json.loads(preset_json))
+    spec = get_spec(p.family)
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[p.train.mixed_precision]
+    comps = meta_components(Path(folder), [spec.denoiser, "vae"])
     if spec.denoiser not in comps or "vae" not in comps:
         raise CharkitError(f"--plan {folder}: no {spec.denoiser} or vae config there; is it a {spec.name} model?")
-    den, vae = comps.pop(spec.denoiser).to(dtype), comps.pop("vae")
-    lora_params = add_meta_lora(den, p, spec)
-    act = measure_activations(p.family, den, vae.config, scheduler_config(folder), p, size=size, batch=batch)
-    return _assemble(
-        p, spec, folder, den, vae, comps, lora_params, act, wb, size, vram_gib, device_name, QUANT_BYTES, STATE_BYTES
+    den, vae = comps[spec.denoiser].to(dtype), comps["vae"]
+    den.requires_grad_(False)
+    blocks = tuple(count(b) for b in swap_blocks(den)) if spec.denoiser == "transformer" else ()
+    frozen, linear = count(den), linear_weights(den)
+    lora = add_meta_lora(den, p, spec)
+    act = measure_activations(
+        p.family, den, vae.config, scheduler_config(Path(folder)), p, size=size, batch=p.train.batch_size
     )
+    return DenoiserFacts(frozen, linear, blocks, lora, act, count(vae), vae.config.block_out_channels[0])
 
 
-def _assemble(p, spec, folder, den, vae, encoders, lora_params, act, wb, size, vram_gib, device_name, qbytes, sbytes):
+def _assemble(p, spec, folder, facts: DenoiserFacts, encoders, wb, size, vram_gib, device_name, qbytes, sbytes):
     """The plan's rows from the measured parts, placed per phase as the training loop places them."""
     offload = (
         p.memory.offload_encoders
@@ -333,14 +381,11 @@ def _assemble(p, spec, folder, den, vae, encoders, lora_params, act, wb, size, v
     )
     quant = p.memory.base_quantization
     qb = qbytes[quant] or wb
-    linear = linear_weights(den)
-    frozen = count(den, trainable=False)
-    den_gib = (linear * qb + (frozen - linear) * wb) / GIB
+    frozen, act, lora_params = facts.frozen, facts.act, facts.lora
+    den_gib = (facts.linear * qb + (frozen - facts.linear) * wb) / GIB
     what = f"{frozen / 1e9:.2f} B, {'linear ' + quant if quant != 'none' else p.train.mixed_precision}"
     if p.memory.block_swap:
-        from .offload import swap_blocks
-
-        swapped = [count(b, trainable=False) * wb / GIB for b in swap_blocks(den)[-p.memory.block_swap :]]
+        swapped = [n * wb / GIB for n in facts.blocks[-p.memory.block_swap :]]
         den_gib -= sum(swapped) - 2 * max(swapped)
         what += f", {len(swapped)} blocks on CPU"
     # A quantised denoiser loads straight onto the GPU; otherwise it waits on the CPU while the caches fill.
@@ -352,22 +397,18 @@ def _assemble(p, spec, folder, den, vae, encoders, lora_params, act, wb, size, v
         )
     ]
     te_lora = 0
-    for name, m in encoders.items():
-        gib = count(m) * wb / GIB
-        rows.append(
-            Row(
-                name,
-                f"{count(m) / 1e9:.2f} B, {p.train.mixed_precision}",
-                {"cache": gib, "train": None if offload else gib, "probe": None if offload else gib},
-            )
-        )
-        if p.lora.text_encoder and name in spec.lora_text_encoders:
+    for name, m in encoders.items():  # a built module (its LoRA is trained) or a parameter count
+        n = m if isinstance(m, int) else count(m)
+        gib = n * wb / GIB
+        on = {"cache": gib, "train": None if offload else gib, "probe": None if offload else gib}
+        rows.append(Row(name, f"{n / 1e9:.2f} B, {p.train.mixed_precision}", on))
+        if not isinstance(m, int):
             te_lora += _te_lora_params(m, p, spec)
-    vae_gib = count(vae) * wb / GIB
+    vae_gib = facts.vae_params * wb / GIB
     rows.append(
         Row(
             "vae",
-            f"{count(vae) / 1e6:.0f} M, {p.train.mixed_precision}",
+            f"{facts.vae_params / 1e6:.0f} M, {p.train.mixed_precision}",
             {"cache": vae_gib, "train": None if offload else vae_gib, "probe": vae_gib},
         )
     )
@@ -388,9 +429,9 @@ def _assemble(p, spec, folder, den, vae, encoders, lora_params, act, wb, size, v
     train_act = (act.checkpointed if ckpt else act.total) * ACTIVATION_MARGIN / GIB
     images = len(p.eval.seeds) * (1 if spec.name == "flux" else 2)  # one prompt's seeds per call; CFG doubles
     probe_size = max(p.eval.width or size, p.eval.height or size)
-    decode = 6 * vae.config.block_out_channels[0] * probe_size**2 * wb * len(p.eval.seeds) / GIB
+    decode = 6 * facts.vae_channels * probe_size**2 * wb * len(p.eval.seeds) / GIB
     infer = act.largest_block / max(p.train.batch_size, 1) * images * 0.5 / GIB
-    encode = 6 * vae.config.block_out_channels[0] * size**2 * wb / GIB
+    encode = 6 * facts.vae_channels * size**2 * wb / GIB
     rows.append(
         Row(
             "activations",
