@@ -173,10 +173,14 @@ FAMILY_CASES = [
     ("sdxl", {"lora": {"rank": 4, "alpha": 4, "text_encoder": True}}),
     ("sd3", {"train": {"cache_latents": False}}),
     ("flux", {}),
+    # kohya / ai-toolkit style: every Linear of the blocks (MLP, modulation), exported in BFL names, fused
+    ("flux", {"lora": {"rank": 4, "alpha": 8, "scope": "all_linear"}}),
 ]
 
 
-@pytest.mark.parametrize("family, changes", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+@pytest.mark.parametrize(
+    "family, changes", FAMILY_CASES, ids=[c[0] + ("-all_linear" if "scope" in str(c[1]) else "") for c in FAMILY_CASES]
+)
 def test_train_export_reload(family, changes, tiny_models, character):
     """Loss falls on a fixed batch, LoRA weights change, and both exported files reproduce the trained model."""
     from charkit.families import get_family
@@ -266,6 +270,9 @@ def test_train_export_reload(family, changes, tiny_models, character):
     }.get(family, "lora_unet_")
     assert any(k.startswith(head) and k.endswith(".lora_down.weight") for k in sd), sorted(sd)[:4]
     assert not any(k.startswith("lora_transformer_") for k in sd)
+    if plan.preset.lora.scope == "all_linear":  # MLP and modulation layers, in sd-scripts' BFL names
+        for name in ("double_blocks_0_img_mlp_0", "double_blocks_0_txt_mod_lin", "single_blocks_0_linear2"):
+            assert f"lora_unet_{name}.lora_down.weight" in sd, name
     te_heads = (
         {"sd15": ("lora_te_",), "sdxl": ("lora_te1_", "lora_te2_")}.get(family, ())
         if plan.preset.lora.text_encoder

@@ -581,7 +581,9 @@ def load_base(plan: TrainPlan):
         **kw,
         **extra,
     )
-    pipe = loading.finish_pipeline(pipe, device="cpu" if staged else plan.device, scheduler=None)
+    pipe.set_progress_bar_config(disable=True)
+    if not staged:  # staged: every part stays where it loaded (a quantised denoiser on the GPU) until cache()
+        pipe.to(plan.device)
     for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, name, None)
         if module is not None:

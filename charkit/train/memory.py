@@ -371,31 +371,24 @@ def denoiser_facts(folder: str, preset_json: str, size: int) -> DenoiserFacts:
     return DenoiserFacts(frozen, linear, blocks, lora, act, count(vae), vae.config.block_out_channels[0])
 
 
-def _assemble(p, spec, folder, facts: DenoiserFacts, encoders, wb, size, vram_gib, device_name, qbytes, sbytes):
-    """The plan's rows from the measured parts, placed per phase as the training loop places them."""
-    offload = (
-        p.memory.offload_encoders
-        and p.train.cache_latents
-        and p.train.cache_text_embeddings
-        and not p.lora.text_encoder
-    )
-    quant = p.memory.base_quantization
+def _offloads(p) -> bool:
+    t = p.train
+    return p.memory.offload_encoders and t.cache_latents and t.cache_text_embeddings and not p.lora.text_encoder
+
+
+def _weight_rows(p, spec, facts: DenoiserFacts, encoders, wb: float, qbytes) -> tuple[list[Row], int]:
+    """Rows of the frozen weights (denoiser, encoders, VAE), and the parameters of a trained text-encoder LoRA."""
+    offload, quant = _offloads(p), p.memory.base_quantization
     qb = qbytes[quant] or wb
-    frozen, act, lora_params = facts.frozen, facts.act, facts.lora
-    den_gib = (facts.linear * qb + (frozen - facts.linear) * wb) / GIB
-    what = f"{frozen / 1e9:.2f} B, {'linear ' + quant if quant != 'none' else p.train.mixed_precision}"
+    den_gib = (facts.linear * qb + (facts.frozen - facts.linear) * wb) / GIB
+    what = f"{facts.frozen / 1e9:.2f} B, {'linear ' + quant if quant != 'none' else p.train.mixed_precision}"
     if p.memory.block_swap:
         swapped = [n * wb / GIB for n in facts.blocks[-p.memory.block_swap :]]
         den_gib -= sum(swapped) - 2 * max(swapped)
         what += f", {len(swapped)} blocks on CPU"
     # A quantised denoiser loads straight onto the GPU; otherwise it waits on the CPU while the caches fill.
-    rows = [
-        Row(
-            spec.denoiser,
-            what,
-            {"cache": den_gib if quant != "none" or not offload else None, "train": den_gib, "probe": den_gib},
-        )
-    ]
+    cache = den_gib if quant != "none" or not offload else None
+    rows = [Row(spec.denoiser, what, {"cache": cache, "train": den_gib, "probe": den_gib})]
     te_lora = 0
     for name, m in encoders.items():  # a built module (its LoRA is trained) or a parameter count
         n = m if isinstance(m, int) else count(m)
@@ -405,57 +398,59 @@ def _assemble(p, spec, folder, facts: DenoiserFacts, encoders, wb, size, vram_gi
         if not isinstance(m, int):
             te_lora += _te_lora_params(m, p, spec)
     vae_gib = facts.vae_params * wb / GIB
-    rows.append(
-        Row(
-            "vae",
-            f"{facts.vae_params / 1e6:.0f} M, {p.train.mixed_precision}",
-            {"cache": vae_gib, "train": None if offload else vae_gib, "probe": vae_gib},
-        )
-    )
-    n_lora = lora_params + te_lora
+    on = {"cache": vae_gib, "train": None if offload else vae_gib, "probe": vae_gib}
+    rows.append(Row("vae", f"{facts.vae_params / 1e6:.0f} M, {p.train.mixed_precision}", on))
+    return rows, te_lora
+
+
+def _training_rows(p, spec, facts: DenoiserFacts, n_lora: int, wb: float, size: int, sbytes) -> list[Row]:
+    """Rows of what training adds: LoRA weights and gradients, optimizer state, activations, the CUDA context."""
+    act, ckpt = facts.act, p.train.gradient_checkpointing
     lora_gib = n_lora * 4 / GIB
-    rows.append(
-        Row("LoRA weights + gradients", f"{n_lora / 1e6:.1f} M, fp32", {"train": 2 * lora_gib, "probe": lora_gib})
-    )
     opt_gib = n_lora * sbytes[p.optimizer.name] / GIB
-    rows.append(
+    train_act = (act.checkpointed if ckpt else act.total) * ACTIVATION_MARGIN / GIB
+    images = len(p.eval.seeds) * (1 if spec.name == "flux" else 2)  # one prompt's seeds per call; CFG doubles
+    probe_size = max(p.eval.width or size, p.eval.height or size)
+    decode = 6 * facts.vae_channels * probe_size**2 * wb * len(p.eval.seeds) / GIB  # rough: feature maps alive
+    infer = act.largest_block / max(p.train.batch_size, 1) * images * 0.5 / GIB  # rough: no-grad forward
+    encode = 6 * facts.vae_channels * size**2 * wb / GIB
+    return [
+        Row("LoRA weights + gradients", f"{n_lora / 1e6:.1f} M, fp32", {"train": 2 * lora_gib, "probe": lora_gib}),
         Row(
             f"optimizer state ({p.optimizer.name})",
             f"{sbytes[p.optimizer.name]:g} B/param",
             {"train": opt_gib, "probe": opt_gib},
-        )
-    )
-    ckpt = p.train.gradient_checkpointing
-    train_act = (act.checkpointed if ckpt else act.total) * ACTIVATION_MARGIN / GIB
-    images = len(p.eval.seeds) * (1 if spec.name == "flux" else 2)  # one prompt's seeds per call; CFG doubles
-    probe_size = max(p.eval.width or size, p.eval.height or size)
-    decode = 6 * facts.vae_channels * probe_size**2 * wb * len(p.eval.seeds) / GIB
-    infer = act.largest_block / max(p.train.batch_size, 1) * images * 0.5 / GIB
-    encode = 6 * facts.vae_channels * size**2 * wb / GIB
-    rows.append(
+        ),
         Row(
             "activations",
             f"{size} px, checkpointing {'on' if ckpt else 'off'}",
             {"cache": encode, "train": train_act, "probe": infer + decode},
-        )
-    )
-    rows.append(Row("CUDA context + allocator", "fixed", dict.fromkeys(PHASES, CONTEXT_GIB)))
+        ),
+        Row("CUDA context + allocator", "fixed", dict.fromkeys(PHASES, CONTEXT_GIB)),
+    ]
+
+
+def _assemble(p, spec, folder, facts: DenoiserFacts, encoders, wb, size, vram_gib, device_name, qbytes, sbytes):
+    """The plan's rows from the measured parts, placed per phase as the training loop places them."""
+    quant = p.memory.base_quantization
+    rows, te_lora = _weight_rows(p, spec, facts, encoders, wb, qbytes)
+    n_lora = facts.lora + te_lora
+    rows += _training_rows(p, spec, facts, n_lora, wb, size, sbytes)
     notes = []
     if quant != "none":
         notes.append(f"{quant} base: needs CUDA and bitsandbytes (pip install 'charkit[gpu]')")
     if p.optimizer.name == "adamw8bit":
         extra = n_lora * (sbytes["adamw"] - sbytes["adamw8bit"]) / GIB
         notes.append(f"adamw8bit needs bitsandbytes on CUDA; without it torch AdamW runs (+{extra:.2f} GiB)")
-    if not ckpt:
-        notes.append(
-            f"train.gradient_checkpointing = true would save {(act.total - act.checkpointed) * ACTIVATION_MARGIN / GIB:.1f} GiB of activations"
-        )
+    if not p.train.gradient_checkpointing:
+        saved = (facts.act.total - facts.act.checkpointed) * ACTIVATION_MARGIN / GIB
+        notes.append(f"train.gradient_checkpointing = true would save {saved:.1f} GiB of activations")
     notes.append("activations measured at a square bucket; other buckets of the same area differ little")
     scope = "custom targets" if p.lora.targets else p.lora.scope.replace("_", "-")
     summary = (
         f"{spec.name}, {folder}, {size} px, batch {p.train.batch_size}, LoRA rank {p.lora.rank} ({scope}), "
         f"base {quant if quant != 'none' else p.train.mixed_precision}, encoders "
-        f"{'off the GPU after caching' if offload else 'on the GPU'}, optimizer {p.optimizer.name}"
+        f"{'off the GPU after caching' if _offloads(p) else 'on the GPU'}, optimizer {p.optimizer.name}"
         + (f", block swap {p.memory.block_swap}" if p.memory.block_swap else "")
     )
     return MemoryPlan(

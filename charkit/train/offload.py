@@ -90,7 +90,10 @@ def check_quantization(preset, device: torch.device) -> str | None:
 
 
 def is_quantized(module) -> bool:
-    return bool(getattr(module, "is_quantized", False) or getattr(module, "is_loaded_in_4bit", False))
+    """True for a bitsandbytes-quantised model (what diffusers' own pipeline.to() checks)."""
+    from diffusers.quantizers.bitsandbytes.utils import _check_bnb_status
+
+    return bool(any(_check_bnb_status(module)))
 
 
 @contextlib.contextmanager
@@ -183,6 +186,7 @@ def place_denoiser(denoiser, device: torch.device, *, block_swap: int = 0) -> Bl
     """Move the denoiser to ``device`` block by block (never all of it at once), leaving the frozen weights of
     the last ``block_swap`` blocks on the CPU behind a :class:`BlockSwap`. A quantised denoiser is already there."""
     if is_quantized(denoiser):
+        denoiser.to(device)  # bitsandbytes moves its quantised weights itself (a no-op where they already are)
         return None
     swapped = {id(b) for b in swap_blocks(denoiser)[-block_swap:]} if block_swap else set()
     for child in denoiser.children():
