@@ -321,7 +321,11 @@ def plan_memory(
     folder = config_folder(model, model_config)
     wb = _DTYPE_BYTES[p.train.mixed_precision]
     size = resolution or p.train.resolution or spec.width
-    facts = denoiser_facts(str(folder), p.model_dump_json(include={"family", "lora", "loss", "train"}), size)
+    # what the measurement depends on (gradient checkpointing does not: both counts come from one run)
+    key = p.model_dump(
+        mode="json", include={"family": True, "lora": True, "loss": True, "train": {"mixed_precision", "batch_size"}}
+    )
+    facts = denoiser_facts(str(folder), json.dumps(key, sort_keys=True), size)
     trained = set(spec.lora_text_encoders) if p.lora.text_encoder else set()
     encoders = {}
     for name in (c for c in spec.lora_components if c != spec.denoiser):
