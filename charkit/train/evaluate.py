@@ -239,7 +239,8 @@ def score_probes(
         adherence = clip.score(img, spec.text) if clip is not None else None
         out.append(ProbeResult(spec.prompt, spec.seed, rel, s.status, s.similarity, adherence))
         face = s.matches[0].face if s.matches else None
-        out[-1].embedding = s.faces[face].embedding if face is not None else None  # for the memorisation guard
+        # for the memorisation guard (charkit.train.overfit); embedded again there when absent
+        out[-1].embedding = getattr(s.faces[face], "embedding", None) if face is not None else None
     return out
 
 

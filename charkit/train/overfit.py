@@ -46,6 +46,20 @@ def hash_similarity(a: int, b: int) -> float:
     return 1.0 - hamming(a, b) / HASH_BITS
 
 
+def single(backend):
+    """The one face backend the guard compares embeddings with: a panel of several backends (the identity
+    engine's combined scorer) lends its primary one; embeddings of different backends never mix."""
+    return getattr(backend, "primary", backend)
+
+
+def largest_face(image, backend) -> np.ndarray | None:
+    """Embedding of the largest embeddable face of ``image`` (PIL), or None."""
+    from ..identity.analyze import analyze_array
+
+    faces = [f for f in analyze_array(np.asarray(image.convert("RGB")), backend) if f.embedding is not None]
+    return max(faces, key=lambda f: f.area).embedding if faces else None
+
+
 def training_photos(paths: list[Path], backend) -> list[TrainingPhoto]:
     """Perceptual hash and face embedding of each training image (embedded once per run).
 
@@ -53,20 +67,17 @@ def training_photos(paths: list[Path], backend) -> list[TrainingPhoto]:
     """
     from PIL import Image
 
-    from ..identity.analyze import analyze_array
-
+    b = single(backend)
     out = []
     for p in paths:
         with Image.open(p) as im:
             rgb = im.convert("RGB")
-        faces = [f for f in analyze_array(np.asarray(rgb), backend) if f.embedding is not None]
-        largest = max(faces, key=lambda f: f.area).embedding if faces else None
-        out.append(TrainingPhoto(name=Path(p).name, phash=phash(rgb), embedding=largest))
+        out.append(TrainingPhoto(name=Path(p).name, phash=phash(rgb), embedding=largest_face(rgb, b)))
     return out
 
 
 def memo_face_similarity(backend) -> float:
-    t = backend.info.threshold
+    t = single(backend).info.threshold
     return t + MEMO_FACE_FRACTION * (1.0 - t)
 
 
@@ -74,17 +85,21 @@ def mark_probes(images, probes, photos: list[TrainingPhoto], backend) -> None:
     """Set each probe's ``phash`` and, against the training photos, ``memorized``, ``nearest`` (the training
     photo closest in picture) and its ``copy_hash`` / ``copy_face`` similarities, in place. ``probes[i].embedding``
     is the probe's scored face (from :func:`charkit.train.evaluate.score_probes`)."""
-    face_min = memo_face_similarity(backend) if backend is not None else None
+    b = single(backend) if backend is not None else None
+    face_min = memo_face_similarity(b) if b is not None else None
     for img, pr in zip(images, probes):
         h = phash(img)
         pr.phash = to_hex(h)
         if not photos:
             continue
+        emb = pr.embedding
+        if b is not None and pr.status in ("pass", "drift") and (emb is None or len(emb) != b.info.dim):
+            emb = largest_face(img, b)  # scored by a panel: embed with the one backend the photos used
         rows = []  # (hash similarity, face similarity or None, name) per training photo
         for ph in photos:
             fs = None
-            if pr.embedding is not None and ph.embedding is not None and backend is not None:
-                fs = float(backend.similarity(pr.embedding, ph.embedding))
+            if emb is not None and ph.embedding is not None and b is not None:
+                fs = float(b.similarity(emb, ph.embedding))
             rows.append((hash_similarity(h, ph.phash), fs, ph.name))
         hs, fs, name = max(rows, key=lambda r: (r[0], -2.0 if r[1] is None else r[1]))
         pr.nearest, pr.copy_hash, pr.copy_face = name, round(hs, 4), None if fs is None else round(fs, 4)
