@@ -1,6 +1,8 @@
 """How fast is a charkit training step? Prints ratios (not a test).
 
-On one tiny SD1.5 model and one dataset (same batch size, resolution, LoRA rank, optimizer):
+On one SD1.5 model and one dataset (same batch size, resolution, LoRA rank, optimizer): the tiny test
+model (``--model tiny``, 64 px) or the real SD1.5 architecture with random weights (``--model real``:
+UNet 860 M, VAE 84 M, CLIP-L 123 M from tests/data/configs/sd15, on CPU at 256 px):
 
 1. charkit's step with cached latents + cached text embeddings vs the same step with both caches
    off (the VAE encodes the images and the text encoder runs on every step). Goal: >= 1.4x faster.
@@ -13,12 +15,12 @@ steps, one torch thread; ratios use the lower quartile of the per-step times (ot
 machine only ever add time). Example (a 2-core machine shared with other jobs)::
 
     .venv/bin/python benchmarks/bench_train.py [--size 64] [--steps 12] [--batch 2] [--repeats 3]
+    .venv/bin/python benchmarks/bench_train.py --model real --size 256 --steps 3 --batch 1 --repeats 2  # ~8 min
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -39,6 +41,7 @@ def make_character(root: Path, size: int) -> Path:
     from PIL import Image
 
     from charkit.character import CharacterSpec, save_spec
+    from charkit.testing.stagefiles import write_dataset_file
 
     d = root / "characters" / "alice"
     (d / "refs").mkdir(parents=True)
@@ -58,9 +61,7 @@ def make_character(root: Path, size: int) -> Path:
                 "source": n,
             }
         )
-    (d / "dataset" / "dataset.json").write_text(
-        json.dumps({"character": "alice", "family": "sd15", "resolution": size, "items": items})
-    )
+    write_dataset_file(d / "dataset", items, character="alice", family="sd15", resolution=size)
     save_spec(d, CharacterSpec(name="alice", trigger=["ohwx"], class_word="man"))
     return d
 
@@ -72,7 +73,11 @@ def preset(cached: bool, batch: int) -> dict:
         "optimizer": {"learning_rate": 1e-4, "max_grad_norm": 1.0},
         "train": {"steps": 10_000, "batch_size": batch, "cache_latents": cached, "cache_text_embeddings": cached},
         "eval": {"every": 10_000},
+        "checkpoints": {"max_count": 10_000},
     }
+
+
+WARMUP = 2
 
 
 def time_charkit(character: Path, model: Path, *, cached: bool, batch: int, steps: int) -> float:
@@ -83,7 +88,7 @@ def time_charkit(character: Path, model: Path, *, cached: bool, batch: int, step
     )
     session = loop.load(plan)
     loop.cache(session)
-    for _ in range(2):
+    for _ in range(WARMUP):
         loop.train_step(session)
         session.step += 1
     times = []
@@ -143,7 +148,7 @@ def time_example_loop(character: Path, model: Path, *, batch: int, steps: int) -
         opt.step()
         opt.zero_grad()
 
-    for _ in range(2):
+    for _ in range(WARMUP):
         step()
     times = []
     for _ in range(steps):
@@ -155,36 +160,49 @@ def time_example_loop(character: Path, model: Path, *, batch: int, steps: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=int, default=64, help="training resolution (px)")
+    ap.add_argument(
+        "--model", choices=["tiny", "real"], default="tiny", help="tiny test model or real SD1.5 architecture"
+    )
+    ap.add_argument("--size", type=int, default=None, help="training resolution (px; default 64 tiny, 256 real)")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     args = ap.parse_args()
+    global WARMUP
+    WARMUP = args.warmup
 
     import torch
 
     torch.set_num_threads(1)
-    from charkit.families.sd15 import build_tiny
-
+    args.size = args.size or (256 if args.model == "real" else 64)
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     os.environ.setdefault("CHARKIT_CACHE_DIR", str(tmp / "cache"))
     try:
-        tiny = build_tiny(tmp / "tiny", controlnet=False, ip_adapter=False, single_file=False)
+        if args.model == "real":
+            from gpu_train import CONFIGS, save_random_model
+
+            model = save_random_model(CONFIGS / "sd15", tmp / "sd15-random", device="cpu", dtype=torch.float32)
+        else:
+            from charkit.families.sd15 import build_tiny
+
+            model = build_tiny(tmp / "tiny", controlnet=False, ip_adapter=False, single_file=False).root
         character = make_character(tmp, args.size)
         rows = {"cached": [], "uncached": [], "example": []}
         for _ in range(args.repeats):  # interleaved, so load on a shared machine hits all three alike
             for name in rows:
                 shutil.rmtree(character / "runs", ignore_errors=True)
                 if name == "example":
-                    rows[name].extend(time_example_loop(character, tiny.root, batch=args.batch, steps=args.steps))
+                    rows[name].extend(time_example_loop(character, model, batch=args.batch, steps=args.steps))
                 else:
                     rows[name].extend(
-                        time_charkit(character, tiny.root, cached=name == "cached", batch=args.batch, steps=args.steps)
+                        time_charkit(character, model, cached=name == "cached", batch=args.batch, steps=args.steps)
                     )
         # On a shared machine other jobs only ever add time: the lower quartile of the per-step times is the
         # steadiest estimate of what a step costs (the median is printed too).
-        med = {k: statistics.quantiles(v, n=4)[0] for k, v in rows.items()}
-        print(f"tiny sd15, {args.size}px, batch {args.batch}, {args.steps} steps x {args.repeats} repeats, 1 thread")
+        med = {k: (statistics.quantiles(v, n=4)[0] if len(v) > 1 else v[0]) for k, v in rows.items()}
+        label = "real-architecture sd15 (random weights)" if args.model == "real" else "tiny sd15"
+        print(f"{label}, {args.size}px, batch {args.batch}, {args.steps} steps x {args.repeats} repeats, 1 thread")
         for k, v in med.items():
             print(
                 f"  {k:9s} {v * 1000:8.1f} ms/step (lower quartile)   median {statistics.median(rows[k]) * 1000:.1f} ms"

@@ -5,12 +5,15 @@
 
 Lifecycle (:mod:`charkit.train.loop`)::
 
-    check_inputs -> load -> cache -> train_steps (checkpoint + evaluate) -> choose -> export
+    check_inputs -> load -> cache -> train_steps (step-0 baseline, checkpoint + evaluate) -> choose -> export
 
-Modules: ``config`` (presets), ``data`` (dataset, batches, caches), ``checkpoints`` (crash-safe
-saves, resume), ``evaluate`` (probe renders, identity / adherence, :func:`choose_checkpoint`),
-``export`` (diffusers + kohya files), ``report`` (training_report.json/.html), ``cli``.
-Family-specific LoRA targets and losses live in ``charkit/families/<family>/lora.py``.
+Modules: ``config`` (presets), ``data`` (dataset, epochs, regularisation images, batches, caches),
+``checkpoints`` (crash-safe saves, resume), ``evaluate`` (probe renders, identity / adherence,
+:func:`choose_checkpoint`), ``overfit`` (memorisation and prompt-diversity guards), ``optim``
+(optimizers, LR schedules), ``offload`` (quantised base, encoders off the GPU, block swap),
+``memory`` (``charkit train --plan``), ``export`` (diffusers + kohya files, modelspec), ``report``
+(training_report.json/.html), ``cli``. Family-specific LoRA targets and losses live in
+``charkit/families/<family>/lora.py``.
 """
 
 from __future__ import annotations

@@ -57,6 +57,19 @@ from ..cli_options import allow_pickle_option, backend_option, device_option, dt
 )
 @allow_pickle_option()
 @click.option("--no-register", is_flag=True, help="Do not record the LoRA in character.toml.")
+@click.option(
+    "--plan",
+    "plan_only",
+    is_flag=True,
+    help="Print the estimated peak GPU memory per component (from the model's configs, no weights loaded) and "
+    "whether it fits the device (or --vram), then stop.",
+)
+@click.option(
+    "--vram",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="GPU memory in GiB to check --plan against (default: the CUDA device's).",
+)
 @quiet_option()
 def train(
     character,
@@ -74,6 +87,8 @@ def train(
     model_config,
     allow_pickle_weights,
     no_register,
+    plan_only,
+    vram,
     quiet,
 ):
     """Train a character LoRA and pick its best checkpoint by measured identity.
@@ -89,7 +104,17 @@ def train(
       charkit train characters/alice -m runwayml/stable-diffusion-v1-5 -p training/sd15-lora.toml
       charkit train characters/alice -m ./tiny-sd15 -p training/sd15-lora.toml --steps 20 --eval-every 10
       charkit train characters/alice -m ./sdxl -p training/sdxl-lora.toml --run first --resume
+      charkit train characters/alice -m black-forest-labs/FLUX.1-dev -p training/flux-lora.toml --plan --vram 24
     """
+    if plan_only:
+        from .loop import resolve_preset
+        from .memory import plan_for_character
+
+        p = resolve_preset(preset, steps=steps, eval_every=eval_every, dtype=None if dtype == "auto" else dtype)
+        click.echo(
+            plan_for_character(character, p, model, model_config=model_config, vram_gib=vram, device=device).to_text()
+        )
+        return
     from .loop import train_lora
 
     result = train_lora(
@@ -109,6 +134,7 @@ def train(
         allow_pickle_weights=allow_pickle_weights,
         register=not no_register,
         progress=not quiet,
+        log=lambda message: click.echo(f"charkit train: {message}", err=True),
     )
     if result is None:  # a non-main process of a multi-GPU run
         return

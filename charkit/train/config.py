@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import CharkitError, validation_message
 from ..families.registry import FAMILIES, FamilyName, families_that, get_spec
 
+#: Upper bound of train.steps (a typo like --steps 150000 for 1500 is refused).
+MAX_STEPS = 100_000
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,10 +36,15 @@ class LoraSection(_Section):
         16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank (alpha = rank gives scale 1)."
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training (0 = off).")
+    scope: Literal["attention", "all_linear"] = Field(
+        "attention",
+        description="Which layers the LoRA adapts when lora.targets is empty: 'attention' (the family's attention "
+        "projections, SPEC.lora_targets, what the diffusers examples train) or 'all_linear' (every Linear of the "
+        "denoiser's blocks: attention, MLP and modulation, what kohya and ai-toolkit train; learns more, bigger file).",
+    )
     targets: list[str] = Field(
         default_factory=list,
-        description="Module names of the UNet/transformer to adapt (peft target_modules); empty = the family's "
-        "default (charkit/families/<family>/lora.py LORA_TARGETS).",
+        description="Module names of the UNet/transformer to adapt (peft target_modules); empty = lora.scope decides.",
     )
     text_encoder: bool = Field(
         False,
@@ -47,10 +55,11 @@ class LoraSection(_Section):
 
 
 class OptimizerSection(_Section):
-    name: Literal["adamw", "adamw8bit"] = Field(
+    name: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = Field(
         "adamw",
-        description="'adamw' (torch) or 'adamw8bit' (bitsandbytes; used only when bitsandbytes is installed and the "
-        "device is CUDA, otherwise torch AdamW is used and the report says so).",
+        description="'adamw' (torch), 'adamw8bit' (bitsandbytes, `pip install charkit[gpu]`; on CPU or without "
+        "bitsandbytes torch AdamW runs instead and the console and the report say so), 'prodigy' (prodigyopt: "
+        "learning-rate free, set learning_rate = 1.0) or 'adafactor' (torch's factored optimizer, least state).",
     )
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the UNet/transformer LoRA.")
     text_encoder_learning_rate: float = Field(
@@ -67,7 +76,32 @@ class OptimizerSection(_Section):
 
 
 class TrainSection(_Section):
-    steps: int = Field(1500, ge=1, description="Optimizer steps to train (`--steps` overrides).")
+    steps: int = Field(
+        1500,
+        ge=1,
+        le=MAX_STEPS,
+        description=f"Optimizer steps to train (`--steps` overrides; at most {MAX_STEPS:,}). Ignored when train.epochs "
+        "is set.",
+    )
+    epochs: int = Field(
+        0,
+        ge=0,
+        description="Passes over the dataset (each image train.repeats times, plus as many regularisation images) "
+        "instead of train.steps; 0 = train.steps decides. steps = ceil(epochs x batches per epoch / "
+        "(gradient_accumulation x processes)).",
+    )
+    repeats: int = Field(
+        1, ge=1, le=1000, description="Times each training image is seen per epoch (kohya's folder repeats)."
+    )
+    reg_images: str = Field(
+        "",
+        description="Folder of regularisation (class) images for prior preservation: photos of the class word "
+        "(other men, other women) that keep the LoRA from turning every person into the character. A caption .txt "
+        "beside an image is used, else the class word. Relative paths are from the character folder; '' = none.",
+    )
+    prior_loss_weight: float = Field(
+        1.0, ge=0.0, description="Loss weight of a regularisation image relative to a training image (DreamBooth)."
+    )
     batch_size: int = Field(1, ge=1, description="Images per step (per device).")
     gradient_accumulation: int = Field(
         1, ge=1, description="Micro-batches accumulated per optimizer step (effective batch = batch_size x this)."
@@ -101,6 +135,28 @@ class TrainSection(_Section):
     )
 
 
+class MemorySection(_Section):
+    base_quantization: Literal["none", "nf4", "int8"] = Field(
+        "none",
+        description="Quantise the frozen denoiser when it loads (bitsandbytes through diffusers' quantisation "
+        "backend; CUDA and `pip install charkit[gpu]`): 'nf4' (4-bit NormalFloat, QLoRA: Flux's 23.8 GB "
+        "transformer becomes about 6.7 GB), 'int8' (LLM.int8, about 12 GB) or 'none'. The LoRA still trains in fp32.",
+    )
+    offload_encoders: bool = Field(
+        True,
+        description="On a GPU, move the text encoders and the VAE to the CPU once the caches are filled (probes "
+        "render from cached prompt embeddings; the VAE comes back only to decode them). Off automatically when a "
+        "cache is off or the text encoder is trained.",
+    )
+    block_swap: int = Field(
+        0,
+        ge=0,
+        description="SD3/Flux on a GPU: keep the frozen weights of this many transformer blocks on the CPU and copy "
+        "each to the GPU only while it runs (forward and the recomputation in backward; needs "
+        "train.gradient_checkpointing). Slower; for an unquantised base that does not fit. 0 = off.",
+    )
+
+
 class LossSection(_Section):
     noise_offset: float = Field(
         0.0, ge=0.0, description="SD families: add this much per-channel offset noise (helps very dark/bright images)."
@@ -122,6 +178,12 @@ class LossSection(_Section):
         1.0,
         ge=0.0,
         description="Flux: the distilled-guidance value fed to guidance-embedded transformers while training.",
+    )
+    precondition_outputs: bool | None = Field(
+        None,
+        description="SD3: precondition the prediction as in Karras et al. (x0 = x_t - sigma x prediction, loss "
+        "against the clean latents), the default of diffusers' train_dreambooth_lora_sd3.py; false = plain "
+        "velocity loss. None = the family default (on for SD3); other families must leave it unset.",
     )
 
 
@@ -169,6 +231,29 @@ class EvalSection(_Section):
         description="Checkpoint choice: a checkpoint competes on identity only if at least this share of its probe "
         "renders shows a face.",
     )
+    confidence: float = Field(
+        0.9,
+        gt=0.5,
+        lt=1.0,
+        description="Checkpoint choice: a later checkpoint beats the one chosen so far only when the lower end of "
+        "this two-sided bootstrap interval of its identity gain (over the same probes) is above 0; otherwise the "
+        "difference is probe-to-probe noise and the earlier checkpoint stays.",
+    )
+    max_memorized: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Overfitting guard: a checkpoint is out when more than this share of its probes are near copies "
+        "of a training photo (the same face embedding to near-duplicate level and a close perceptual hash).",
+    )
+    max_similarity_rise: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="Overfitting guard (prompt diversity): a checkpoint is out when its probes of different prompts "
+        "(same seed) look more alike than the no-LoRA baseline's by more than this (perceptual-hash similarity, "
+        "0-1): the LoRA draws one picture whatever the prompt says.",
+    )
 
 
 class CheckpointSection(_Section):
@@ -177,7 +262,23 @@ class CheckpointSection(_Section):
         ge=0,
         description="Free disk to keep beyond a checkpoint's size; a save that would leave less stops training.",
     )
-    kohya: bool = Field(True, description="Also export best.kohya.safetensors (A1111 / ComfyUI key layout).")
+    kohya: bool = Field(
+        True,
+        description="Also export best.kohya.safetensors (kohya sd-scripts layout: A1111, Forge and ComfyUI read "
+        "it; for Flux also stock diffusers; see docs/training.md for which tool loads which file).",
+    )
+    keep: int = Field(
+        0,
+        ge=0,
+        description="Keep at most this many checkpoint folders besides the best one so far (the newest are kept, "
+        "for resuming); 0 = keep all. Scores and probe renders of removed checkpoints stay in the report.",
+    )
+    max_count: int = Field(
+        100,
+        ge=1,
+        description="Refuse a run that would save more checkpoints than this (train.steps / eval.every): a typo in "
+        "--steps fails in the first second instead of filling the disk.",
+    )
 
 
 class TrainPreset(_Section):
@@ -187,6 +288,9 @@ class TrainPreset(_Section):
     lora: LoraSection = Field(default_factory=LoraSection, description="The adapter: rank, alpha, targets.")
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection, description="Optimizer and learning rate.")
     train: TrainSection = Field(default_factory=TrainSection, description="Steps, batch, precision, caches.")
+    memory: MemorySection = Field(
+        default_factory=MemorySection, description="Quantised base, encoder offload, block swap (fitting a GPU)."
+    )
     loss: LossSection = Field(default_factory=LossSection, description="Noise/timestep sampling and loss weighting.")
     eval: EvalSection = Field(default_factory=EvalSection, description="Probe renders and checkpoint choice.")
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection, description="Saving and export.")
@@ -203,7 +307,21 @@ class TrainPreset(_Section):
             raise ValueError(
                 "loss.snr_gamma / loss.noise_offset apply to SD families only; set them to 0 for a flow model"
             )
+        if self.loss.precondition_outputs is not None and self.family != "sd3":
+            raise ValueError("loss.precondition_outputs applies to sd3 only; remove it from this preset")
+        if self.memory.block_swap:
+            if get_spec(self.family).denoiser != "transformer":
+                raise ValueError("memory.block_swap works on transformer families (sd3, flux); set it to 0")
+            if not self.train.gradient_checkpointing:
+                raise ValueError("memory.block_swap needs train.gradient_checkpointing = true")
+            if self.memory.base_quantization != "none":
+                raise ValueError("memory.block_swap is for an unquantised base; set base_quantization = 'none' or 0")
         return self
+
+    @property
+    def precondition(self) -> bool:
+        """SD3's preconditioned loss (on unless the preset turns it off)."""
+        return self.family == "sd3" and self.loss.precondition_outputs is not False
 
     @property
     def is_flow(self) -> bool:
@@ -213,7 +331,16 @@ class TrainPreset(_Section):
 def _field_names() -> set[str]:
     return {
         f
-        for m in (LoraSection, OptimizerSection, TrainSection, LossSection, EvalSection, CheckpointSection, TrainPreset)
+        for m in (
+            LoraSection,
+            OptimizerSection,
+            TrainSection,
+            MemorySection,
+            LossSection,
+            EvalSection,
+            CheckpointSection,
+            TrainPreset,
+        )
         for f in m.model_fields
     }
 

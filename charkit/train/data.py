@@ -4,8 +4,10 @@
 height); :func:`load_dataset` reads it and :func:`check_images` checks
 every image before the model loads, so a corrupt file fails in the first second with its name.
 
-Batches come from one aspect bucket (images of one size) at a time. Everything random about a
-step (which images, which caption is dropped, noise, timesteps) is drawn from
+Batches come from one aspect bucket (images of one size) at a time. An epoch is every training image
+``train.repeats`` times plus as many regularisation images (kohya's rule), shuffled within buckets and
+cut into batches, the batches shuffled (:func:`epoch_batches`, seeded by ``(seed, epoch)``). Everything
+else random about a step (which caption is dropped, noise, timesteps) is drawn from
 :func:`step_generator`, seeded from ``(seed, rank, step, micro-step)``: a resumed run draws exactly
 what the uninterrupted run drew, with no generator state to carry.
 """
@@ -13,7 +15,9 @@ what the uninterrupted run drew, with no generator state to carry.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +35,19 @@ DATASET_FILE = "dataset.json"
 
 @dataclass(frozen=True)
 class TrainItem:
-    """One training image: path, caption and pixel size (as prepped)."""
+    """One training image: path, caption and pixel size (as prepped), and where it came from.
+
+    ``original`` is the crop's (height, width) in the source photo (SDXL's size conditioning: smaller than
+    the item when prep upscaled the crop); None when unknown (the item's own size is used). ``reg`` marks a
+    regularisation (class) image.
+    """
 
     path: Path
     caption: str
     width: int
     height: int
+    original: tuple[int, int] | None = None
+    reg: bool = False
 
 
 @dataclass
@@ -62,6 +73,14 @@ class TrainDataset:
     def captions(self) -> list[str]:
         return sorted({it.caption for it in self.items})
 
+    @property
+    def train_items(self) -> list[int]:
+        return [i for i, it in enumerate(self.items) if not it.reg]
+
+    @property
+    def reg_items(self) -> list[int]:
+        return [i for i, it in enumerate(self.items) if it.reg]
+
 
 @dataclass
 class TrainBatch:
@@ -73,6 +92,8 @@ class TrainBatch:
     crops: list[tuple[int, int]]  # crop top-left per sample (prepped crops: (0, 0))
     captions: list[str]
     indices: list[int]
+    originals: list[tuple[int, int]] | None = None  # (height, width) of each crop in its source photo
+    weights: torch.Tensor | None = None  # per-sample loss weight (regularisation images: prior_loss_weight)
 
 
 # ----------------------------------------------------------------------------------------- dataset
@@ -119,7 +140,9 @@ def load_dataset(
             raise CharkitError(
                 f"{meta_path}: item {n} file {raw.file!r} is outside the dataset folder; re-run `charkit prep`"
             )
-        items.append(TrainItem(path=path, caption=raw.caption, width=raw.width, height=raw.height))
+        x0, y0, x1, y1 = raw.crop_box
+        original = (max(1, round(y1 - y0)), max(1, round(x1 - x0)))
+        items.append(TrainItem(path=path, caption=raw.caption, width=raw.width, height=raw.height, original=original))
     notes: list[str] = []
     # Prep's resolution is nominal: buckets keep an area of about resolution**2 at several aspect ratios.
     prepped = meta.resolution
@@ -153,7 +176,42 @@ def load_dataset(
 def _rescaled(it: TrainItem, factor: float, multiple: int) -> TrainItem:
     w = max(multiple, int(round(it.width * factor / multiple)) * multiple)
     h = max(multiple, int(round(it.height * factor / multiple)) * multiple)
-    return TrainItem(path=it.path, caption=it.caption, width=w, height=h)
+    return TrainItem(path=it.path, caption=it.caption, width=w, height=h, original=it.original, reg=it.reg)
+
+
+REG_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def load_reg_images(folder: str | os.PathLike, dataset: TrainDataset, *, class_word: str) -> TrainDataset:
+    """``dataset`` plus the regularisation images of ``folder``, each fitted (centre crop) to the dataset bucket
+    nearest its aspect; caption: the image's ``.txt`` beside it, else the class word.
+
+    >>> ds = load_reg_images("characters/alice/reg", ds, class_word="woman")  # doctest: +SKIP
+    """
+    from PIL import Image
+
+    from ..dataset.buckets import Bucket, choose_bucket
+
+    root = Path(folder)
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in REG_SUFFIXES) if root.is_dir() else []
+    if not files:
+        raise CharkitError(
+            f"train.reg_images {root}: no images there (.png/.jpg/.webp); add class photos or set reg_images = ''"
+        )
+    buckets = [Bucket(w, h) for h, w in dataset.buckets]
+    reg = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                w, h = im.size
+        except (OSError, ValueError) as e:
+            raise CharkitError(f"{f}: not a readable image ({e}); remove it from train.reg_images") from None
+        b = choose_bucket(w, h, buckets)
+        txt = f.with_suffix(".txt")
+        caption = " ".join(txt.read_text(encoding="utf-8").split()) if txt.is_file() else class_word
+        reg.append(TrainItem(path=f.resolve(), caption=caption or class_word, width=b.width, height=b.height, reg=True))
+    notes = [*dataset.notes, f"{len(reg)} regularisation images from {root}"]
+    return dataclasses.replace(dataset, items=[*dataset.items, *reg], notes=notes)
 
 
 def load_pixels(item: TrainItem) -> torch.Tensor:
@@ -188,16 +246,55 @@ def step_generator(seed: int, rank: int, step: int, micro: int = 0) -> torch.Gen
     return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-def sample_indices(dataset: TrainDataset, batch_size: int, generator: torch.Generator) -> list[int]:
-    """A batch from one bucket, the bucket chosen in proportion to its size."""
-    buckets = list(dataset.buckets.values())
-    sizes = torch.tensor([len(b) for b in buckets], dtype=torch.float64)
-    bucket = buckets[int(torch.multinomial(sizes, 1, generator=generator))]
-    if len(bucket) >= batch_size:
-        pick = torch.randperm(len(bucket), generator=generator)[:batch_size]
-    else:
-        pick = torch.randint(0, len(bucket), (batch_size,), generator=generator)
-    return [bucket[int(i)] for i in pick]
+def _perm(n: int, generator: torch.Generator) -> list[int]:
+    return torch.randperm(n, generator=generator).tolist() if n else []
+
+
+def epoch_batches(
+    dataset: TrainDataset, batch_size: int, *, seed: int, epoch: int, repeats: int = 1
+) -> list[list[int]]:
+    """The batches of one epoch: every training image ``repeats`` times and, when there are regularisation
+    images, as many of those (cycled), shuffled within their aspect bucket, cut into batches (the last one
+    of a bucket may be smaller) and the batches shuffled. A pure function of its arguments.
+
+    >>> ds = TrainDataset(Path("."), "a", "sd15", 64, [TrainItem(Path(f"{i}.png"), "c", 64, 64) for i in range(3)])
+    >>> sorted(len(b) for b in epoch_batches(ds, 2, seed=0, epoch=0))
+    [1, 2]
+    """
+    digest = hashlib.sha256(f"charkit-epoch:{seed}:{epoch}".encode()).digest()
+    g = torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    train, reg = dataset.train_items, dataset.reg_items
+    samples = [i for i in train for _ in range(repeats)]
+    if reg:  # as many regularisation samples as training samples, a fresh order each epoch
+        order = [reg[j] for j in _perm(len(reg), g)]
+        samples += [order[k % len(order)] for k in range(len(samples))]
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for i in samples:
+        it = dataset.items[i]
+        by_bucket.setdefault((it.height, it.width), []).append(i)
+    batches = []
+    for key in sorted(by_bucket):
+        members = [by_bucket[key][j] for j in _perm(len(by_bucket[key]), g)]
+        batches += [members[k : k + batch_size] for k in range(0, len(members), batch_size)]
+    return [batches[j] for j in _perm(len(batches), g)]
+
+
+def batches_per_epoch(dataset: TrainDataset, batch_size: int, repeats: int = 1) -> int:
+    return len(epoch_batches(dataset, batch_size, seed=0, epoch=0, repeats=repeats))
+
+
+def steps_for_epochs(
+    dataset: TrainDataset, epochs: int, *, batch_size: int, repeats: int, accumulation: int, processes: int
+) -> int:
+    """Optimizer steps that cover ``epochs`` epochs (each step takes accumulation x processes batches)."""
+    return max(1, math.ceil(epochs * batches_per_epoch(dataset, batch_size, repeats) / (accumulation * processes)))
+
+
+def batch_at(dataset: TrainDataset, slot: int, *, batch_size: int, seed: int, repeats: int = 1) -> list[int]:
+    """The ``slot``-th batch of the run (slots count every process's micro-batches, epoch after epoch)."""
+    n = batches_per_epoch(dataset, batch_size, repeats)
+    epoch, k = divmod(slot, n)
+    return epoch_batches(dataset, batch_size, seed=seed, epoch=epoch, repeats=repeats)[k]
 
 
 def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
@@ -307,19 +404,26 @@ def make_batch(
     latents: LatentSource,
     texts: TextSource,
     *,
-    batch_size: int,
+    indices: list[int],
     caption_dropout: float,
     generator: torch.Generator,
+    prior_loss_weight: float = 1.0,
 ) -> TrainBatch:
-    """Draw one batch: indices, captions (with dropout), latents, text conditioning."""
-    idx = sample_indices(dataset, batch_size, generator)
-    captions = drop_captions([dataset.items[i].caption for i in idx], caption_dropout, generator)
+    """One batch of ``indices`` (one bucket): captions (with dropout), latents, text conditioning, loss weights."""
+    idx = list(indices)
+    items = [dataset.items[i] for i in idx]
+    captions = drop_captions([it.caption for it in items], caption_dropout, generator)
     lat = latents.sample(idx, generator)
+    weights = None
+    if any(it.reg for it in items):
+        weights = torch.tensor([prior_loss_weight if it.reg else 1.0 for it in items], device=lat.device)
     return TrainBatch(
         latents=lat,
         text=texts.get(captions),
-        sizes=[(dataset.items[i].height, dataset.items[i].width) for i in idx],
+        sizes=[(it.height, it.width) for it in items],
         crops=[(0, 0)] * len(idx),
         captions=captions,
         indices=idx,
+        originals=[it.original or (it.height, it.width) for it in items],
+        weights=weights,
     )

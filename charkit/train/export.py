@@ -4,13 +4,19 @@
   ``transformer.<module>.lora_B.weight`` / ``text_encoder.text_model.<module>...``, and diffusers'
   ``lora_adapter_metadata`` (rank, alpha, targets) so ``pipe.load_lora_weights`` rebuilds the exact
   adapter. What ``charkit render`` loads.
-* **kohya** (``best.kohya.safetensors``): ``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` /
-  ``.alpha`` (and ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` for text encoders) for A1111, ComfyUI and
-  kohya's tools, made with diffusers' ``convert_state_dict_to_kohya``. Flux and SD3 use the
-  ``lora_transformer_<module>`` naming that ComfyUI and diffusers map back to the transformer.
+* **kohya** (``best.kohya.safetensors``): kohya sd-scripts' own layout, by
+  :func:`charkit.families.loraformats.to_kohya`: SD1.5/SDXL ``lora_unet_<module>`` (+ ``lora_te_`` /
+  ``lora_te1_`` / ``lora_te2_``); Flux in Black Forest Labs' module names with fused qkv
+  (``lora_unet_double_blocks_0_img_attn_qkv``, ``lora_unet_single_blocks_0_linear1``) exactly as
+  sd-scripts' ``lora_flux.py`` writes them; SD3 in Stability's names (``lora_unet_joint_blocks_0_x_block_attn_qkv``).
 
-Both carry ``charkit.*`` metadata (family, base model, trigger, rank, alpha, steps, identity score)
-and the kohya file the usual ``ss_*`` keys.
+Which tool loads which file (docs/training.md has the table): diffusers reads both files of SD1.5, SDXL and
+Flux; for SD3 stock diffusers reads only ``best.safetensors`` (ComfyUI reads both); A1111/Forge read the kohya
+files. :func:`load_lora` (charkit's loader) reads every one of them and checks that the adapter attached.
+
+Both carry ``charkit.*`` metadata (family, base model, trigger, rank, alpha, steps, identity score) and
+the SAI ``modelspec.*`` keys that ComfyUI and Civitai read (architecture, title, trigger phrase,
+resolution, date); the kohya file also the usual ``ss_*`` keys.
 """
 
 from __future__ import annotations
@@ -126,92 +132,41 @@ def charkit_metadata(
     }
 
 
-# ------------------------------------------------------------------------------------------- kohya
+def modelspec_metadata(
+    *, family: str, title: str, trigger: str, resolution: int, description: str = "", date: str | None = None
+) -> dict[str, str]:
+    """The SAI model spec keys (sd-scripts' ``sai_model_spec``) that ComfyUI and Civitai read from a LoRA file.
 
-
-def to_kohya(layers: dict[str, dict[str, torch.Tensor]], *, family: str, alpha: float) -> dict[str, torch.Tensor]:
-    """kohya keys via diffusers' ``convert_state_dict_to_kohya``; ``.alpha`` set to the trained alpha.
-
-    >>> sorted(to_kohya({"unet": {"mid.attn1.to_q.lora_A.weight": torch.zeros(4, 8),
-    ...                           "mid.attn1.to_q.lora_B.weight": torch.zeros(8, 4)}}, family="sd15", alpha=4))
-    ['lora_unet_mid_attn1_to_q.alpha', 'lora_unet_mid_attn1_to_q.lora_down.weight', 'lora_unet_mid_attn1_to_q.lora_up.weight']
+    >>> m = modelspec_metadata(family="flux", title="alice", trigger="ohwx", resolution=512, date="2026-01-01")
+    >>> m["modelspec.architecture"], m["modelspec.resolution"], m["modelspec.trigger_phrase"]
+    ('flux-1-dev/lora', '512x512', 'ohwx')
     """
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    import datetime as dt
 
-    # The converter keys off "unet" / "text_encoder." prefixes; a transformer gets kohya's lora_transformer_ naming.
-    prefix_map = {
-        "unet": "unet",
-        "text_encoder": "text_encoder",
-        "text_encoder_2": "text_encoder_2",
-        "transformer": "lora_transformer",
+    spec = get_spec(family)
+    return {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": f"{spec.modelspec_architecture}/lora",
+        "modelspec.implementation": spec.modelspec_implementation,
+        "modelspec.title": title,
+        "modelspec.trigger_phrase": trigger,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.date": date or dt.date.today().isoformat(),
+        "modelspec.description": description,
+        "modelspec.prediction_type": "flow" if spec.is_flow else spec.prediction,
     }
-    flat = {}
-    for prefix, d in layers.items():
-        flat.update(
-            {f"{prefix_map[prefix]}.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in d.items()}
-        )
-    kohya = convert_state_dict_to_kohya(flat)
-    out = {}
-    for k, v in kohya.items():
-        if family == "sd15":
-            k = k.replace("lora_te1_", "lora_te_")  # SD1.x has one text encoder: kohya calls it lora_te_
-        out[k] = torch.tensor(float(alpha), dtype=torch.float32) if k.endswith(".alpha") else v.contiguous()
-    return out
 
 
 def kohya_metadata(meta: dict[str, str], *, family: str, rank: int, alpha: float, steps: int) -> dict[str, str]:
     return {
         **meta,
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "networks.lora_flux" if family == "flux" else "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": f"{alpha:g}",
         "ss_base_model_version": get_spec(family).kohya_base,
         "ss_max_train_steps": str(steps),
         "ss_training_comment": "trained with charkit",
     }
-
-
-_KOHYA_PREFIXES = {
-    "lora_unet_": "unet",
-    "lora_transformer_": "transformer",
-    "lora_te_": "text_encoder",
-    "lora_te1_": "text_encoder",
-    "lora_te2_": "text_encoder_2",
-}
-
-
-def kohya_to_diffusers(state_dict: dict[str, torch.Tensor], pipe) -> dict[str, torch.Tensor]:
-    """Map kohya keys back onto the pipeline's module names (``alpha / rank`` folded into ``lora_A``).
-
-    For families whose diffusers loader has no kohya converter (SD3); the names are found by
-    matching each kohya module name against the model's own ``named_modules``.
-    """
-    lookup: dict[str, dict[str, str]] = {}
-    out: dict[str, torch.Tensor] = {}
-    for key, down in state_dict.items():
-        if not key.endswith(".lora_down.weight"):
-            continue
-        base = key[: -len(".lora_down.weight")]
-        kp = next((p for p in _KOHYA_PREFIXES if base.startswith(p)), None)
-        if kp is None:
-            raise CharkitError(f"kohya key {key!r}: unknown prefix; expected one of {', '.join(_KOHYA_PREFIXES)}")
-        comp = _KOHYA_PREFIXES[kp]
-        if comp not in lookup:
-            model = getattr(pipe, comp)
-            lookup[comp] = {n.replace(".", "_"): n for n, _ in model.named_modules() if n}
-            # CLIP LoRAs name modules text_model.*; accept them with or without that level.
-            lookup[comp].update({"text_model_" + k: v for k, v in list(lookup[comp].items())})
-        module = lookup[comp].get(base[len(kp) :])
-        if module is None:
-            raise CharkitError(
-                f"kohya key {key!r}: no module {base[len(kp) :]!r} in the {comp}; is this LoRA for this model?"
-            )
-        up = state_dict[f"{base}.lora_up.weight"]
-        rank = down.shape[0]
-        alpha = float(state_dict.get(f"{base}.alpha", torch.tensor(float(rank))))
-        out[f"{comp}.{module}.lora_A.weight"] = (down.float() * (alpha / rank)).contiguous()
-        out[f"{comp}.{module}.lora_B.weight"] = up.float().contiguous()
-    return out
 
 
 # -------------------------------------------------------------------------------------------- files
@@ -253,6 +208,8 @@ def export_lora(
     name: str = "best",
 ) -> ExportResult:
     """Write ``<name>.safetensors`` (diffusers/peft) and ``<name>.kohya.safetensors`` from a checkpoint's LoRA file."""
+    from ..families.loraformats import to_kohya
+
     sd, file_meta = read_lora(lora_file)
     out_dir = Path(out_dir)
     diffusers_path = write_lora(out_dir / f"{name}.safetensors", sd, {**file_meta, **meta})
@@ -260,30 +217,27 @@ def export_lora(
     if kohya:
         kohya_path = write_lora(
             out_dir / f"{name}.kohya.safetensors",
-            to_kohya(unpack_diffusers(sd), family=family, alpha=alpha),
+            to_kohya(family, unpack_diffusers(sd), alpha=alpha),
             kohya_metadata(meta, family=family, rank=rank, alpha=alpha, steps=steps),
         )
     sums = {p.name: sha256_file(p) for p in (diffusers_path, kohya_path) if p is not None}
     return ExportResult(diffusers=diffusers_path, kohya=kohya_path, sha256=sums)
 
 
-def load_lora(pipe, path: str | os.PathLike, *, adapter_name: str | None = None) -> None:
-    """Load a charkit LoRA (either layout) into ``pipe``.
+def load_lora(pipe, path: str | os.PathLike, *, family: str, adapter_name: str = "charkit"):
+    """Load a charkit LoRA (either file) into ``pipe`` through :func:`charkit.families.loraformats.load_lora`
+    (diffusers' own loader where it reads the layout, charkit's conversion where it does not), verified.
 
-    The diffusers layout and the kohya layout of SD1.5/SDXL/Flux go through diffusers' own
-    ``load_lora_weights`` (its kohya converters); SD3's loader has none, so its kohya keys are
-    mapped back with :func:`kohya_to_diffusers` first.
+    >>> load_lora(pipe, "characters/alice/loras/sd3/run/best.kohya.safetensors", family="sd3")  # doctest: +SKIP
     """
-    sd, _ = read_lora(path)
-    if is_kohya(sd) and type(pipe).__name__.startswith("StableDiffusion3"):
-        pipe.load_lora_weights(kohya_to_diffusers(sd, pipe), adapter_name=adapter_name)
-        return
-    pipe.load_lora_weights(str(path), adapter_name=adapter_name)
+    from ..families.loraformats import load_lora as load_any
+
+    return load_any(pipe, path, family=family, adapter_name=adapter_name)
 
 
-_KOHYA_KEY = re.compile(r"^lora_(unet|te\d?|transformer)_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_KOHYA_KEY = re.compile(r"^lora_(unet|te\d?)_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
 
 def looks_like_kohya_key(key: str) -> bool:
-    """True for ``lora_unet_<module>.lora_down.weight`` style keys (used by tests and checks)."""
+    """True for ``lora_unet_<module>.lora_down.weight`` style keys (kohya sd-scripts' names; used by tests)."""
     return bool(_KOHYA_KEY.match(key))

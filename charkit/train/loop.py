@@ -1,7 +1,7 @@
 """``train_lora``: identity-aware LoRA training as a lifecycle of named steps.
 
-    check_inputs -> load -> cache -> train_steps (checkpoint + evaluate every eval.every steps)
-                 -> choose -> export (best.safetensors, kohya, register in character.toml, report)
+    check_inputs -> load -> cache -> train_steps (baseline at step 0, checkpoint + evaluate every eval.every
+                 steps) -> choose -> export (best.safetensors, kohya, register in character.toml, report)
 
 Each step is a public function taking the :class:`TrainSession` (or the :class:`TrainPlan`) so it
 can be called and tested alone. :func:`train_lora` runs them all::
@@ -13,6 +13,10 @@ can be called and tested alone. :func:`train_lora` runs them all::
 Output: ``characters/NAME/loras/<family>/<run>/`` (or ``out``) with ``checkpoints/step-XXXXXX/``,
 ``probes/``, ``evals/``, ``run.json``, ``best.safetensors``, ``best.kohya.safetensors`` and
 ``training_report.json`` / ``.html``.
+
+A run can die anywhere (``kill -9``, out of memory while rendering probes) and ``--resume`` finishes it:
+it continues from the newest complete checkpoint, first scoring every checkpoint that was saved but
+never scored (and the step-0 baseline if that is missing), and says on the console where it goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import datetime as _dt
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,16 +43,20 @@ from ..families import family_part, get_spec
 from ..paths import atomic_write_bytes, atomic_write_json, check_name
 from ..stagefiles import TrainRunFile, read_stage_file, write_stage_file
 from . import checkpoints as ckpt
+from . import offload
 from .config import TrainPreset, apply_overrides, load_preset, parse_preset
 from .data import (
     LatentSource,
     TextSource,
     TrainDataset,
+    batch_at,
     check_images,
     dataset_dir,
     load_dataset,
+    load_reg_images,
     make_batch,
     step_generator,
+    steps_for_epochs,
 )
 from .evaluate import (
     CheckpointChoice,
@@ -59,10 +68,22 @@ from .evaluate import (
     score_probes,
     summarize,
 )
+from .optim import check_optimizer, lr_scheduler, make_optimizer, optimizer_state_to_params
 
 #: consecutive steps with a non-finite loss after which training stops
 MAX_BAD_STEPS = 3
 RUN_FILE = "run.json"
+BASELINE_STEP = 0
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _stderr(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"charkit train: {message}", file=sys.stderr)
 
 
 class NonFiniteLossError(CharkitError):
@@ -91,10 +112,33 @@ class TrainPlan:
     allow_pickle_weights: bool = False
     register: bool = True
     notes: list[str] = field(default_factory=list)
+    quantization: offload.QuantizationSpec | None = None
+    log: Callable[[str], None] = _quiet  # one-line messages for the console (resume point, fallbacks)
 
     @property
     def weight_dtype(self) -> torch.dtype:
         return torch_dtype(self.mixed_precision)
+
+    @property
+    def offload_encoders(self) -> bool:
+        """Text encoders and VAE leave the GPU after caching (CUDA, both caches on, text encoder frozen)."""
+        t = self.preset.train
+        return (
+            self.device.type == "cuda"
+            and self.preset.memory.offload_encoders
+            and t.cache_latents
+            and t.cache_text_embeddings
+            and not self.preset.lora.text_encoder
+        )
+
+    announce: bool = False  # set by load(): from then on notes go to the console as they come
+
+    def note(self, message: str) -> None:
+        """A note for the report that the console shows too (fallbacks the user should know about); notes made
+        while validating are shown once :func:`load` starts, so a bad input stays a one-line error."""
+        self.notes.append(message)
+        if self.announce:
+            self.log(message)
 
 
 @dataclass
@@ -119,9 +163,15 @@ class TrainSession:
     step: int = 0
     losses: list[list[float]] = field(default_factory=list)  # [[step, loss], ...]
     scores: list[CheckpointScore] = field(default_factory=list)
+    baseline: CheckpointScore | None = None  # step 0: the base model without the LoRA
     bad_steps: int = 0
     step_seconds: list[float] = field(default_factory=list)
     cache_seconds: float = 0.0
+    probe_embeds: dict[int, object] = field(default_factory=dict)  # prompt index -> cached PromptEmbeds
+    training_photos: list = field(default_factory=list)  # overfit.TrainingPhoto per training image
+    block_swap: offload.BlockSwap | None = None
+    skipped_updates: int = 0  # optimizer steps fp16 loss scaling skipped (the LR schedule did not advance)
+    resumed_from: int | None = None
 
     @property
     def preset(self) -> TrainPreset:
@@ -305,6 +355,7 @@ def check_inputs(
     register: bool = True,
     process_index: int = 0,
     num_processes: int = 1,
+    log: Callable[[str], None] | None = None,
 ) -> TrainPlan:
     """Validate every input (character, preset, dataset images, output folder, resume point) without loading a
     model or writing anything. A character without a dataset yet gives ``plan.dataset = None``:
@@ -322,15 +373,16 @@ def check_inputs(
     effective, notes = training_precision(p, dev)
     src = check_model(model, p.family, allow_pickle_weights=allow_pickle_weights)
     backend = scorer_names(backend)  # several: checkpoints ranked by the combined score
+    notes += check_machine(p, dev, src)
     run_dir, run_name = run_folder(character, p.family, out=out, run=run, resume=resume)
-    resume_from = check_resume(run_dir, p, src.ref, resume=resume, first_process=process_index == 0)
     dataset = check_dataset(character, p, num_processes=num_processes)
-    if p.eval.every > p.train.steps:
-        notes.append(f"eval.every={p.eval.every} > train.steps={p.train.steps}: only the last step is evaluated")
+    if dataset is not None:
+        dataset, p = with_dataset(character, p, dataset, num_processes=num_processes)
+    resume_from = check_resume(run_dir, p, src.ref, resume=resume, first_process=process_index == 0)
     resolution = dataset.resolution if dataset is not None else (p.train.resolution or spec.width)
     width, height = p.eval.width or resolution, p.eval.height or resolution
     spec.check_size(width, height)
-    return TrainPlan(
+    plan = TrainPlan(
         character=character,
         preset=p,
         family=p.family,
@@ -348,8 +400,66 @@ def check_inputs(
         probe_height=height,
         allow_pickle_weights=allow_pickle_weights,
         register=register,
-        notes=notes + (list(dataset.notes) if dataset is not None else []),
+        notes=[],
+        quantization=offload.quantization_spec(p, spec, torch_dtype(effective)) if dev.type == "cuda" else None,
+        log=log or _quiet,
     )
+    for n in notes + (list(dataset.notes) if dataset is not None else []):
+        plan.note(n)
+    return plan
+
+
+def check_machine(preset: TrainPreset, device: torch.device, src) -> list[str]:
+    """Notes (and one-line errors) about what this machine cannot do of the preset: the optimizer, the quantised
+    base, block swap."""
+    notes = []
+    for note in (check_optimizer(preset.optimizer.name, device), offload.check_quantization(preset, device)):
+        if note:
+            notes.append(note)
+    if preset.memory.base_quantization != "none" and device.type == "cuda" and src.kind == "file":
+        raise CharkitError(
+            f"--model {src.ref}: memory.base_quantization works on a diffusers folder or hub id, not a single file; "
+            "convert it (diffusers' from_single_file + save_pretrained) or set base_quantization = 'none'"
+        )
+    if preset.memory.block_swap and device.type != "cuda":
+        notes.append(f"memory.block_swap {preset.memory.block_swap}: no effect on {device.type} (nothing to swap to)")
+    return notes
+
+
+def with_dataset(character, preset: TrainPreset, dataset: TrainDataset, *, num_processes: int = 1):
+    """The dataset with its regularisation images, and the preset with the steps its epochs make; refuses a run
+    that would save more than checkpoints.max_count checkpoints."""
+    t = preset.train
+    if t.reg_images:
+        folder = Path(t.reg_images).expanduser()
+        folder = folder if folder.is_absolute() else character.dir / folder
+        dataset = load_reg_images(folder, dataset, class_word=character.spec.class_word)
+        check_images(dataset)
+    if t.epochs:
+        steps = steps_for_epochs(
+            dataset,
+            t.epochs,
+            batch_size=t.batch_size,
+            repeats=t.repeats,
+            accumulation=t.gradient_accumulation,
+            processes=num_processes,
+        )
+        data = preset.model_dump()
+        data["train"]["steps"] = min(steps, 100_000)
+        preset = parse_preset(data, "train.epochs")
+        dataset.notes.append(f"train.epochs={t.epochs}: {preset.train.steps} steps")
+    saves = math.ceil(preset.train.steps / preset.eval.every)
+    if saves > preset.checkpoints.max_count:
+        raise CharkitError(
+            f"train.steps={preset.train.steps} with eval.every={preset.eval.every} saves {saves} checkpoints, more "
+            f"than checkpoints.max_count={preset.checkpoints.max_count}; raise eval.every, lower --steps, or raise "
+            "checkpoints.max_count"
+        )
+    if preset.eval.every > preset.train.steps:
+        dataset.notes.append(
+            f"eval.every={preset.eval.every} > train.steps={preset.train.steps}: only the last step is evaluated"
+        )
+    return dataset, preset
 
 
 def prepare_dataset(plan: TrainPlan) -> TrainPlan:
@@ -370,7 +480,11 @@ def prepare_dataset(plan: TrainPlan) -> TrainPlan:
         plan.character.dir, family=plan.family, resolution=p.train.resolution or None, size_multiple=spec.size_multiple
     )
     check_images(dataset)
-    return dataclasses.replace(plan, dataset=dataset, notes=plan.notes + list(dataset.notes))
+    dataset, p = with_dataset(plan.character, p, dataset)
+    out = dataclasses.replace(plan, dataset=dataset, preset=p, notes=list(plan.notes))
+    for n in dataset.notes:
+        out.note(n)
+    return out
 
 
 def _newest_run(base: Path) -> str | None:
@@ -378,8 +492,19 @@ def _newest_run(base: Path) -> str | None:
     return max(runs, key=lambda d: (d / RUN_FILE).stat().st_mtime).name if runs else None
 
 
-# Fields that may change between a run and its resume (how long, precision, how often to look); the rest must match.
-_RESUMABLE = {("train", "steps"), ("train", "mixed_precision"), ("eval", "every"), ("eval", "clip_model")}
+# Fields that may change between a run and its resume (how long, precision, how often to look, where weights live,
+# how many checkpoints to keep); the rest must match.
+_RESUMABLE = {
+    ("train", "steps"),
+    ("train", "epochs"),
+    ("train", "mixed_precision"),
+    ("eval", "every"),
+    ("eval", "clip_model"),
+    ("memory", "offload_encoders"),
+    ("memory", "block_swap"),
+    ("checkpoints", "keep"),
+    ("checkpoints", "max_count"),
+}
 
 
 def _check_same_run(run_dir: Path, preset: TrainPreset, model: str) -> None:
@@ -406,37 +531,6 @@ def _check_same_run(run_dir: Path, preset: TrainPreset, model: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- load
-
-
-def _make_optimizer(
-    preset: TrainPreset, groups: list[dict], device: torch.device
-) -> tuple[torch.optim.Optimizer, str, str | None]:
-    o = preset.optimizer
-    kw = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    if o.name == "adamw8bit":
-        why = None
-        if device.type != "cuda":
-            why = "8-bit AdamW needs CUDA"
-        else:
-            try:
-                import bitsandbytes as bnb
-            except ImportError:
-                why = "8-bit AdamW needs bitsandbytes (pip install bitsandbytes)"
-        if why is None:
-            import bitsandbytes as bnb
-
-            return bnb.optim.AdamW8bit(groups, **kw), "adamw8bit", None
-        return torch.optim.AdamW(groups, **kw), "adamw", f"{why}: used torch AdamW"
-    return torch.optim.AdamW(groups, **kw), "adamw", None
-
-
-def _lr_scheduler(preset: TrainPreset, optimizer):
-    from diffusers.optimization import get_scheduler
-
-    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[preset.optimizer.scheduler]
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=preset.optimizer.warmup_steps, num_training_steps=preset.train.steps
-    )
 
 
 def _accelerator(plan: TrainPlan):
@@ -467,17 +561,48 @@ def load_identity(plan: TrainPlan, *, main: bool):
 
 
 def load_base(plan: TrainPlan):
-    """The family's pipeline at the weight dtype, every component frozen."""
+    """The family's pipeline at the weight dtype, every component frozen.
+
+    With a quantised base the denoiser loads through diffusers' quantisation backend (straight onto the GPU).
+    When the encoders leave the GPU after caching, or blocks are swapped, everything else stays on the CPU
+    for now: :func:`cache` moves each part to the GPU when it is needed, so no moment holds all of it.
+    """
+    from ..families import loading
+
     kw = {"config": plan.model_config} if plan.model_config else {}
-    pipe = family_part(plan.family, "pipeline").load_pipeline(
-        plan.model, device=plan.device, dtype=plan.weight_dtype, allow_pickle_weights=plan.allow_pickle_weights, **kw
+    staged = plan.device.type == "cuda" and (plan.offload_encoders or plan.preset.memory.block_swap)
+    fam = family_part(plan.family, "pipeline")
+    extra = dict(getattr(fam, "PIPELINE_KWARGS", {}))
+    if plan.quantization is not None:
+        extra["quantization_config"] = offload.quantization_config(plan.quantization)
+    pipe = loading.load_pretrained(
+        get_spec(plan.family),
+        plan.model,
+        dtype=plan.weight_dtype,
+        allow_pickle_weights=plan.allow_pickle_weights,
+        **kw,
+        **extra,
     )
     pipe.set_progress_bar_config(disable=True)
+    if not staged:  # staged: every part stays where it loaded (a quantised denoiser on the GPU) until cache()
+        pipe.to(plan.device)
     for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
     return pipe
+
+
+def lora_targets(preset: TrainPreset, spec, denoiser) -> list[str]:
+    """peft target_modules of the denoiser: ``lora.targets``, else the family's attention projections or, with
+    ``lora.scope = "all_linear"``, every Linear of its blocks (kohya / ai-toolkit style)."""
+    from ..families.loraformats import all_linear_targets
+
+    if preset.lora.targets:
+        return list(preset.lora.targets)
+    if preset.lora.scope == "all_linear":
+        return all_linear_targets(spec.name, denoiser)
+    return list(spec.lora_targets)
 
 
 def add_adapters(pipe, plan: TrainPlan) -> list:
@@ -498,7 +623,7 @@ def add_adapters(pipe, plan: TrainPlan) -> list:
 
     torch.manual_seed(plan.preset.train.seed)  # LoRA init (lora_A) draws from the global generator
     denoiser = getattr(pipe, spec.denoiser)
-    targets = list(lcfg.targets or spec.lora_targets)
+    targets = lora_targets(plan.preset, spec, denoiser)
     try:
         denoiser.add_adapter(config(targets))
     except ValueError as e:
@@ -523,6 +648,9 @@ def add_adapters(pipe, plan: TrainPlan) -> list:
 def load(plan: TrainPlan) -> TrainSession:
     """Face profile, pipeline, LoRA adapters (fp32), optimizer, LR schedule; restore the checkpoint when resuming."""
     preset = plan.preset
+    for n in plan.notes:
+        plan.log(n)
+    plan.announce = True
     accelerator = _accelerator(plan)
     if accelerator.num_processes > 1:
         plan.device = accelerator.device
@@ -534,10 +662,8 @@ def load(plan: TrainPlan) -> TrainSession:
     groups = [{"params": den_params, "lr": preset.optimizer.learning_rate}]
     if te_params:
         groups.append({"params": te_params, "lr": preset.optimizer.text_encoder_learning_rate})
-    optimizer, opt_name, opt_note = _make_optimizer(preset, groups, plan.device)
-    if opt_note:
-        plan.notes.append(opt_note)
-    lr_scheduler = _lr_scheduler(preset, optimizer)
+    optimizer, opt_name = make_optimizer(preset, groups, plan.device)
+    schedule = lr_scheduler(preset, optimizer)
     optimizer = accelerator.prepare(optimizer)  # fp16 loss scaling; models stay unwrapped (grads reduced by hand)
     fam = family_part(plan.family, "lora")
     session = TrainSession(
@@ -549,7 +675,7 @@ def load(plan: TrainPlan) -> TrainSession:
         noise_scheduler=fam.noise_scheduler(pipe),
         params=den_params + te_params,
         optimizer=optimizer,
-        lr_scheduler=lr_scheduler,
+        lr_scheduler=schedule,
         optimizer_name=opt_name,
         backend=backend,
         profile=profile,
@@ -559,28 +685,45 @@ def load(plan: TrainPlan) -> TrainSession:
     )
     if plan.resume is not None:
         restore(session, plan.resume)
+        pending = [
+            c.step for c in ckpt.list_checkpoints(plan.run_dir) if c.step not in {x.step for x in session.scores}
+        ]
+        plan.log(
+            f"resuming {plan.run_dir} from step {session.step} of {preset.train.steps} ({plan.resume.path.name})"
+            + (
+                f"; checkpoint(s) {', '.join(map(str, pending))} were saved but not scored: scoring them first"
+                if pending
+                else ""
+            )
+        )
     return session
+
+
+def _load_lora_state(session: TrainSession, lora: dict, info: ckpt.CheckpointInfo) -> None:
+    from .export import unpack_diffusers
+
+    for name, sd in unpack_diffusers(lora).items():
+        _set_adapter(getattr(session.pipe, name), name, sd, info)
+
+
+def _set_adapter(model, name: str, sd: dict, info: ckpt.CheckpointInfo) -> None:
+    from peft import set_peft_model_state_dict
+
+    if name.startswith("text_encoder") and not hasattr(model, "text_model"):
+        # saved with CLIP's classic text_model. prefix; transformers >= 5.6 modules lack that level
+        sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    result = set_peft_model_state_dict(model, sd, adapter_name="default")
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise CharkitError(
+            f"{info.path}: checkpoint keys do not fit the model ({unexpected[0]}); resume with the same preset"
+        )
 
 
 def restore(session: TrainSession, info: ckpt.CheckpointInfo) -> None:
     """Load a checkpoint's LoRA weights, optimizer, schedules, RNG and history into the session."""
-    from peft import set_peft_model_state_dict
-
-    from .export import unpack_diffusers
-
     state = ckpt.load_checkpoint(info)
-    layers = unpack_diffusers(state.lora)
-    for name, sd in layers.items():
-        model = getattr(session.pipe, name)
-        if name.startswith("text_encoder") and not hasattr(model, "text_model"):
-            # saved with CLIP's classic text_model. prefix; transformers >= 5.6 modules lack that level
-            sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
-        result = set_peft_model_state_dict(model, sd, adapter_name="default")
-        unexpected = getattr(result, "unexpected_keys", None)
-        if unexpected:
-            raise CharkitError(
-                f"{info.path}: checkpoint keys do not fit the model ({unexpected[0]}); resume with the same preset"
-            )
+    _load_lora_state(session, state.lora, info)
     session.optimizer.load_state_dict(state.optimizer)
     session.lr_scheduler.load_state_dict(state.lr_scheduler)
     scaler = getattr(session.accelerator, "scaler", None)
@@ -588,11 +731,15 @@ def restore(session: TrainSession, info: ckpt.CheckpointInfo) -> None:
         scaler.load_state_dict(state.scaler)
     state.rng.restore()
     session.step = state.step
+    session.resumed_from = state.step
     session.losses = [list(x) for x in state.losses]
-    session.scores = [s for s in load_scores(session.plan.run_dir) if s.step <= state.step]
+    scores = load_scores(session.plan.run_dir)
+    session.baseline = next((s for s in scores if s.baseline), None)
+    session.scores = [s for s in scores if not s.baseline and s.step <= state.step]
 
 
 def load_scores(run_dir: Path) -> list[CheckpointScore]:
+    """Every score in ``evals/`` (the baseline included), oldest first; an unreadable file counts as unscored."""
     d = Path(run_dir) / "evals"
     if not d.is_dir():
         return []
@@ -608,10 +755,21 @@ def load_scores(run_dir: Path) -> list[CheckpointScore]:
 # --------------------------------------------------------------------------------------------- cache
 
 
+def encoders(session: TrainSession) -> list:
+    """The text encoders and the VAE of the pipeline (what caching needs and training does not)."""
+    names = [c for c in session.spec.lora_components if c != session.spec.denoiser] + ["vae"]
+    return [m for m in (getattr(session.pipe, n, None) for n in names) if isinstance(m, torch.nn.Module)]
+
+
 def cache(session: TrainSession) -> None:
-    """Build the latent and text-embedding sources (and fill the caches the preset asks for)."""
+    """Build the latent and text-embedding sources (and fill the caches the preset asks for), embed the probe
+    prompts, then place the models for training: with ``memory.offload_encoders`` the text encoders and the VAE
+    go back to the CPU and only then does the denoiser come onto the GPU (block by block with block swap)."""
     t = time.perf_counter()
     plan, preset = session.plan, session.preset
+    staged = plan.device.type == "cuda" and (plan.offload_encoders or preset.memory.block_swap)
+    for m in encoders(session) if staged else ():
+        m.to(plan.device)
     session.latents = LatentSource(
         session.pipe,
         plan.dataset,
@@ -629,10 +787,54 @@ def cache(session: TrainSession) -> None:
         shared_keys=session.spec.shared_text_keys,
     )
     if preset.lora.text_encoder and preset.train.cache_text_embeddings:
-        plan.notes.append("text-embedding cache off: the text encoder is trained")
+        plan.note("text-embedding cache off: the text encoder is trained")
     session.latents.prepare()
     session.texts.prepare(plan.dataset.captions + ([""] if preset.train.caption_dropout else []))
+    if session.texts.cached:
+        session.probe_embeds = {i: probe_embeddings(session, prompt) for i, prompt in _probe_prompts(session)}
+    if plan.offload_encoders:
+        for m in encoders(session):
+            m.to("cpu")
+        torch.cuda.empty_cache()
+    if staged:
+        session.block_swap = offload.place_denoiser(session.denoiser, plan.device, block_swap=preset.memory.block_swap)
+        optimizer_state_to_params(session.optimizer)
     session.cache_seconds = time.perf_counter() - t
+
+
+def _probe_prompts(session: TrainSession) -> list[tuple[int, str]]:
+    c, ev = session.plan.character, session.preset.eval
+    specs = probe_specs(ev.prompts, ev.seeds, trigger=c.trigger_text, class_word=c.spec.class_word)
+    return sorted({(s.index, s.prompt) for s in specs})
+
+
+def probe_negative(session: TrainSession) -> str | None:
+    """The probes' negative prompt (None: the pipeline's own default, as ``generate`` leaves it)."""
+    return session.preset.eval.negative_prompt or session.plan.character.spec.negative_prompt or None
+
+
+def probe_embeddings(session: TrainSession, prompt: str):
+    """``PromptEmbeds`` of one probe prompt as the family's ``generate`` would encode it (Flux: no negative;
+    it acts only with true CFG). On the training device; computed wherever the text encoders are now."""
+    from ..families.prompts import encode_prompt
+
+    negative = None if session.plan.family == "flux" else probe_negative(session)
+    with torch.no_grad():
+        e = encode_prompt(session.plan.family, session.pipe, prompt, negative)
+    dev = session.plan.device
+    return dataclasses.replace(
+        e,
+        **{
+            k: getattr(e, k).to(dev)
+            for k in (
+                "prompt_embeds",
+                "negative_prompt_embeds",
+                "pooled_prompt_embeds",
+                "negative_pooled_prompt_embeds",
+            )
+            if getattr(e, k) is not None
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -650,16 +852,19 @@ def train_step(session: TrainSession) -> float:
     plan, preset, acc = session.plan, session.preset, session.accelerator
     ga = preset.train.gradient_accumulation
     total = 0.0
+    t = preset.train
     for micro in range(ga):
-        g = step_generator(preset.train.seed, acc.process_index, session.step, micro)
+        g = step_generator(t.seed, acc.process_index, session.step, micro)
+        slot = (session.step * ga + micro) * acc.num_processes + acc.process_index
         with autocast(plan):
             batch = make_batch(
                 plan.dataset,
                 session.latents,
                 session.texts,
-                batch_size=preset.train.batch_size,
-                caption_dropout=preset.train.caption_dropout,
+                indices=batch_at(plan.dataset, slot, batch_size=t.batch_size, seed=t.seed, repeats=t.repeats),
+                caption_dropout=t.caption_dropout,
                 generator=g,
+                prior_loss_weight=t.prior_loss_weight,
             )
             loss = session.family.training_loss(
                 session.pipe, session.denoiser, session.noise_scheduler, batch, loss_cfg=preset.loss, generator=g
@@ -677,7 +882,10 @@ def train_step(session: TrainSession) -> float:
     if preset.optimizer.max_grad_norm:
         acc.clip_grad_norm_(session.params, preset.optimizer.max_grad_norm)
     session.optimizer.step()
-    session.lr_scheduler.step()
+    if getattr(session.optimizer, "step_was_skipped", False):
+        session.skipped_updates += 1  # fp16 loss scaling found inf/NaN gradients: no update, so no LR step either
+    else:
+        session.lr_scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
     return total
 
@@ -716,6 +924,8 @@ def train_steps(
         ckpt.clean_incomplete(plan.run_dir)
         if not (plan.run_dir / RUN_FILE).exists():
             write_run_file(session)
+        catch_up(session)
+    session.accelerator.wait_for_everyone()
     bar = tqdm(
         total=total,
         initial=session.step,
@@ -753,6 +963,46 @@ def train_steps(
         bar.close()
 
 
+def catch_up(session: TrainSession) -> None:
+    """Score what a crash left unscored before training goes on: the step-0 baseline (the model without the
+    LoRA) and every complete checkpoint without ``evals/step-XXXXXX.json`` (killed after its save, e.g. out of
+    memory while rendering its probes)."""
+    from .report import write_report
+
+    plan = session.plan
+    if session.baseline is None:
+        evaluate(session, None)
+    scored = {s.step for s in session.scores}
+    for info in ckpt.list_checkpoints(plan.run_dir):
+        if info.step <= session.step and info.step not in scored:
+            with checkpoint_weights(session, info):
+                evaluate(session, info)
+    write_report(session)
+
+
+@contextlib.contextmanager
+def checkpoint_weights(session: TrainSession, info: ckpt.CheckpointInfo):
+    """The session's adapters hold ``info``'s LoRA weights for the duration (a no-op for the current step)."""
+    if info.step == session.step:
+        yield
+        return
+    from peft import get_peft_model_state_dict
+
+    names = [session.spec.denoiser] + (
+        list(session.spec.lora_text_encoders) if session.preset.lora.text_encoder else []
+    )
+    current = {
+        n: {k: v.detach().clone() for k, v in get_peft_model_state_dict(getattr(session.pipe, n)).items()}
+        for n in names
+    }
+    _load_lora_state(session, ckpt.load_checkpoint(info).lora, info)
+    try:
+        yield
+    finally:
+        for n, sd in current.items():
+            _set_adapter(getattr(session.pipe, n), n, sd, info)
+
+
 def checkpoint_and_evaluate(session: TrainSession) -> CheckpointScore | None:
     """Save a checkpoint, render and score the probes, update the report (main process; others wait)."""
     acc = session.accelerator
@@ -760,11 +1010,29 @@ def checkpoint_and_evaluate(session: TrainSession) -> CheckpointScore | None:
     if session.is_main:
         info = checkpoint(session)
         result = evaluate(session, info)
+        prune_checkpoints(session)
         from .report import write_report
 
         write_report(session)
     acc.wait_for_everyone()
     return result
+
+
+def prune_checkpoints(session: TrainSession) -> list[int]:
+    """``checkpoints.keep``: remove scored checkpoints beyond the newest N, never the best one so far."""
+    import shutil
+
+    keep = session.preset.checkpoints.keep
+    if not keep:
+        return []
+    found = ckpt.list_checkpoints(session.plan.run_dir)
+    scored = {s.step for s in session.scores}
+    best = choose(session).step if session.scores else None
+    newest = {c.step for c in found[-keep:]}
+    gone = [c for c in found if c.step not in newest and c.step != best and c.step in scored]
+    for c in gone:
+        shutil.rmtree(c.path, ignore_errors=True)
+    return [c.step for c in gone]
 
 
 def checkpoint(session: TrainSession) -> ckpt.CheckpointInfo:
@@ -812,60 +1080,94 @@ def eval_mode(session: TrainSession):
                 m.train()
 
 
+@contextlib.contextmanager
+def adapters_off(modules: list):
+    """Every LoRA layer of ``modules`` bypassed for the duration (the step-0 baseline renders the base model)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for mod in modules for m in mod.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
 def render_probes(session: TrainSession, specs) -> list:
-    """Render the probe set with the current LoRA (fixed seeds, one batch per prompt)."""
+    """Render the probe set with the current LoRA (fixed seeds, one batch per prompt), from the prompt embeddings
+    cached before training (or encoded now by a text encoder that trains). With the encoders off the GPU, the
+    VAE comes back only for these renders."""
     plan, ev = session.plan, session.preset.eval
     spec = get_spec(plan.family)
     steps = ev.steps or spec.steps
     guidance = ev.guidance if ev.guidance >= 0 else spec.guidance
-    negative = ev.negative_prompt or plan.character.spec.negative_prompt or None
+    spec.check_size(plan.probe_width, plan.probe_height)
     images = []
+    vae = [session.pipe.vae] if plan.offload_encoders else []
     # No autocast: peft casts around the fp32 LoRA layers itself, and the pipelines manage their VAE dtype.
-    with eval_mode(session):
+    with eval_mode(session), offload.on_device(vae, plan.device, torch.device("cpu") if vae else plan.device):
         by_prompt: dict[int, list] = {}
         for s in specs:
             by_prompt.setdefault(s.index, []).append(s)
-        for group in by_prompt.values():
-            images += session.pipeline.generate(
-                session.pipe,
-                prompt=group[0].prompt,
-                negative_prompt=negative,
-                width=plan.probe_width,
-                height=plan.probe_height,
-                steps=steps,
-                guidance=guidance,
-                generator=[torch.Generator("cpu").manual_seed(s.seed) for s in group],
-                num_images=len(group),
-            )
+        for index, group in by_prompt.items():
+            embeds = session.probe_embeds.get(index) or probe_embeddings(session, group[0].prompt)
+            with torch.inference_mode():
+                out = session.pipe(
+                    **embeds.pipeline_kwargs(len(group)),
+                    width=plan.probe_width,
+                    height=plan.probe_height,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=[torch.Generator("cpu").manual_seed(s.seed) for s in group],
+                    output_type="pil",
+                )
+            images += list(out.images)
     return images
 
 
-def evaluate(session: TrainSession, info: ckpt.CheckpointInfo) -> CheckpointScore:
-    """Render the probes with the current LoRA, score identity (+ adherence), record ``evals/step-XXXXXX.json``."""
+def evaluate(session: TrainSession, info: ckpt.CheckpointInfo | None) -> CheckpointScore:
+    """Render the probes with the LoRA of ``info`` (None: the step-0 baseline, adapters off), score identity,
+    memorisation, prompt diversity (+ adherence), record ``evals/step-XXXXXX.json``."""
     import io
+
+    from .overfit import mark_probes, training_photos
 
     plan, ev = session.plan, session.preset.eval
     c = plan.character
+    step = BASELINE_STEP if info is None else info.step
     specs = probe_specs(ev.prompts, ev.seeds, trigger=c.trigger_text, class_word=c.spec.class_word)
-    images = render_probes(session, specs)
+    with adapters_off(session.trained_modules) if info is None else contextlib.nullcontext():
+        images = render_probes(session, specs)
     rels = []
     for img, s in zip(images, specs):
-        rel = f"probes/{ckpt.step_name(session.step)}/{s.name}.png"
+        rel = f"probes/{ckpt.step_name(step)}/{s.name}.png"
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         atomic_write_bytes(plan.run_dir / rel, buf.getvalue())
         rels.append(rel)
     probes = score_probes(images, specs, rels, profile=session.profile, backend=session.backend, clip=session.clip)
-    prev = session.scores[-1].step if session.scores else 0
-    window = [loss for st, loss in session.losses if prev < st <= session.step and math.isfinite(loss)]
+    if not session.training_photos and session.backend is not None:
+        session.training_photos = training_photos(
+            [plan.dataset.items[i].path for i in plan.dataset.train_items], session.backend
+        )
+    mark_probes(images, probes, session.training_photos, session.backend)
+    earlier = [s.step for s in session.scores if s.step < step]
+    prev = max(earlier, default=0)
+    window = [loss for st, loss in session.losses if prev < st <= step and math.isfinite(loss)]
     score = summarize(
-        session.step,
+        step,
         probes,
-        loss=sum(window) / len(window) if window else None,
-        checkpoint=info.path.relative_to(plan.run_dir).as_posix(),
+        loss=sum(window) / len(window) if window and info is not None else None,
+        checkpoint="" if info is None else info.path.relative_to(plan.run_dir).as_posix(),
+        baseline=info is None,
     )
-    atomic_write_json(plan.run_dir / "evals" / f"{ckpt.step_name(session.step)}.json", score.to_dict())
-    session.scores = [s for s in session.scores if s.step != score.step] + [score]
+    atomic_write_json(plan.run_dir / "evals" / f"{ckpt.step_name(step)}.json", score.to_dict())
+    if info is None:
+        session.baseline = score
+    else:
+        session.scores = sorted([s for s in session.scores if s.step != score.step] + [score], key=lambda s: s.step)
     return score
 
 
@@ -873,23 +1175,39 @@ def evaluate(session: TrainSession, info: ckpt.CheckpointInfo) -> CheckpointScor
 
 
 def choose(session: TrainSession) -> CheckpointChoice:
-    """Pick the checkpoint to ship among the evaluated, still-complete checkpoints."""
+    """Pick the checkpoint to ship among the evaluated, still-complete checkpoints (rule: ``CHOICE_RULE``)."""
     available = {c.step for c in ckpt.list_checkpoints(session.plan.run_dir)}
     scores = [s for s in session.scores if s.step in available]
     ev = session.preset.eval
-    return choose_checkpoint(scores, adherence_tolerance=ev.adherence_tolerance, min_face_rate=ev.min_face_rate)
+    return choose_checkpoint(
+        scores,
+        baseline=session.baseline,
+        adherence_tolerance=ev.adherence_tolerance,
+        min_face_rate=ev.min_face_rate,
+        max_memorized=ev.max_memorized,
+        max_similarity_rise=ev.max_similarity_rise,
+        confidence=ev.confidence,
+        saved=sorted(available),
+    )
 
 
 def export(session: TrainSession, choice: CheckpointChoice):
     """Write best.safetensors (+ kohya), register it in character.toml, and write the final report."""
     from ..character import register_lora
-    from .export import charkit_metadata, export_lora
+    from .export import charkit_metadata, export_lora, modelspec_metadata
     from .report import write_report
 
     plan, preset = session.plan, session.preset
     info = next(c for c in ckpt.list_checkpoints(plan.run_dir) if c.step == choice.step)
     score = next(s for s in session.scores if s.step == choice.step)
-    meta = charkit_metadata(
+    spec_meta = modelspec_metadata(
+        family=plan.family,
+        title=f"{plan.character.name} ({plan.run_name})",
+        trigger=plan.character.trigger_text,
+        resolution=plan.dataset.resolution,
+        description=f"charkit character LoRA of {plan.character.name}: {choice.reason}",
+    )
+    meta = spec_meta | charkit_metadata(
         family=plan.family,
         base_model=plan.model,
         trigger=plan.character.trigger_text,
@@ -928,7 +1246,8 @@ def train_lora(
     """Train a character LoRA and pick its best checkpoint by measured identity (see module docstring).
 
     ``kwargs`` are :func:`check_inputs`'s (out, run, resume, steps, eval_every, device, dtype, backend,
-    clip_model, model_config, allow_pickle_weights, register).
+    clip_model, model_config, allow_pickle_weights, register, log). ``log`` gets one-line messages (where a
+    resume continues, fallbacks); by default they go to stderr while ``progress`` is on.
 
     >>> r = train_lora("characters/alice", model="runwayml/stable-diffusion-v1-5",
     ...                preset="training/sd15-lora.toml", steps=1000, device="cuda")  # doctest: +SKIP
@@ -936,6 +1255,8 @@ def train_lora(
     PosixPath('characters/alice/loras/sd15/run-20260101-120000/best.safetensors')
     """
     state = process_state(str(kwargs.get("device") or "auto"))
+    if kwargs.get("log") is None and progress and state.is_main_process:
+        kwargs["log"] = _stderr
     plan = check_inputs(
         character_dir,
         model=model,

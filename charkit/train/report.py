@@ -1,10 +1,12 @@
 """``training_report.json`` / ``training_report.html``: what a run did and why it shipped the checkpoint it did.
 
-The JSON is the record (preset, device, precision, optimizer, caches, loss history, every
-checkpoint's probe scores, the choice and its rule, the exported files). The HTML page renders the
-same dict: a loss curve and an identity-per-checkpoint chart as inline SVG (coordinates computed
-here, drawn through autoescaped ``{{ }}``), and the probe grid with thumbnails inlined as ``data:``
-URIs. The page is self-contained (no scripts, no fetches; a Content-Security-Policy says so).
+The JSON is the record (preset, device, precision, optimizer, caches, loss history, the step-0
+baseline and every checkpoint's probe scores, the choice with its gates, comparisons and rule, the
+exported files). The HTML page renders the same dict: a loss curve and per-checkpoint charts of
+identity (with the no-LoRA baseline), prompt diversity and memorisation as inline SVG (coordinates
+computed here, drawn through autoescaped ``{{ }}``), a table that says why each checkpoint won or
+lost, and the probe grid with thumbnails inlined as ``data:`` URIs. The page is self-contained (no
+scripts, no fetches; a Content-Security-Policy says so).
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def build_report(session, *, choice=None, export=None) -> dict:
         "device": str(plan.device),
         "mixed_precision": plan.mixed_precision,
         "optimizer": session.optimizer_name,
+        "resumed_from": session.resumed_from,
+        "skipped_updates": session.skipped_updates,
+        "memory": {
+            "base_quantization": plan.quantization.method if plan.quantization else "none",
+            "encoders_offloaded": plan.offload_encoders,
+            "block_swap": preset.memory.block_swap if session.block_swap is not None else 0,
+        },
         "caches": {
             "latents": bool(session.latents and session.latents.cached),
             "text_embeddings": bool(session.texts and session.texts.cached),
@@ -49,7 +58,8 @@ def build_report(session, *, choice=None, export=None) -> dict:
         "timing": {"mean_step_seconds": round(sum(steps) / len(steps), 4) if steps else None},
         "dataset": {
             "folder": str(plan.dataset.root),
-            "images": len(plan.dataset.items),
+            "images": len(plan.dataset.train_items),
+            "regularisation_images": len(plan.dataset.reg_items),
             "resolution": plan.dataset.resolution,
             "buckets": [f"{w}x{h}: {len(ix)}" for (h, w), ix in plan.dataset.buckets.items()],
         },
@@ -62,6 +72,7 @@ def build_report(session, *, choice=None, export=None) -> dict:
         "notes": list(plan.notes),
         "preset": preset.model_dump(mode="json"),
         "losses": [[int(s), (round(v, 6) if math.isfinite(v) else None)] for s, v in session.losses],
+        "baseline": session.baseline.to_dict() if session.baseline is not None else None,
         "checkpoints": [s.to_dict() for s in sorted(session.scores, key=lambda s: s.step)],
         "choice": choice.to_dict() if choice is not None else None,
         "rule": CHOICE_RULE,
@@ -111,16 +122,19 @@ def identity_chart(
     chosen: int | None,
     threshold: float | None,
     *,
+    key: str = "identity",
     width: int = 640,
     height: int = 200,
     pad: int = 36,
+    reference: float | None = None,
 ) -> dict:
-    """Bars of mean identity per checkpoint (a grey stub where no face was found), threshold line, chosen marked."""
+    """Bars of ``key`` (mean identity, prompt similarity or memorised share) per checkpoint, a grey stub where it
+    was not measured, a dashed line at ``threshold`` (and a dotted one at the baseline's ``reference``)."""
     n = max(len(checkpoints), 1)
     slot = (width - pad - 8) / n
     bars = []
     for i, c in enumerate(checkpoints):
-        v = c["identity"]
+        v = c.get(key)
         h = 0 if v is None else max(0.0, min(1.0, v)) * (height - pad - 8)
         bars.append(
             {
@@ -128,21 +142,50 @@ def identity_chart(
                 "w": round(slot * 0.7, 1),
                 "y": round(height - pad - (h if v is not None else 4), 1),
                 "h": round(h if v is not None else 4, 1),
-                "cls": "chosen" if c["step"] == chosen else ("noface" if v is None else "bar"),
-                "label": f"{c['step']}",
-                "value": "no face" if v is None else f"{v:.3f}",
+                "cls": "chosen"
+                if c["step"] == chosen
+                else ("noface" if v is None else ("base" if c.get("baseline") else "bar")),
+                "label": "base" if c.get("baseline") else f"{c['step']}",
+                "value": ("no face" if key == "identity" else "n/a") if v is None else f"{v:.3f}",
                 "lx": round(pad + i * slot + slot / 2, 1),
             }
         )
-    ty = None if threshold is None else round(height - pad - threshold * (height - pad - 8), 1)
+    y = lambda v: None if v is None else round(height - pad - max(0.0, min(1.0, v)) * (height - pad - 8), 1)
     return {
         "width": width,
         "height": height,
         "bars": bars,
-        "threshold_y": ty,
-        "threshold": threshold,
+        "threshold_y": y(threshold),
+        "threshold": None if threshold is None else round(threshold, 3),
+        "reference_y": y(reference),
+        "reference": None if reference is None else round(reference, 3),
         "base": height - pad,
     }
+
+
+def verdicts(report: dict) -> list[dict]:
+    """One row per checkpoint: its gains and why it won or lost (from the choice record)."""
+    choice = report.get("choice") or {}
+    excluded = choice.get("excluded", {})
+    gains = choice.get("gains", {})
+    vs = {c["step"]: c for c in choice.get("comparisons", [])}
+    rows = []
+    for c in report["checkpoints"]:
+        st = c["step"]
+        cmp_ = vs.get(st)
+        if st == choice.get("step"):
+            why = "chosen"
+        elif str(st) in excluded:
+            why = "out: " + excluded[str(st)]
+        elif cmp_ is not None and not cmp_["won"]:
+            why = f"within noise of step {cmp_['against']}"
+        elif cmp_ is not None:
+            why = f"beat step {cmp_['against']}, later beaten"
+        else:
+            why = "first competitor, later beaten" if choice else ""
+        interval = "" if cmp_ is None or cmp_["low"] is None else f"[{cmp_['low']:+.3f}, {cmp_['high']:+.3f}]"
+        rows.append({"step": st, "gain": gains.get(str(st)), "vs": cmp_, "interval": interval, "why": why})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- html
@@ -163,14 +206,28 @@ def render_html(report: dict, run_dir: Path) -> str:
     """The self-contained HTML page of a report dict (probe thumbnails read from ``run_dir``)."""
     chosen = report["choice"]["step"] if report.get("choice") else None
     backend = report["identity"]["backend"] or {}
-    thumbs = {p["image"]: _thumb(run_dir, p["image"]) for c in report["checkpoints"] for p in c["probes"]}
+    base = report.get("baseline") or {}
+    rows = ([base] if base else []) + report["checkpoints"]
+    thumbs = {p["image"]: _thumb(run_dir, p["image"]) for c in rows for p in c["probes"]}
+    rise = report["preset"]["eval"].get("max_similarity_rise")
+    sim0 = base.get("prompt_similarity")
     return (
         environment("charkit.train")
         .get_template("training_report.html.j2")
         .render(
             r=report,
             loss=loss_chart(report["losses"]),
-            ident=identity_chart(report["checkpoints"], chosen, backend.get("threshold")),
+            ident=identity_chart(rows, chosen, backend.get("threshold"), reference=base.get("identity")),
+            diversity=identity_chart(
+                rows,
+                chosen,
+                None if sim0 is None or rise is None else sim0 + rise,
+                key="prompt_similarity",
+                reference=sim0,
+            ),
+            memo=identity_chart(rows, chosen, report["preset"]["eval"].get("max_memorized"), key="memorized_rate"),
+            verdicts=verdicts(report),
+            grid=rows,
             thumbs=thumbs,
             chosen=chosen,
         )

@@ -6,7 +6,8 @@ into 2x2 patches with their position ids, and the transformer (with the distille
 when it has a guidance embedder) predicts ``noise - x_0``. Text embeddings (CLIP pooled + T5) come
 from the pipeline's own ``encode_prompt`` and are cached.
 
-By default only attention projections are adapted (``SPEC.lora_targets``).
+By default only attention projections are adapted (``SPEC.lora_targets``); ``lora.scope = "all_linear"``
+adapts every Linear of the blocks, as kohya and ai-toolkit do.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ def encode_text(pipe, captions: list[str], *, device) -> dict[str, torch.Tensor]
         prompt=captions, prompt_2=None, device=device, num_images_per_prompt=1
     )
     return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
+
+
+def text_shapes(denoiser_config, batch_size: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of what :func:`encode_text` returns: the pipeline's 512 T5 tokens, CLIP's pooled vector, the ids."""
+    c = denoiser_config
+    return {
+        "prompt_embeds": (batch_size, 512, c.joint_attention_dim),
+        "pooled_prompt_embeds": (batch_size, c.pooled_projection_dim),
+        "text_ids": (512, 3),
+    }
 
 
 def scale_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
@@ -81,4 +92,7 @@ def training_loss(pipe, denoiser, scheduler, batch, *, loss_cfg, generator: torc
     target = noise - latents
     weighting = compute_loss_weighting_for_sd3(loss_cfg.weighting, sigmas.float())
     err = weighting * (pred.float() - target.float()) ** 2
-    return err.reshape(b, -1).mean(dim=1).mean()
+    per_sample = err.reshape(b, -1).mean(dim=1)
+    if batch.weights is not None:
+        per_sample = per_sample * batch.weights.to(per_sample)
+    return per_sample.mean()

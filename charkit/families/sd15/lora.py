@@ -2,8 +2,9 @@
 
 The loss is the one of diffusers' ``train_text_to_image_lora.py``: DDPM noise at a uniform random
 timestep, the UNet predicts the noise (``epsilon``) or the velocity (``v_prediction``), whichever the
-model's scheduler config says, with optional offset noise and Min-SNR weighting. Every random draw
-takes the caller's ``generator`` so a resumed run draws exactly what an uninterrupted one would.
+model's scheduler config says, with optional offset noise and Min-SNR weighting, and per-sample weights
+(``batch.weights``: regularisation images count ``prior_loss_weight``). Every random draw takes the
+caller's ``generator`` so a resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def encode_text(pipe, captions: list[str], *, device) -> dict[str, torch.Tensor]
     """CLIP hidden states exactly as the pipeline computes them at inference (gradients flow when the encoder trains)."""
     prompt_embeds, _ = pipe.encode_prompt(captions, device, 1, False)
     return {"prompt_embeds": prompt_embeds}
+
+
+def text_shapes(denoiser_config, batch_size: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of what :func:`encode_text` returns (the memory plan runs the loss on empty tensors of them)."""
+    return {"prompt_embeds": (batch_size, 77, denoiser_config.cross_attention_dim)}
 
 
 def scale_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
@@ -53,17 +59,20 @@ def training_loss(pipe, denoiser, scheduler, batch, *, loss_cfg, generator: torc
     else:
         raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
     pred = denoiser(noisy, timesteps, batch.text["prompt_embeds"], return_dict=False)[0]
-    return _weighted_mse(pred.float(), target.float(), scheduler, timesteps, kind, loss_cfg.snr_gamma)
+    return weighted_mse(pred.float(), target.float(), scheduler, timesteps, kind, loss_cfg.snr_gamma, batch.weights)
 
 
-def _weighted_mse(pred, target, scheduler, timesteps, kind: str, snr_gamma: float) -> torch.Tensor:
-    if not snr_gamma:
+def weighted_mse(pred, target, scheduler, timesteps, kind: str, snr_gamma: float, sample_weights=None) -> torch.Tensor:
+    """MSE with Min-SNR-gamma weighting (Hang et al. 2023, as in the diffusers examples) and per-sample weights."""
+    if not snr_gamma and sample_weights is None:
         return F.mse_loss(pred, target, reduction="mean")
-    # Min-SNR-gamma (Hang et al. 2023), as in the diffusers examples.
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(scheduler, timesteps)
-    weights = torch.clamp(snr, max=snr_gamma)
-    weights = weights / snr if kind == "epsilon" else weights / (snr + 1)
     per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=list(range(1, pred.ndim)))
-    return (per_sample * weights).mean()
+    if snr_gamma:
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(scheduler, timesteps)
+        weights = torch.clamp(snr, max=snr_gamma)
+        per_sample = per_sample * (weights / snr if kind == "epsilon" else weights / (snr + 1))
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.to(per_sample)
+    return per_sample.mean()

@@ -2,8 +2,11 @@
 
 As in diffusers' ``train_dreambooth_lora_sd3.py``: a timestep drawn from the configured density
 (logit-normal by default), ``x_t = (1 - sigma) x_0 + sigma * noise``, the transformer predicts the
-velocity ``noise - x_0``. Text embeddings (two CLIP encoders + T5) come from the pipeline's own
-``encode_prompt`` and are cached; the text encoders are not trained for SD3.
+velocity ``noise - x_0``. With ``loss.precondition_outputs`` (the default, as in that script) the
+prediction is turned into a clean-latent estimate ``x_t - sigma * v`` and compared with ``x_0``
+(Karras et al. preconditioning: the same minimiser, each timestep weighted by sigma squared).
+Text embeddings (two CLIP encoders + T5) come from the pipeline's own ``encode_prompt`` and are
+cached; the text encoders are not trained for SD3.
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ def encode_text(pipe, captions: list[str], *, device) -> dict[str, torch.Tensor]
         do_classifier_free_guidance=False,
     )
     return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+
+
+def text_shapes(denoiser_config, batch_size: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of what :func:`encode_text` returns: 77 CLIP tokens + the pipeline's 256 T5 tokens."""
+    c = denoiser_config
+    return {
+        "prompt_embeds": (batch_size, 77 + 256, c.joint_attention_dim),
+        "pooled_prompt_embeds": (batch_size, c.pooled_projection_dim),
+    }
 
 
 def scale_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
@@ -72,7 +84,13 @@ def training_loss(pipe, denoiser, scheduler, batch, *, loss_cfg, generator: torc
         pooled_projections=batch.text["pooled_prompt_embeds"],
         return_dict=False,
     )[0]
-    target = noise - latents
+    if loss_cfg.precondition_outputs is not False:  # diffusers' --precondition_outputs (default 1)
+        pred, target = pred * (-sigmas) + noisy, latents
+    else:
+        target = noise - latents
     weighting = compute_loss_weighting_for_sd3(loss_cfg.weighting, sigmas.float())
     err = weighting * (pred.float() - target.float()) ** 2
-    return err.reshape(b, -1).mean(dim=1).mean()
+    per_sample = err.reshape(b, -1).mean(dim=1)
+    if batch.weights is not None:
+        per_sample = per_sample * batch.weights.to(per_sample)
+    return per_sample.mean()
