@@ -57,6 +57,11 @@ from ..cli_options import allow_pickle_option, backend_option, device_option, dt
 )
 @allow_pickle_option()
 @click.option("--no-register", is_flag=True, help="Do not record the LoRA in character.toml.")
+@click.option(
+    "--full-size",
+    is_flag=True,
+    help="Train a tiny model (charkit tiny-model) at the preset's resolution too (default: 64 px, with a warning).",
+)
 @quiet_option()
 def train(
     character,
@@ -74,6 +79,7 @@ def train(
     model_config,
     allow_pickle_weights,
     no_register,
+    full_size,
     quiet,
 ):
     """Train a character LoRA and pick its best checkpoint by measured identity.
@@ -82,7 +88,8 @@ def train(
     Runs `charkit prep` first when CHARACTER has no dataset/ folder. Every --eval-every steps it
     saves a checkpoint, renders the preset's probe prompts and scores the face against the
     references; at the end it exports best.safetensors (diffusers) and best.kohya.safetensors
-    and writes training_report.html.
+    and writes training_report.html. Ctrl-C stops at the next step; `--resume` continues from
+    the newest complete checkpoint. A tiny model (charkit tiny-model) trains at 64 px.
 
     \b
     Examples:
@@ -108,6 +115,7 @@ def train(
         model_config=model_config,
         allow_pickle_weights=allow_pickle_weights,
         register=not no_register,
+        full_size=full_size,
         progress=not quiet,
     )
     if result is None:  # a non-main process of a multi-GPU run

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..cli_options import LABEL_PATH, backend_option, face_models_option
+from ..cli_options import LABEL_PATH, SIMILARITY, backend_option, face_models_option
 from .lifecycle import verify as run_verify
 
 
@@ -61,7 +61,7 @@ def echo_summary(report, out) -> None:
 @face_models_option()
 @click.option(
     "--threshold",
-    type=float,
+    type=SIMILARITY,
     default=None,
     help="Similarity at or above which a face counts as the character (default: the backend's calibrated value).",
 )

@@ -23,12 +23,14 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..character import load_character
+from ..environment import check_output_dir
 from ..errors import CharkitError
 from ..identity import FaceBackend, FaceCache, ReferenceProfile, get_backend, profile_for_character
 from ..identity.analyze import analyze_file
 from ..identity.results import STATUSES, ImageScore
 from ..identity.scoring import score_faces
 from ..images import is_image_file, list_images
+from ..interrupts import Interrupted, raise_if_stopped, stopped
 from ..stagefiles import RenderManifest, read_stage_file
 from .report import write_report
 from .results import RunSummary, VerifyReport
@@ -182,6 +184,7 @@ def score(
     default = [profiles[n] for n in inputs.default_names] or list(profiles.values())
     scores, thumbs = [], {}
     for job in tqdm(inputs.jobs, desc="verify", unit="img", disable=not progress):
+        raise_if_stopped()  # Ctrl-C: stop between images (the report is written whole, or not at all)
         expected = [profiles[n] for n in job.characters] if job.characters else default
         analyzed = analyze_file(job.path, backend, cache)
         s = score_faces(
@@ -248,11 +251,20 @@ def verify(
     0.9
     """
     inputs = check_inputs(list(paths), runs, list(characters))
+    if out is not None:
+        check_output_dir(out, "--out")  # a file in the way, a read-only or full disk: before any face is analysed
     backend = backend or get_backend("auto")
     cache = cache if cache is not None else FaceCache()
     threshold = backend.info.threshold if threshold is None else float(threshold)
-    profiles = load_profiles(inputs, backend, cache=cache, threshold=threshold)
-    scores, thumbs = score(inputs, profiles, backend, cache=cache, threshold=threshold, progress=progress)
+    try:
+        profiles = load_profiles(inputs, backend, cache=cache, threshold=threshold)
+        scores, thumbs = score(inputs, profiles, backend, cache=cache, threshold=threshold, progress=progress)
+    except Interrupted as e:
+        raise stopped(
+            "no report was written (a report is written whole); run the same command again: the faces already "
+            "analysed come from the cache",
+            e.signal_name,
+        ) from None
     report = VerifyReport(
         backend=backend.info,
         threshold=threshold,
