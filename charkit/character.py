@@ -29,7 +29,7 @@ import tomlkit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .configfiles import parse_toml
-from .environment import check_output_dir
+from .environment import check_output_dir, removed_on_failure
 from .errors import CharkitError, validation_message
 from .families.registry import FAMILIES
 from .images import ImageRejection, list_images, read_image
@@ -246,16 +246,17 @@ def init_character(
         negative_prompt=negative_prompt,
     )
     # Build in a temporary sibling, then move into place: a half-copied character never looks complete.
-    Path(root).mkdir(parents=True, exist_ok=True)
     tmp = Path(root) / f".{name}.init"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        copied = _copy_refs(usable, tmp / spec.refs, target / spec.refs)
-        save_spec(tmp, spec)
-        _swap_in(tmp, target, Path(root) / f".{name}.old")
-    except BaseException:  # a full disk, Ctrl-C: no staging folder is left behind
+    with removed_on_failure(root):  # a full disk, Ctrl-C: no staging folder (nor a new, empty root) is left
+        Path(root).mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            copied = _copy_refs(usable, tmp / spec.refs, target / spec.refs)
+            save_spec(tmp, spec)
+            _swap_in(tmp, target, Path(root) / f".{name}.old")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return InitResult(character=load_character(target), copied=copied, rejected=rejected)
 
 

@@ -374,11 +374,13 @@ def tiny_preset(preset: TrainPreset, model: str) -> tuple[TrainPreset, str | Non
     data["train"]["resolution"] = TINY_SIDE
     if ev.width and ev.height:
         data["eval"]["width"], data["eval"]["height"] = tiny_size(ev.width, ev.height, multiple=spec.size_multiple)
-    data["eval"]["steps"] = min(ev.steps or spec.steps, TINY_STEPS)
+    steps = ev.steps or spec.steps
+    data["eval"]["steps"] = min(steps, TINY_STEPS)
+    probes = f" and {TINY_STEPS}-step probes instead of {steps} steps" if steps > TINY_STEPS else ""
     note = (
-        f"--model {model} is a tiny random model: training at {TINY_SIDE} px with {data['eval']['steps']}-step "
-        f"probes instead of {resolution} px and {ev.steps or spec.steps} steps (a step takes a fraction of a second "
-        "instead of half a minute on a CPU); pass --full-size to keep the preset's sizes"
+        f"--model {model} is a tiny random model: training at {TINY_SIDE} px instead of {resolution} px{probes} "
+        "(a step takes a fraction of a second instead of half a minute on a CPU); pass --full-size to keep the "
+        "preset's sizes"
     )
     return parse_preset(data, "tiny-model sizes"), note
 
