@@ -3,10 +3,11 @@
 The CLI runs every command inside :func:`handle_interrupts`: the first SIGINT or SIGTERM only sets
 a flag (and says so on stderr); a second one stops at once (``KeyboardInterrupt``). Long loops
 check the flag at their step boundaries with :func:`raise_if_stopped`, which raises
-:class:`Interrupted`; a denoiser or training model carries the same check as a forward pre-hook
-(:func:`guard`), so a pipeline call ends within one denoising step however long the step is. The
-stage that owns the loop turns :class:`Interrupted` into a :class:`~charkit.errors.StopRequested`
-naming what was finished; the CLI prints it and exits 130.
+:class:`Interrupted`. A denoiser (and the VAE) carries the same check as forward pre-hooks on itself
+and its attention, resnet and transformer blocks (:func:`guard`), so a pipeline call ends within
+seconds however long one denoising step takes. The stage that owns the loop turns
+:class:`Interrupted` into a :class:`~charkit.errors.StopRequested` naming what was finished; the CLI
+prints it and exits 130.
 
 ``Interrupted`` is a ``BaseException`` (like ``KeyboardInterrupt``): no ``except Exception`` on the
 way up swallows it, while ``finally`` blocks and context managers still clean up.
@@ -88,7 +89,7 @@ def _handler(signum, frame) -> None:
     if _state.requested is not None:
         raise KeyboardInterrupt  # the second signal: stop now
     _state.requested = name
-    print(f"\ncharkit: {name}: stopping at the end of this step ({name} again stops at once)", file=sys.stderr)
+    print(f"\ncharkit: {name}: stopping at the next step ({name} again stops at once)", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -116,14 +117,37 @@ def handle_interrupts() -> Iterator[None]:
         _state.depth, _state.requested = 0, None
 
 
+#: submodules whose calls are step boundaries too: a step of a big model on a CPU can take minutes
+_BLOCK_WORDS = ("Block", "Attention", "Transformer", "Resnet")
+
+
+def checked_modules(module) -> list:
+    """``module`` and its blocks (attention, resnet and transformer blocks): the calls a stop check precedes.
+
+    A compiled module gets the check on its outer call only (hooks inside would break its graph).
+    """
+    if module is None:
+        return []
+    if getattr(module, "_compiled_call_impl", None) is not None:
+        return [module]
+    return [module] + [
+        m for m in module.modules() if m is not module and any(w in type(m).__name__ for w in _BLOCK_WORDS)
+    ]
+
+
 @contextlib.contextmanager
 def guard(*modules) -> Iterator[None]:
-    """Check for a stop before every forward of ``modules`` (a UNet or transformer runs once or twice per step).
+    """Check for a stop before every call of ``modules`` and of their blocks, so a pipeline call or a training
+    step ends within one block of a Ctrl-C, however long the whole step takes.
 
-    >>> with guard(pipe.unet):  # doctest: +SKIP
-    ...     pipe(prompt, num_inference_steps=200)  # ends within one step of a Ctrl-C
+    >>> with guard(pipe.unet, pipe.vae):  # doctest: +SKIP
+    ...     pipe(prompt, num_inference_steps=200)  # ends within seconds of a Ctrl-C
     """
-    handles = [m.register_forward_pre_hook(lambda module, args: raise_if_stopped()) for m in modules if m is not None]
+    handles = [
+        m.register_forward_pre_hook(lambda module, args: raise_if_stopped())
+        for top in modules
+        for m in checked_modules(top)
+    ]
     try:
         yield
     finally:

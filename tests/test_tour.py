@@ -16,7 +16,7 @@ from charkit.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "<!-- tour: tested by tests/test_tour.py -->"
-SHIPPED = ("characters", "examples", "training", ".gitignore")
+SHIPPED = ("characters", "examples", "training", "charkit/assets/demo", ".gitignore")
 
 
 def tour_lines() -> list[list[str]]:
@@ -36,8 +36,9 @@ def clone(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "clone"
     root.mkdir()
     for name in SHIPPED:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+        src, dest = REPO / name, root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest)
     monkeypatch.chdir(root)
     return root
 
@@ -60,6 +61,8 @@ def test_the_readme_tour_runs_as_written(clone):
     manifest = json.loads((clone / "renders" / "lighthouse-ep1" / "manifest.json").read_text())
     assert [i["scene"] for i in manifest["images"]] == ["s01-arrival", "s03-meeting", "s05-letter"]
     assert {(i["width"], i["height"], i["steps"]) for i in manifest["images"]} == {(64, 96, 4)}
+    runs = {r["run"]: r for r in json.loads((clone / "verify-report" / "report.json").read_text())["runs"]}
+    assert (runs["photos"]["pass"], runs["photos"]["drift"]) == (4, 1)  # the real photos: biden drifts
     # the trained LoRA is registered in the tour's own character; the shipped files are untouched
     assert "[lora]" in (clone / "characters" / "alice" / "character.toml").read_text()
     assert {k: v for k, v in _files(clone).items() if k in shipped} == shipped

@@ -617,7 +617,7 @@ def render_jobs(jobs: list[SceneJob], ctx: RenderContext, writer: ManifestWriter
                 raise_if_stopped()
                 loaded = load(model, ctx.plan, device=ctx.device, jobs=group)
                 try:
-                    with guard(denoiser(loaded.pipe)):
+                    with guard(denoiser(loaded.pipe), getattr(loaded.pipe, "vae", None)):
                         for job in group:
                             raise_if_stopped()
                             bar.set_postfix_str(f"{job.scene.id} ({model.label})")
