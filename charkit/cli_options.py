@@ -235,8 +235,11 @@ class RunLog:
 
     def attach_library(self, module) -> None:
         module._configure_library_root_logger()
-        module._get_library_root_logger().addHandler(self.file)
-        self._libraries.append(module)
+        logger = module._get_library_root_logger()
+        logger.addHandler(self.file)
+        self._libraries.append((module, logger.level))
+        if logger.level > logging.WARNING:  # the log keeps warnings even where verbosity was turned down
+            logger.setLevel(logging.WARNING)
         if self.quiet:
             self._quiet_library(module)
 
@@ -259,7 +262,7 @@ class RunLog:
         if "huggingface_hub" in sys.modules:
             sys.modules["huggingface_hub"].utils.disable_progress_bars()
         self.terminal.setLevel(logging.CRITICAL + 1)
-        for module in self._libraries:
+        for module, _ in self._libraries:
             self._quiet_library(module)
 
     def restore(self) -> None:
@@ -269,8 +272,9 @@ class RunLog:
                 os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
             else:
                 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = self._env
-        for module in self._libraries:
+        for module, level in self._libraries:
             module._get_library_root_logger().removeHandler(self.file)
+            module._get_library_root_logger().setLevel(level)
             if self.quiet:
                 if module._default_handler is not None:
                     module._default_handler.setLevel(logging.NOTSET)
