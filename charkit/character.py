@@ -2,7 +2,8 @@
 
 The TOML parses into :class:`CharacterSpec`, a typed model whose field descriptions are
 the help text of ``charkit character`` and of docs/characters.md. Training registers the
-LoRA it picks per family under ``[lora]`` so ``charkit render`` finds it.
+LoRA it picks per family under ``[lora]`` so ``charkit render`` finds it; edits go through
+tomlkit, so the user's comments and layout stay as they were.
 
 Example ``character.toml``::
 
@@ -24,14 +25,15 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomli_w
-import tomllib
+import tomlkit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .configfiles import parse_toml
+from .environment import check_output_dir, removed_on_failure
 from .errors import CharkitError, validation_message
 from .families.registry import FAMILIES
 from .images import ImageRejection, list_images, read_image
-from .paths import atomic_write_text, check_name
+from .paths import atomic_write_text, check_name, portable_name
 
 SPEC_FILE = "character.toml"
 
@@ -146,9 +148,10 @@ def load_character(ref: str | os.PathLike, root: str | os.PathLike = "characters
     if not f.is_file():
         raise CharkitError(f"{f}: no character here; create one with `charkit character init NAME --refs DIR`")
     try:
-        data = tomllib.loads(f.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CharkitError(f"{f}: not valid TOML ({e}); fix the syntax") from None
+        text = f.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CharkitError(f"{f}: not UTF-8 text; save it as UTF-8") from None
+    data = parse_toml(text, str(f))
     try:
         spec = CharacterSpec.model_validate(data)
     except ValidationError as e:
@@ -157,16 +160,33 @@ def load_character(ref: str | os.PathLike, root: str | os.PathLike = "characters
 
 
 def save_spec(character_dir: str | os.PathLike, spec: CharacterSpec) -> Path:
+    """Write ``spec`` as character.toml; an existing file keeps its comments, layout and key order (tomlkit)."""
     path = Path(character_dir) / SPEC_FILE
     data = spec.model_dump()
     if not data["lora"]:
         data.pop("lora")
-    atomic_write_text(path, tomli_w.dumps(data))
+    doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.is_file() else tomlkit.document()
+    for key in [k for k in doc if k not in data]:
+        del doc[key]
+    for key, value in data.items():
+        if key == "lora" and isinstance(doc.get("lora"), dict):
+            table = doc["lora"]
+            for fam in [f for f in table if f not in value]:
+                del table[fam]
+            for fam, rel in value.items():
+                if table.get(fam) != rel:
+                    table[fam] = rel
+        elif doc.get(key) != value:
+            doc[key] = value
+    atomic_write_text(path, tomlkit.dumps(doc))
     return path
 
 
 def register_lora(character_dir: str | os.PathLike, family: str, path: str | os.PathLike) -> Path:
-    """Record a trained LoRA for ``family`` in character.toml (path stored relative to the folder when inside it)."""
+    """Record a trained LoRA for ``family`` in character.toml (path stored relative to the folder when inside it).
+
+    Only the ``[lora]`` entry changes: comments and the rest of the file stay as the user wrote them.
+    """
     character = load_character(character_dir)
     p = Path(path).resolve()
     try:
@@ -207,6 +227,7 @@ def init_character(
     target = Path(root) / name
     if (target / SPEC_FILE).exists() and not force:
         raise CharkitError(f"{target / SPEC_FILE} already exists; pick another name or pass --force to overwrite")
+    check_output_dir(root, "--root")  # before reading photos: a file in the way or a read-only place
     files = list_images(src)
     if not files:
         raise CharkitError(f"--refs {src}: no images found (png, jpg, webp, ...)")
@@ -225,27 +246,42 @@ def init_character(
         negative_prompt=negative_prompt,
     )
     # Build in a temporary sibling, then move into place: a half-copied character never looks complete.
-    Path(root).mkdir(parents=True, exist_ok=True)
     tmp = Path(root) / f".{name}.init"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / spec.refs).mkdir(parents=True)
+    with removed_on_failure(root):  # a full disk, Ctrl-C: no staging folder (nor a new, empty root) is left
+        Path(root).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            copied = _copy_refs(usable, tmp / spec.refs, target / spec.refs)
+            save_spec(tmp, spec)
+            _swap_in(tmp, target, Path(root) / f".{name}.old")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return InitResult(character=load_character(target), copied=copied, rejected=rejected)
+
+
+def _copy_refs(files: list[Path], dest: Path, final: Path) -> list[Path]:
+    """Copy photos (and their caption .txt) into ``dest``; names that are not valid UTF-8 get a portable one."""
+    dest.mkdir(parents=True)
     copied = []
     used_names: set[str] = set()
-    for f in usable:
-        dest_name = f.name if f.name not in used_names else f"{f.stem}_{len(used_names)}{f.suffix}"
+    for f in files:
+        own = portable_name(f.name)
+        dest_name = own if own not in used_names else f"{Path(own).stem}_{len(used_names)}{Path(own).suffix}"
         used_names.add(dest_name)
-        shutil.copy2(f, tmp / spec.refs / dest_name)
+        shutil.copy2(f, dest / dest_name)
         caption = f.with_suffix(".txt")
         if caption.is_file():
-            shutil.copy2(caption, tmp / spec.refs / (Path(dest_name).stem + ".txt"))
-        copied.append(target / spec.refs / dest_name)
-    save_spec(tmp, spec)
+            shutil.copy2(caption, dest / (Path(dest_name).stem + ".txt"))
+        copied.append(final / dest_name)
+    return copied
+
+
+def _swap_in(tmp: Path, target: Path, old: Path) -> None:
     if target.exists():
-        old = Path(root) / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
-    return InitResult(character=load_character(target), copied=copied, rejected=rejected)

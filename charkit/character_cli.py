@@ -49,9 +49,11 @@ def init(name, refs, root, trigger, class_word, description, negative_prompt, fo
         negative_prompt=negative_prompt,
         force=force,
     )
-    click.echo(f"created {r.character.dir}/character.toml with {len(r.copied)} reference photos")
+    from .paths import safe_text
+
+    click.echo(safe_text(f"created {r.character.dir}/character.toml with {len(r.copied)} reference photos"))
     for rej in r.rejected:
-        click.echo(f"  skipped {rej.path}: {rej.reason}")
+        click.echo(safe_text(f"  skipped {rej.path}: {rej.reason}"))  # a non-UTF-8 name shows as \xNN
 
 
 @character.command("show")

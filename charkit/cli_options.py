@@ -8,6 +8,16 @@ takes: the library never parses command-line text.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import importlib.abc
+import importlib.util
+import logging
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -57,8 +67,33 @@ class ModelSource(click.ParamType):
         return ModelSpec(source=text)
 
 
+class Similarity(click.ParamType):
+    """A similarity threshold: a number strictly between 0 and 1 (every backend maps its metric onto that scale;
+    0 or less passes every face, 1 or more none)."""
+
+    name = "FLOAT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a number; give a similarity between 0 and 1, e.g. 0.4", param, ctx)
+        if not math.isfinite(number) or not 0.0 < number < 1.0:
+            self.fail(
+                f"{value!r}: a similarity threshold is a number between 0 and 1 (see `charkit calibrate` for one "
+                "measured on your characters)",
+                param,
+                ctx,
+            )
+        return number
+
+
 LABEL_PATH = LabelPath()
 MODEL_SOURCE = ModelSource()
+SIMILARITY = Similarity()
 
 
 def device_option(**kw):
@@ -115,4 +150,202 @@ def allow_pickle_option(**kw):
 
 
 def quiet_option(**kw):
-    return click.option("--quiet", "-q", is_flag=True, help="No progress bars.", **kw)
+    return click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        callback=_set_quiet,
+        help="No progress bars, no library warnings on the terminal (they still go to the run log, see "
+        "$CHARKIT_LOG_FILE); charkit's own warnings and errors still show.",
+        **kw,
+    )
+
+
+def _set_quiet(ctx, param, value):
+    if value and _RUN is not None:
+        _RUN.set_quiet()
+    return value
+
+
+# -- the per-run log -------------------------------------------------------------------------
+
+#: libraries that keep their own stderr handler (and progress-bar switch) in ``<lib>.utils.logging``
+_LIBRARY_LOGGING = ("diffusers.utils.logging", "transformers.utils.logging")
+_KEEP_LOGS = 20
+
+
+class _LazyFileHandler(logging.FileHandler):
+    """Opens the log file on its first record; a log that cannot be written never breaks the run."""
+
+    def __init__(self, path: Path):
+        self.records = 0
+        super().__init__(path, encoding="utf-8", errors="backslashreplace", delay=True)
+
+    def emit(self, record):
+        try:
+            if self.stream is None:
+                Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            self.records += 1
+            super().emit(record)
+        except Exception:
+            self.close()
+            self.setLevel(logging.CRITICAL + 1)  # stop trying
+
+    def handleError(self, record):
+        self.setLevel(logging.CRITICAL + 1)
+
+
+class _OnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs ``callback(module)`` right after one of ``names`` is imported (to re-route its log handler)."""
+
+    def __init__(self, names, callback):
+        self.names, self.callback = set(names), callback
+        self._loaders: dict = {}
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.names or fullname in self._loaders:
+            return None
+        self._loaders[fullname] = None  # find the real spec without finding ourselves again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            del self._loaders[fullname]
+        if spec is None or spec.loader is None:
+            return None
+        self._loaders[fullname] = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self._loaders[spec.name].create_module(spec)
+
+    def exec_module(self, module):
+        loader = self._loaders.pop(module.__name__)
+        loader.exec_module(module)
+        self.names.discard(module.__name__)
+        self.callback(module)
+
+
+class RunLog:
+    """Warnings and library logs of one command: always into the log file; on the terminal unless quiet."""
+
+    def __init__(self, command: str, path: Path | None):
+        self.command, self.path, self.quiet = command, path, False
+        self.file = _LazyFileHandler(path) if path is not None else logging.NullHandler()
+        self.file.setLevel(logging.INFO)
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.terminal = logging.StreamHandler()
+        self.terminal.setLevel(logging.WARNING)
+        self._libraries: list = []
+
+    def attach_library(self, module) -> None:
+        module._configure_library_root_logger()
+        logger = module._get_library_root_logger()
+        logger.addHandler(self.file)
+        self._libraries.append((module, logger.level))
+        if logger.level > logging.WARNING:  # the log keeps warnings even where verbosity was turned down
+            logger.setLevel(logging.WARNING)
+        if self.quiet:
+            self._quiet_library(module)
+
+    @staticmethod
+    def _quiet_library(module) -> None:
+        if module._default_handler is not None:
+            module._default_handler.setLevel(logging.ERROR)
+        module.disable_progress_bar()
+
+    def to_file(self, name: str, text: str) -> None:
+        """A WARNING record into the log file only (the terminal line is printed by the caller)."""
+        self.file.handle(
+            logging.makeLogRecord({"name": name, "levelno": logging.WARNING, "levelname": "WARNING", "msg": text})
+        )
+
+    def set_quiet(self) -> None:
+        self.quiet = True
+        self._env = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+        if "huggingface_hub" in sys.modules:
+            sys.modules["huggingface_hub"].utils.disable_progress_bars()
+        self.terminal.setLevel(logging.CRITICAL + 1)
+        for module, _ in self._libraries:
+            self._quiet_library(module)
+
+    def restore(self) -> None:
+        """Libraries' handlers, progress bars and the environment as they were before the command."""
+        if self.quiet:
+            if self._env is None:
+                os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+            else:
+                os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = self._env
+        for module, level in self._libraries:
+            module._get_library_root_logger().removeHandler(self.file)
+            module._get_library_root_logger().setLevel(level)
+            if self.quiet:
+                if module._default_handler is not None:
+                    module._default_handler.setLevel(logging.NOTSET)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # huggingface_hub warns when its own variable still disables bars
+                    module.enable_progress_bar()
+
+    def showwarning(self, message, category, filename, lineno, file=None, line=None):
+        from .errors import CharkitWarning
+
+        text = " ".join(str(message).split())
+        if issubclass(category, CharkitWarning):
+            click.echo(f"warning: {text}", err=True)
+            self.to_file("charkit", text)
+            return
+        self.to_file("py.warnings", f"{filename}:{lineno}: {category.__name__}: {text}")
+        if not self.quiet:
+            click.echo(warnings.formatwarning(message, category, filename, lineno, line).rstrip(), err=True)
+
+
+_RUN: RunLog | None = None
+
+
+def log_path(command: str) -> Path | None:
+    """``$CHARKIT_LOG_FILE``, else ``<cache>/logs/<command>-<time>-<pid>.log`` (written only when there is something)."""
+    from .paths import default_cache_dir
+
+    env = os.environ.get("CHARKIT_LOG_FILE")
+    if env:
+        return Path(env).expanduser()
+    folder = default_cache_dir() / "logs"
+    with contextlib.suppress(OSError):  # keep the newest logs only
+        for old in sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-_KEEP_LOGS]:
+            old.unlink()
+    return folder / f"{command}-{_dt.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+
+
+@contextlib.contextmanager
+def run_log(command: str) -> Iterator[RunLog]:
+    """Route warnings and library logs of one command (see :class:`RunLog`); restores everything after."""
+    global _RUN
+    if _RUN is not None:  # nested (a command calling another): one log
+        yield _RUN
+        return
+    run = RunLog(command, log_path(command))
+    root = logging.getLogger()
+    hook = _OnImport([m for m in _LIBRARY_LOGGING if m not in sys.modules], run.attach_library)
+    old_show, old_level = warnings.showwarning, root.level
+    root.addHandler(run.file)
+    root.addHandler(run.terminal)
+    root.setLevel(min(old_level or logging.WARNING, logging.INFO))
+    warnings.showwarning = run.showwarning
+    sys.meta_path.insert(0, hook)
+    for name in _LIBRARY_LOGGING:
+        if name in sys.modules:
+            run.attach_library(sys.modules[name])
+    _RUN = run
+    try:
+        yield run
+    finally:
+        _RUN = None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(hook)
+        run.restore()
+        warnings.showwarning = old_show
+        root.removeHandler(run.file)
+        root.removeHandler(run.terminal)
+        root.setLevel(old_level)
+        run.file.close()

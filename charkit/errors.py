@@ -22,6 +22,38 @@ class MissingModelError(CharkitError):
     """A model file or pack the user must provide (we never download silently)."""
 
 
+class EnvironmentProblem(CharkitError):
+    """The machine, not the input: a folder that cannot be created or written, a full disk. Exit code 2."""
+
+
+class StopRequested(CharkitError):
+    """Ctrl-C / SIGTERM: the run stopped at a step boundary, keeping only complete outputs. Exit code 130.
+
+    The message says what was finished and how to continue (see :mod:`charkit.interrupts`).
+    """
+
+    exit_code = 130
+
+
+class CharkitWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one ``warning:`` line)."""
+
+
+def warn(message: str) -> None:
+    """Issue a one-line :class:`CharkitWarning` (shown once per distinct message).
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as seen:
+    ...     warnings.simplefilter("always")
+    ...     warn("tiny model: rendering at 64x96 px")
+    >>> str(seen[0].message)
+    'tiny model: rendering at 64x96 px'
+    """
+    import warnings
+
+    warnings.warn(" ".join(str(message).split()), CharkitWarning, stacklevel=2)
+
+
 def validation_message(source: str, err, *, known_fields=(), docs: str = "docs/config.md") -> str:
     """One line from a pydantic ``ValidationError``: the file, the field path of the first error, the fix.
 
@@ -75,9 +107,24 @@ class Problems:
 
     def __init__(self) -> None:
         self.items: list[str] = []
+        self.errors: list[CharkitError] = []  # the errors behind ``items`` (their types: missing vs. wrong)
 
     def check(self):
         return _Check(self)
+
+    def add(self, error: CharkitError) -> None:
+        for line in error.lines() if isinstance(error, InputProblems) else [str(error)]:
+            self.items.append(line)
+            self.errors.append(error)
+
+    def extend(self, other: Problems) -> None:
+        """Take over every problem of ``other`` (a scene's own checks, say)."""
+        self.items.extend(other.items)
+        self.errors.extend(other.errors + [CharkitError(i) for i in other.items[len(other.errors) :]])
+
+    def only_missing(self) -> bool:
+        """True when every problem is something not installed yet (a :class:`MissingModelError`), no mistake."""
+        return len(self.errors) == len(self.items) and all(isinstance(e, MissingModelError) for e in self.errors)
 
     def raise_any(self) -> None:
         if self.items:
@@ -92,10 +139,7 @@ class _Check:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, InputProblems):
-            self.problems.items.extend(exc.problems)
-            return True
-        if exc_type is not None and issubclass(exc_type, CharkitError):
-            self.problems.items.append(str(exc))
+        if exc_type is not None and issubclass(exc_type, CharkitError) and not issubclass(exc_type, StopRequested):
+            self.problems.add(exc)
             return True
         return False

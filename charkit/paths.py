@@ -42,9 +42,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a full disk fails in write/fsync, which name no file: name the target
         raise
     fsync_dir(path.parent)
 
@@ -74,7 +76,51 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
+        f.write(safe_text(text))
+
+
+def safe_text(text: str) -> str:
+    """``text`` that always encodes as UTF-8: a file name's undecodable bytes (lone surrogates) become ``\\xNN``.
+
+    >>> safe_text(os.fsdecode(b"caf\\xe9.png"))
+    'caf\\\\xe9.png'
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:  # surrogate escapes of os.fsdecode: back to the bytes, then shown as \xNN
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # other lone surrogates
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def portable_name(name: str) -> str:
+    """A file name that is valid UTF-8: undecodable bytes become ``%NN`` (for copies charkit makes).
+
+    >>> portable_name(os.fsdecode(b"caf\\xe9.jpg"))
+    'caf%E9.jpg'
+    """
+    raw = os.fsencode(name)
+    try:
+        raw.decode("utf-8")
+        return name
+    except UnicodeDecodeError:
+        pass
+    out, i = [], 0
+    while i < len(raw):
+        for j in range(min(len(raw), i + 4), i, -1):  # the longest valid UTF-8 sequence at i
+            try:
+                out.append(raw[i:j].decode("utf-8"))
+                i = j
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            out.append(f"%{raw[i]:02X}")
+            i += 1
+    return "".join(out)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

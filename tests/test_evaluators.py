@@ -312,7 +312,10 @@ def test_summary_counts_per_character_and_names_the_error_files(single, characte
 
 THRESHOLDS = [
     (["--threshold", "nan"], "--threshold nan: not a usable threshold for dlib"),
-    (["--threshold", "5"], "--threshold 5.0: not a usable threshold for dlib (its similarity lies between -1 and 1"),
+    (
+        ["--threshold", "5"],
+        "--threshold 5.0: not a usable threshold for dlib (a same-person threshold lies strictly between 0 and 1",
+    ),
     (["--threshold", "-1"], "--threshold -1.0: not a usable threshold for dlib"),
     (["--threshold", "inf"], "--threshold inf: not a usable threshold"),
     (["--threshold", "high"], "'high': expected a number such as 0.45, or BACKEND=NUMBER"),

@@ -318,8 +318,8 @@ def test_every_storyboard_field_is_documented_and_the_example_parses():
             assert field.description, f"{model.__name__}.{name} has no help text"
             assert f"`{name}`" in doc, f"{model.__name__}.{name} is not documented in docs/rendering.md"
     board = load_storyboard(root / "examples" / "episode.yaml")
-    assert len(board.scenes) == 5 and set(board.characters) == {"maya", "leo"}
-    assert board.scenes[2].characters == ["maya", "leo"]
+    assert len(board.scenes) == 5 and set(board.characters) == {"obama", "biden"}
+    assert board.scenes[2].characters == ["obama", "biden"]
 
 
 def test_every_problem_of_a_storyboard_is_reported_in_one_run(tiny_models, render_env, alice):

@@ -30,11 +30,13 @@ from scipy import ndimage
 from .. import __version__
 from ..character import Character, load_character, resolve_character_dir
 from ..devices import onnx_providers
+from ..environment import check_output_dir
 from ..errors import CharkitError
 from ..identity import BackendInfo, Face, FaceBackend, FaceCache, get_backend, screening
 from ..identity.analyze import THUMB_SIDE as CACHE_THUMB_SIDE
 from ..identity.cache import CachedImage
 from ..images import ImageRejection, LoadedImage, make_thumbnail, read_image
+from ..interrupts import Interrupted, raise_if_stopped, stopped
 from ..paths import atomic_write_bytes, atomic_write_json, atomic_write_text, check_name, sha256_bytes
 from ..stagefiles import DatasetFile, write_stage_file
 from . import report as report_mod
@@ -209,6 +211,7 @@ def _check_out(out: Path, character: Character) -> None:
         )
     if o.exists() and not o.is_dir():
         raise CharkitError(f"--out {out}: is a file; choose a folder")
+    check_output_dir(out, "--out")  # a file in the way, a read-only or full disk
     if o.is_dir() and any(o.iterdir()) and not (o / DATASET_FILE).is_file():
         raise CharkitError(
             f"--out {out}: exists and is not a charkit dataset (no {DATASET_FILE}); choose an empty or new folder"
@@ -263,6 +266,7 @@ def analyze_refs(
     """Read every reference (one at a time: no decoded photo is kept) and find its faces."""
     cands, rejected = [], []
     for path in plan.refs:
+        raise_if_stopped()  # Ctrl-C: stop between photos (nothing is written before the dataset is complete)
         source = path.relative_to(plan.character.refs_dir).as_posix()
         loaded = intake(path)
         if isinstance(loaded, ImageRejection):
@@ -640,13 +644,19 @@ def prep_dataset(
             f"--max-duplicates-distance {max_duplicates_distance!r}: must be a number of bits from 0 to 64"
         )
     backend = backend if backend is not None else get_backend("auto", providers=onnx_providers(device))
-    cands, rejected, previews = screen(
-        plan,
-        backend,
-        cache=FaceCache() if cache is True else (cache or None),
-        max_duplicates_distance=max_duplicates_distance,
-        duplicate_similarity_min=duplicate_similarity_min,
-    )
+    try:
+        cands, rejected, previews = screen(
+            plan,
+            backend,
+            cache=FaceCache() if cache is True else (cache or None),
+            max_duplicates_distance=max_duplicates_distance,
+            duplicate_similarity_min=duplicate_similarity_min,
+        )
+    except Interrupted as e:
+        raise stopped(
+            f"{plan.out} was left as it was; run the same command again (faces already analysed come from the cache)",
+            e.signal_name,
+        ) from None
     thumbs = {"ref:" + _source(x.path, plan.character.refs_dir): previews.get(x.path) for x in rejected}
     settings = {
         "max_duplicates_distance": max_duplicates_distance,

@@ -18,9 +18,9 @@ import numpy as np
 
 from ..errors import CharkitError
 
-#: Every backend's similarity lies in [-1, 1] (cosine, or dlib's 1 - L2 between unit-scale descriptors):
-#: a threshold outside the open interval would pass every face or none.
-THRESHOLD_RANGE = (-1.0, 1.0)
+#: A same-person threshold on any backend's similarity (cosine, or dlib's 1 - L2): at 0 or below strangers pass
+#: (unrelated faces score around 0.0-0.35), at 1 no second photo ever does.
+THRESHOLD_RANGE = (0.0, 1.0)
 
 
 def check_threshold(value, backend: str, *, calibrated: float | None = None) -> float:
@@ -31,7 +31,7 @@ def check_threshold(value, backend: str, *, calibrated: float | None = None) -> 
     >>> check_threshold(float("nan"), "sface", calibrated=0.4)
     Traceback (most recent call last):
     ...
-    charkit.errors.CharkitError: --threshold nan: not a usable threshold for sface (its similarity lies between -1 and 1; a threshold must be strictly between them); pass e.g. 0.40, its calibrated value
+    charkit.errors.CharkitError: --threshold nan: not a usable threshold for sface (a same-person threshold lies strictly between 0 and 1: at 0 or below strangers pass, at 1 nobody does); pass e.g. 0.40, its calibrated value
     """
     try:
         t = float(value)
@@ -41,8 +41,8 @@ def check_threshold(value, backend: str, *, calibrated: float | None = None) -> 
     if not (math.isfinite(t) and lo < t < hi):
         example = f"pass e.g. {calibrated:.2f}, its calibrated value" if calibrated is not None else "pass e.g. 0.40"
         raise CharkitError(
-            f"--threshold {value}: not a usable threshold for {backend} (its similarity lies between {lo:g} and {hi:g}; "
-            f"a threshold must be strictly between them); {example}"
+            f"--threshold {value}: not a usable threshold for {backend} (a same-person threshold lies strictly between "
+            f"{lo:g} and {hi:g}: at {lo:g} or below strangers pass, at {hi:g} nobody does); {example}"
         )
     return t
 

@@ -3,22 +3,26 @@
 One SQLite file per cache folder (``$CHARKIT_CACHE_DIR``, else ``~/.cache/charkit``): a
 re-verify of an unchanged folder only hashes files and reads rows, and a changed image,
 a changed model file or another backend simply misses. SQLite gives atomic, concurrent-
-safe writes for free (several ``accelerate`` ranks may share it).
+safe writes for free (several ``accelerate`` ranks may share it). A file that is not (or no
+longer) a valid SQLite database is moved aside with a one-line warning and the cache starts
+afresh: a cache must never make a command unusable.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import json
 import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..paths import default_cache_dir
+from ..environment import check_cache_dir, check_output_dir
+from ..errors import warn
 from .base import Face
 
 SCHEMA_VERSION = 1
@@ -49,10 +53,17 @@ class FaceCache:
     """``get``/``put`` analysed images by (backend cache key, image sha256)."""
 
     def __init__(self, folder: str | os.PathLike | None = None):
-        self.folder = Path(folder) if folder is not None else default_cache_dir()
+        # a file in the way, a read-only place: one line naming the folder (or CHARKIT_CACHE_DIR)
+        if folder is None:
+            self.folder = check_cache_dir()
+        else:
+            self.folder = check_output_dir(folder, "face cache folder", min_free=0)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / f"faces-v{SCHEMA_VERSION}.sqlite"
         self._local = threading.local()
+        self._guarded(self._create)
+
+    def _create(self) -> None:
         with self._conn() as c:
             _retry_locked(
                 lambda: c.execute(
@@ -68,6 +79,29 @@ class FaceCache:
                 )
             )
 
+    def _guarded(self, fn, *args):
+        """``fn(*args)``; a corrupt database file is moved aside (one warning) and rebuilt, then ``fn`` runs again."""
+        try:
+            return fn(*args)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):  # locked, disk full, I/O: not corruption
+                raise
+            self._move_aside(e)
+            self._create()
+            return fn(*args)
+
+    def _move_aside(self, error: Exception) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+        os.replace(self.path, aside)
+        for extra in ("-wal", "-shm"):  # SQLite's side files belong to the broken database
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{extra}")
+        warn(f"{self.path}: the face cache was unreadable ({error}); moved it to {aside.name} and started a new one")
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -79,6 +113,9 @@ class FaceCache:
         return conn
 
     def get(self, backend_key: str, image_sha: str) -> CachedImage | None:
+        return self._guarded(self._get, backend_key, image_sha)
+
+    def _get(self, backend_key: str, image_sha: str) -> CachedImage | None:
         row = (
             self._conn()
             .execute("SELECT data, emb, thumb FROM faces WHERE backend=? AND image_sha=?", (backend_key, image_sha))
@@ -111,6 +148,9 @@ class FaceCache:
             c.execute("INSERT OR REPLACE INTO extras VALUES (?, ?, ?, ?)", (kind, image_sha, key, json.dumps(data)))
 
     def put(self, backend_key: str, image_sha: str, entry: CachedImage) -> None:
+        self._guarded(self._put, backend_key, image_sha, entry)
+
+    def _put(self, backend_key: str, image_sha: str, entry: CachedImage) -> None:
         data = json.dumps(
             {
                 "faces": [f.to_dict() for f in entry.faces],

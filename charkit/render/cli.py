@@ -31,8 +31,16 @@ from ..cli_options import (
     "models",
     multiple=True,
     type=MODEL_SOURCE,
-    help="Render on this model instead of the storyboard's (hub id, diffusers folder or .safetensors file; family "
-    "detected). Repeat to render every scene on each (a comparison matrix).",
+    help="Render on this model instead of the storyboard's, or supply the model a storyboard does not name (hub id, "
+    "diffusers folder or .safetensors file; family detected). Repeat to render every scene on each (a comparison "
+    "matrix). A tiny model (charkit tiny-model) brings its own ControlNet and IP-Adapters.",
+)
+@click.option(
+    "--model-config",
+    type=click.Path(path_type=str),
+    default=None,
+    metavar="DIR",
+    help="Diffusers folder or hub id with the configs and tokenizers of a single-file --model (needed offline).",
 )
 @device_option()
 @dtype_option()
@@ -74,11 +82,24 @@ from ..cli_options import (
     is_flag=True,
     help="Let insightface score the FaceID scenes it conditioned (by default a FaceID run is scored by another model).",
 )
+@click.option(
+    "--full-size",
+    is_flag=True,
+    help="Render a tiny model (charkit tiny-model) at the storyboard's sizes and steps too (default: scaled down "
+    "to seconds per scene, with a warning).",
+)
+@click.option(
+    "--overwrite-other-project",
+    is_flag=True,
+    help="Render into an output folder that holds another project's manifest (its images are replaced or dropped "
+    "from the manifest); without it such a folder is refused.",
+)
 @quiet_option()
 def render(
     storyboard,
     out,
     models,
+    model_config,
     device,
     dtype,
     verify,
@@ -93,6 +114,8 @@ def render(
     face_models,
     backend,
     allow_same_evaluator,
+    full_size,
+    overwrite_other_project,
     quiet,
 ):
     """Render a storyboard: every scene as DIR/<scene>.png plus DIR/manifest.json.
@@ -101,19 +124,22 @@ def render(
     are split across processes.
 
     \b
-      charkit render examples/episode.yaml
-      charkit render episode.yaml --out renders/ep1 --verify
+      charkit render examples/episode.yaml --model models/tiny-sd15     # a tiny model: seconds, offline
+      charkit render examples/episode.yaml --verify                     # the storyboard's real models (GPU)
       charkit render episode.yaml --model sd15=runwayml/stable-diffusion-v1-5 --model sdxl=models/juggernaut.safetensors
+      charkit render episode.yaml --model models/x.safetensors --model-config models/sd15-diffusers
       accelerate launch -m charkit render episode.yaml --device cuda
     """
     from ..devices import resolve_device, resolve_precision
     from .lifecycle import render_storyboard
+    from .storyboard import load_storyboard
 
     device = resolve_device(device)
+    board = load_storyboard(storyboard, model_given=bool(models))  # --model supplies a model it may lack
     result = render_storyboard(
-        storyboard,
+        board,
         out=out,
-        models=list(models) or None,
+        models=[command_line_model(m, model_config, board) for m in models] or None,
         device=device,
         dtype=resolve_precision(dtype, device),
         verify=verify,
@@ -129,6 +155,8 @@ def render(
         allow_same_evaluator=allow_same_evaluator,
         scenes=list(scenes) or None,
         progress=not quiet,
+        full_size=full_size,
+        overwrite_other_project=overwrite_other_project,
     )
     if result.manifest is None:
         return  # not the main process: it reports for everyone
@@ -136,6 +164,7 @@ def render(
     locked = sum(r.locked for r in result.manifest.images)
     line = f"rendered {len(result.manifest.images) - len(result.skipped)}, unchanged {len(result.skipped)}"
     line += f" ({locked} locked, kept as they are)" if locked else ""
+    line += f", {len(result.left_out)} optional scenes left out (see the warnings)" if result.left_out else ""
     line += f" -> {result.manifest_path}"
     if result.verify_report is not None:
         runs = result.verify_report.runs
@@ -144,6 +173,29 @@ def render(
     no_face = sum(1 for r in result.manifest.images if r.identity and r.identity.get("status") == "no_face")
     line += f"; {no_face} scene(s) showed no face" if no_face else ""
     click.echo(line)
+
+
+def command_line_model(spec, model_config: str | None, board):
+    """A ``--model`` as the storyboard would hold it: local paths absolute (they are relative to the working
+    folder, not the storyboard), ``--model-config`` attached, and a tiny model's own adapters filled in."""
+    from ..families.tiny_limits import tiny_parts
+
+    def local(text: str) -> str:
+        p = Path(text).expanduser()
+        return str(p.resolve()) if p.exists() else text
+
+    update: dict = {"source": local(spec.source)}
+    if model_config is not None and spec.config is None:
+        update["config"] = local(model_config)
+    parts = tiny_parts(update["source"])
+    if parts:  # a tiny model's ControlNet fits every control type; the storyboard's real adapters never fit it
+        if "controlnet" in parts and not spec.controlnet:
+            used = sorted({s.control.type for s in board.scenes if s.control is not None})
+            update["controlnet"] = {t: str(parts["controlnet"]) for t in used}
+        for name in ("ip_adapter", "image_encoder", "faceid"):
+            if name in parts and getattr(spec, name) is None:
+                update[name] = str(parts[name])
+    return spec.model_copy(update=update)
 
 
 if __name__ == "__main__":  # `accelerate launch -m charkit.render.cli STORYBOARD ...`

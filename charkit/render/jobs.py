@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..character import Character, load_character
-from ..errors import CharkitError, Problems
+from ..errors import CharkitError, MissingModelError, Problems
 from .conditioning import check_annotators
 from .plan import ControlPlan, IPPlan, ModelPlan, RenderOptions, SceneJob
 from .storyboard import Scene, Storyboard, expand_prompt, placeholders
@@ -102,16 +102,25 @@ def plan_lora(
         path = characters[name].lora_path(model.family)
         if path is None:
             if explicit not in (None, 0):
-                raise err(
-                    f"lora.{name}",
-                    f"{name} has no {model.family} LoRA ([lora] {model.family} in its character.toml); train one with "
-                    f"`charkit train` or remove lora.{name}",
+                raise MissingModelError(  # not trained yet: an `optional: true` scene is skipped instead
+                    str(
+                        err(
+                            f"lora.{name}",
+                            f"{name} has no {model.family} LoRA ([lora] {model.family} in its character.toml); train "
+                            f"one with `charkit train` or remove lora.{name}",
+                        )
+                    )
                 )
             continue
         if not path.is_file():
-            raise err(
-                f"lora.{name}",
-                f"LoRA file {path} (from {characters[name].dir}/character.toml) does not exist; retrain or fix the path",
+            raise MissingModelError(
+                str(
+                    err(
+                        f"lora.{name}",
+                        f"LoRA file {path} (from {characters[name].dir}/character.toml) does not exist; retrain or "
+                        "fix the path",
+                    )
+                )
             )
         scale = board.defaults.lora_scale if explicit is None else explicit
         try:
@@ -249,7 +258,7 @@ def plan_job(
     if own.items:
         if problems is None:
             own.raise_any()
-        problems.items.extend(own.items)
+        problems.extend(own)  # with their types: an optional scene skips only what is missing
         return None
     return SceneJob(
         scene=scene,

@@ -35,6 +35,9 @@ from PIL import Image
 
 from .. import __version__
 from ..distributed import SingleProcess, device_for, my_share, process_state
+from ..environment import removed_on_failure
+from ..errors import CharkitError
+from ..interrupts import Interrupted, guard, raise_if_stopped, stopped
 from ..paths import under_root
 from .candidates import Candidate, Selection, batches, candidate_seeds, select_best
 from .conditioning import Conditioner
@@ -97,6 +100,7 @@ class RenderResult:
     rendered: list[SceneResult]
     skipped: list[tuple[str, str]]  # unchanged scenes kept from an earlier run
     verify_report: Any = None
+    left_out: list[str] = field(default_factory=list)  # `optional: true` scenes not rendered, with why
 
 
 @dataclass
@@ -201,7 +205,14 @@ def load(model: ModelPlan, plan: RenderPlan, *, device: str, jobs: list[SceneJob
     adapters: dict[str, str] = {}
     for name in sorted({n for j in jobs for n in j.lora}):
         path = plan.characters[name].lora_path(model.family)
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name(name))
+        try:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name(name))
+        except Exception as e:  # a size mismatch (another family or model size), a broken or foreign file
+            raise CharkitError(
+                f"LoRA of {name} ({path}) does not load into model {model.label} ({model.family}): "
+                f"{' '.join(str(e).split())[:200]}; train a LoRA for this model or fix [lora] {model.family} in "
+                f"{plan.characters[name].dir / 'character.toml'}"
+            ) from None
         adapters[name] = adapter_name(name)
     if adapters:
         pipe.disable_lora()  # the resting state: no LoRA active outside a scene
@@ -474,17 +485,20 @@ class ManifestWriter:
     re-read from the file, so what another writer (the studio) changed meanwhile survives.
     """
 
-    def __init__(self, plan: RenderPlan, state, kept: list[ImageRecord]):
+    def __init__(self, plan: RenderPlan, state, kept: list[ImageRecord], previous: set | None = None):
         self.plan = plan
         self.state = state
         self.header = manifest_header(plan)
         self.kept = kept
+        # complete images of scenes about to render again (--force, changed inputs): listed until replaced,
+        # so an interrupted run loses no finished image from the manifest
+        self.previous = previous or set()
         self.new: list[ImageRecord] = []
         self.partial = None if state.num_processes <= 1 else partial_path(plan.out_dir, state.process_index)
 
     def _update(self) -> Manifest:
-        # The kept and the newly rendered keys, in scene order: scenes still pending drop out, as they always did.
-        done = {r.key for r in self.kept} | {r.key for r in self.new}
+        # The kept, the previous and the newly rendered keys, in scene order: scenes never finished drop out.
+        done = {r.key for r in self.kept} | {r.key for r in self.new} | self.previous
         order = [k for k in self.plan.order if k in done]
         return update_manifest(self.plan.out_dir / MANIFEST, self.header, order, self.new)
 
@@ -549,6 +563,16 @@ def run_verify(plan: RenderPlan):
 # -- the lifecycle ---------------------------------------------------------------------------
 
 
+def complete_keys(plan: RenderPlan, pending: list[SceneJob]) -> set[tuple[str, str]]:
+    """Keys of pending jobs whose earlier image is still complete on disk (kept in the manifest until replaced)."""
+    wanted = {j.key: j.file for j in pending}
+    return {
+        r.key
+        for r in read_records(plan.out_dir / MANIFEST)
+        if wanted.get(r.key) == r.file and is_complete(r, plan.out_dir)
+    }
+
+
 def prepare_output(plan: RenderPlan, state) -> None:
     """The output folder exists, and partial manifests of a killed multi-process run are folded in (main process)."""
     if state.is_main_process:
@@ -587,15 +611,21 @@ def render_jobs(jobs: list[SceneJob], ctx: RenderContext, writer: ManifestWriter
     show = ctx.options.progress and ctx.state.is_main_process
     bar = tqdm(total=len(jobs), desc="render", unit="scene", disable=not show)
     try:
+        # After Ctrl-C (charkit.interrupts) the scene being denoised stops within one step; leaving the pool
+        # waits for the scenes already denoised to be written, so every finished image is on disk and listed.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="charkit-record") as pool:
             for model, group in _group_by_model(jobs):
+                raise_if_stopped()
                 loaded = load(model, ctx.plan, device=ctx.device, jobs=group)
                 try:
-                    for job in group:
-                        bar.set_postfix_str(f"{job.scene.id} ({model.label})")
-                        futures.append(pool.submit(_record_and_add, render_candidates(loaded, job, ctx), ctx, writer))
-                        _raise_failed(futures)
-                        bar.update()
+                    with guard(denoiser(loaded.pipe), getattr(loaded.pipe, "vae", None)):
+                        for job in group:
+                            raise_if_stopped()
+                            bar.set_postfix_str(f"{job.scene.id} ({model.label})")
+                            rendered = render_candidates(loaded, job, ctx)
+                            futures.append(pool.submit(_record_and_add, rendered, ctx, writer))
+                            _raise_failed(futures)
+                            bar.update()
                 finally:
                     release(loaded)
     finally:
@@ -628,11 +658,19 @@ def render_storyboard(
     state = state or process_state(options.device)
     options = dataclasses.replace(options, device=device_for(state, options.device))
     plan = check_inputs(board, out=out, models=models, options=options)
-    prepare_output(plan, state)
-    pending, kept = pending_jobs(plan)
-    state.wait_for_everyone()  # every process planned from the same files before anyone writes
-    writer = ManifestWriter(plan, state, kept)
-    rendered = render_jobs(my_share(state, pending), make_context(plan, state), writer)
+    with removed_on_failure(plan.out_dir):  # a run that fails before its first image leaves no empty folder
+        prepare_output(plan, state)
+        pending, kept = pending_jobs(plan)
+        state.wait_for_everyone()  # every process planned from the same files before anyone writes
+        writer = ManifestWriter(plan, state, kept, previous=complete_keys(plan, pending))
+        try:
+            rendered = render_jobs(my_share(state, pending), make_context(plan, state), writer)
+        except Interrupted as e:
+            raise stopped(
+                f"{len(writer.new)} of {len(pending)} scenes rendered, {len(kept)} kept from before; "
+                f"{plan.out_dir / MANIFEST} lists every finished image; run the same command again to render the rest",
+                e.signal_name,
+            ) from None
     manifest = writer.finish()
     report = run_verify(plan) if plan.options.verify and state.is_main_process and plan.characters else None
     state.wait_for_everyone()
@@ -643,4 +681,5 @@ def render_storyboard(
         rendered=rendered,
         skipped=[r.key for r in kept],
         verify_report=report,
+        left_out=list(plan.skipped),
     )

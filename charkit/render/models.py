@@ -7,7 +7,7 @@ storyboard's model(s) through :func:`override_models`.
 
 from __future__ import annotations
 
-from ..errors import CharkitError
+from ..errors import CharkitError, InputProblems, MissingModelError, Problems
 from .plan import ModelPlan, RenderOptions
 from .storyboard import ModelSpec, Storyboard
 
@@ -42,89 +42,132 @@ def model_config(spec: ModelSpec, board: Storyboard, src, family: str) -> str | 
     if src.kind == "file" and hub_offline():
         raise CharkitError(
             f"source {spec.source} is a single-file checkpoint: offline it needs config: <a diffusers {family} "
-            "folder or cached hub id> for the component configs and tokenizers; add it to the model"
+            "folder or cached hub id> for the component configs and tokenizers; add it to the model (or pass "
+            "--model-config DIR)"
         )
     return None
 
 
-def model_controlnets(spec: ModelSpec, board: Storyboard, family_spec, options: RenderOptions) -> dict[str, str]:
+def model_controlnets(
+    spec: ModelSpec, board: Storyboard, family_spec, options: RenderOptions, problems: Problems | None = None
+) -> dict[str, str]:
+    """Each control type's ControlNet source (a hub id must be cached offline); problems go to ``problems``."""
     from ..families.sources import resolve_source
 
+    problems = problems if problems is not None else Problems()
     out = {}
     for ctype, cn in spec.controlnet.items():
-        family_spec.require_control(ctype)
-        src = resolve_source(
-            _local_or_text(board, cn), what=f"controlnet.{ctype}", allow_pickle_weights=options.allow_pickle_weights
-        )
-        if src.kind == "hub":
-            require_cached(src.ref, f"controlnet.{ctype}")
-        out[ctype] = src.ref
+        with problems.check():
+            family_spec.require_control(ctype)
+            src = resolve_source(
+                _local_or_text(board, cn), what=f"controlnet.{ctype}", allow_pickle_weights=options.allow_pickle_weights
+            )
+            if src.kind == "hub":
+                require_cached(src.ref, f"controlnet.{ctype}")
+            out[ctype] = src.ref
     return out
 
 
-def adapter_weights(spec: ModelSpec, board: Storyboard, family_spec, options: RenderOptions) -> dict[str, str | None]:
-    """``{"ip_adapter": ..., "faceid": ...}``: local files (pickle refused unless allowed) or hub file paths."""
+def adapter_weights(
+    spec: ModelSpec, board: Storyboard, family_spec, options: RenderOptions, problems: Problems | None = None
+) -> dict[str, str | None]:
+    """``{"ip_adapter": ..., "faceid": ...}``: local files (pickle refused unless allowed) or hub file paths.
+
+    Problems go to ``problems`` (both adapters are checked); without it the first one raises.
+    """
     from ..families.sources import check_weights_file
 
-    weights: dict[str, str | None] = {}
+    own = problems if problems is not None else Problems()
+    weights: dict[str, str | None] = {"ip_adapter": None, "faceid": None}
     for name in ("ip_adapter", "faceid"):
         text = getattr(spec, name)
-        weights[name] = None
         if text is None:
             continue
-        family_spec.require("faceid" if name == "faceid" else "ip_adapter")
-        local = board.resolve(text)
-        if local.exists():
-            check_weights_file(local, what=name, allow_pickle_weights=options.allow_pickle_weights)
-            weights[name] = str(local)
-        elif text.count("/") >= 2 and not text.startswith((".", "/", "~")):
-            weights[name] = text  # org/repo/path/file.safetensors on the hub
-        else:
-            raise CharkitError(f"{name} {text}: no such file; give a .safetensors file (relative to the storyboard)")
+        with own.check():
+            family_spec.require("faceid" if name == "faceid" else "ip_adapter")
+            local = board.resolve(text)
+            if local.exists():
+                check_weights_file(local, what=name, allow_pickle_weights=options.allow_pickle_weights)
+                weights[name] = str(local)
+            elif text.count("/") >= 2 and not text.startswith((".", "/", "~")):
+                require_cached_file(text, name)
+                weights[name] = text  # org/repo/path/file.safetensors on the hub
+            else:
+                raise MissingModelError(
+                    f"{name} {text}: no such file; give a .safetensors file (relative to the storyboard)"
+                )
+    if problems is None:
+        own.raise_any()
     return weights
 
 
 def resolve_model(
     spec: ModelSpec, board: Storyboard, options: RenderOptions, *, where: str, scheduler: str | None
 ) -> ModelPlan:
-    """Resolve one model entry (family detection, pickle refusal, adapters) or raise naming ``where``."""
+    """Resolve one model entry (family detection, pickle refusal, adapters) or raise naming ``where``.
+
+    Every problem of the entry is reported together (a model not in the cache and a missing FaceID file are
+    two lines of one run, not one run each).
+    """
     from ..families import get_spec
     from ..families.sources import resolve_source
     from ..families.spec import SCHEDULERS
 
-    try:
+    problems = Problems()
+    src = family = None
+    with problems.check():
         src = resolve_source(
             _local_or_text(board, spec.source), what="source", allow_pickle_weights=options.allow_pickle_weights
         )
         if src.kind == "hub":
             require_cached(src.ref, "source")
-        family = model_family(spec, src, allow_pickle_weights=options.allow_pickle_weights)
-        fspec = get_spec(family)
-        encoder = None
+    with problems.check():
+        family = model_family(spec, src, allow_pickle_weights=options.allow_pickle_weights) if src else spec.family
+    if family is None:  # nothing more can be checked without the family
+        _raise(problems, board, where)
+    fspec = get_spec(family)
+    parts: dict = {"image_encoder": None, "weights": {"ip_adapter": None, "faceid": None}, "controlnet": {}}
+    with problems.check():
         if spec.image_encoder is not None:
-            encoder = resolve_source(
+            parts["image_encoder"] = resolve_source(
                 _local_or_text(board, spec.image_encoder),
                 what="image_encoder",
                 allow_pickle_weights=options.allow_pickle_weights,
             ).ref
-        sched = scheduler or fspec.scheduler
-        if sched not in SCHEDULERS:
-            raise CharkitError(f"scheduler {sched!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
-        weights = adapter_weights(spec, board, fspec, options)
-        return ModelPlan(
-            label=spec.label or family,
-            family=family,
-            source=spec.source,
-            path=src.ref,
-            config=model_config(spec, board, src, family),
-            scheduler=sched,
-            controlnet=model_controlnets(spec, board, fspec, options),
-            ip_adapter=weights["ip_adapter"],
-            image_encoder=encoder,
-            faceid=weights["faceid"],
+    sched = scheduler or fspec.scheduler
+    if sched not in SCHEDULERS:
+        problems.add(
+            CharkitError(f"scheduler {sched!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
         )
-    except CharkitError as e:
-        raise CharkitError(f"{board.label}: {where}: {e}") from None
+    parts["weights"] = adapter_weights(spec, board, fspec, options, problems)
+    parts["controlnet"] = model_controlnets(spec, board, fspec, options, problems)
+    config = None
+    with problems.check():
+        config = model_config(spec, board, src, family) if src else None
+    _raise(problems, board, where)
+    return ModelPlan(
+        label=spec.label or family,
+        family=family,
+        source=spec.source,
+        path=src.ref,
+        config=config,
+        scheduler=sched,
+        controlnet=parts["controlnet"],
+        ip_adapter=parts["weights"]["ip_adapter"],
+        image_encoder=parts["image_encoder"],
+        faceid=parts["weights"]["faceid"],
+    )
+
+
+def _raise(problems: Problems, board: Storyboard, where: str) -> None:
+    if problems.items:
+        lines = [f"{board.label}: {where}: {p}" for p in problems.items]
+        missing = problems.only_missing()
+        raise (
+            (MissingModelError(lines[0]) if missing else CharkitError(lines[0]))
+            if len(lines) == 1
+            else InputProblems(lines)
+        )
 
 
 def require_cached(repo_id: str, what: str) -> None:
@@ -142,6 +185,26 @@ def require_cached(repo_id: str, what: str) -> None:
         raise MissingModelError(
             f"{what} {repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
             f"(huggingface-cli download {repo_id}) or point to a local folder"
+        ) from None
+
+
+def require_cached_file(hub_path: str, what: str) -> None:
+    """Offline, a hub file (``org/repo/path/file.safetensors``) must already be in the local cache."""
+    from ..errors import MissingModelError
+    from ..families.sources import hub_offline
+
+    if not hub_offline():
+        return
+    from huggingface_hub import hf_hub_download
+
+    parts = hub_path.split("/")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        hf_hub_download(repo, filename, local_files_only=True)
+    except Exception:  # not cached (several error types)
+        raise MissingModelError(
+            f"{what} {hub_path}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
+            f"(huggingface-cli download {repo} {filename}) or give a local .safetensors file"
         ) from None
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from .. import __version__
 from ..character import Character
 from ..devices import precision_name
-from ..errors import CharkitError, Problems
+from ..environment import check_cache_dir, check_output_dir
+from ..errors import CharkitError, MissingModelError, Problems, warn
 from ..paths import under_root
 from .fingerprint import file_sha256, source_fingerprint, stable_hash
 from .storyboard import ModelSpec, Scene, Storyboard
@@ -45,6 +46,8 @@ class RenderOptions:
     force: bool = False
     progress: bool = True
     scenes: tuple[str, ...] | None = None  # render only these scene ids (others keep their images)
+    full_size: bool = False  # tiny models too render at the storyboard's sizes and steps (else scaled down)
+    overwrite_other_project: bool = False  # render into a folder that holds another project's manifest
 
     def __post_init__(self):
         # paths arrive as Path objects from the CLI and as strings from code: keep one form
@@ -160,6 +163,7 @@ class RenderPlan:
     options: RenderOptions
     scoring_backend: object | None = None  # FaceBackend for best-of-N and --verify
     faceid_backend: object | None = None  # insightface FaceBackend for FaceID conditioning
+    skipped: list[str] = field(default_factory=list)  # `optional: true` scenes left out, with why
 
     @property
     def order(self) -> list[tuple[str, str]]:
@@ -296,13 +300,22 @@ def plan_backends(plan: RenderPlan) -> None:
     face_models = options.face_models or (
         str(plan.storyboard.resolve(ident.face_models)) if ident.face_models else None
     )
-    if any(j.ip and j.ip.mode == "face" for j in plan.jobs):
+    face_jobs = [j for j in plan.jobs if j.ip and j.ip.mode == "face"]
+    if face_jobs:
         try:
             plan.faceid_backend = get_backend("insightface", face_models=face_models)
         except CharkitError as e:
-            raise CharkitError(
-                f"{plan.storyboard.label}: ip_adapter mode face needs an insightface pack: {e}"
-            ) from None
+            # FaceID conditions on insightface embeddings: no other backend can stand in (so no --backend hint)
+            why = str(e).split("; get one:")[0]
+            scenes = sorted({j.scene.id for j in face_jobs})
+            message = (
+                f"{plan.storyboard.label}: scene {', '.join(map(repr, scenes))}: field 'ip_adapter.mode': face "
+                f"(FaceID) needs an insightface pack ({why}); pass --face-models DIR or set identity.face_models "
+                "(buffalo_l, or the Apache-2.0 AuraFace: docs/face-models.md), or use ip_adapter mode image or off"
+            )
+            if not isinstance(e, MissingModelError) or not all(j.scene.optional for j in face_jobs):
+                raise type(e)(message) from None
+            skip_scenes(plan, scenes, f"field 'ip_adapter.mode': FaceID needs an insightface pack ({why})")
     if options.verify or any(j.scored for j in plan.jobs):
         from ..identity import FACEID_MODEL, get_scorer, independent_scorer
 
@@ -342,23 +355,142 @@ def check_inputs(
     characters = load_characters(board, problems)
     model_plans, per_scene = plan_models(board, options, problems)
     out_dir = Path(out).expanduser().resolve() if out is not None else board.output_dir().resolve()
+    check_environment(out_dir, board, options, problems, flag="--out" if out is not None else None)
     plan = RenderPlan(
         storyboard=board, out_dir=out_dir, characters=characters, models=model_plans, jobs=[], options=options
     )
     for scene, mps in zip(board.scenes, per_scene):
-        for mp in mps:
-            job = plan_job(board, scene, mp, characters, options, matrix=board.models is not None, problems=problems)
-            if job is not None:
-                with problems.check():
-                    under_root(plan.out_dir, job.file)
-                plan.jobs.append(job)
+        own = Problems() if scene.optional else problems
+        jobs = [
+            job
+            for mp in mps
+            if (job := plan_job(board, scene, mp, characters, options, matrix=plan.matrix, problems=own)) is not None
+        ]
+        if own is not problems and own.items:
+            if not own.only_missing():
+                problems.extend(own)  # a mistake, not something missing: reported like any other
+            else:
+                plan.skipped.append(own.items[0].removeprefix(f"{board.label}: "))
+            continue
+        for job in jobs:
+            with problems.check():
+                under_root(plan.out_dir, job.file)
+            plan.jobs.append(job)
+    check_job_files(plan, problems)
     problems.raise_any()
     plan_backends(plan)  # after the cheap checks: loading a face model takes a moment
+    apply_tiny_limits(plan)  # warnings come last: a run that fails says one thing, its errors
+    for note in plan.skipped:
+        warn(f"skipped optional {note}")
     for mp in plan.models:
         mp.fingerprint = source_fingerprint(mp.path) or ""
     for job in plan.jobs:
         job.inputs_hash = inputs_hash(job, plan)
     return plan
+
+
+def skip_scenes(plan: RenderPlan, scene_ids: list[str], why: str) -> None:
+    """Leave ``optional: true`` scenes out of the plan, noting why (one warning line each)."""
+    plan.jobs = [j for j in plan.jobs if j.scene.id not in scene_ids]
+    plan.skipped += [f"scene {sid!r}: {why}" for sid in scene_ids]
+
+
+def check_environment(
+    out_dir: Path, board: Storyboard, options: RenderOptions, problems: Problems, *, flag: str | None
+) -> None:
+    """The output folder can be created and written, holds no other project, and the face cache can be written."""
+    where = flag or f"{board.label}: field 'output'"
+    with problems.check():
+        check_output_dir(out_dir, where)
+    with problems.check():
+        check_project(out_dir, board, options, where=where)
+    if options.verify or board.defaults.candidates > 1 or any((s.candidates or 1) > 1 for s in board.scenes):
+        with problems.check():
+            check_cache_dir()
+
+
+def check_project(out_dir: Path, board: Storyboard, options: RenderOptions, *, where: str) -> None:
+    """One project per render folder: a manifest of another storyboard there is refused (unless overridden)."""
+    from ..stagefiles import RenderManifest, read_stage_file
+
+    manifest_file = out_dir / "manifest.json"
+    if options.overwrite_other_project or not manifest_file.is_file():
+        return
+    m = read_stage_file(manifest_file, RenderManifest, fix="delete it to render every scene again")
+    same_file = bool(m.storyboard) and board.path is not None and (out_dir / m.storyboard).resolve() == board.path
+    if same_file or m.project == board.project:
+        return
+    raise CharkitError(
+        f"{where} {out_dir}: holds the renders of another project ({m.project!r}, storyboard "
+        f"{m.storyboard or '(none)'}); render into another folder (--out), or pass --overwrite-other-project to "
+        "render this storyboard there"
+    )
+
+
+def check_job_files(plan: RenderPlan, problems: Problems) -> None:
+    """Files the jobs read after a model loads, checked now: LoRA headers and family, control and IP images."""
+    from ..images import ImageRejection, read_image
+
+    seen: set = set()
+    for job in plan.jobs:
+        where = f"{plan.storyboard.label}: scene {job.scene.id!r}: field"
+        for name in job.lora:
+            path = plan.characters[name].lora_path(job.model.family)
+            if (path, job.model.family) not in seen:
+                seen.add((path, job.model.family))
+                with problems.check():
+                    check_lora_file(path, name, job.model.family, where=f"{where} 'lora.{name}'")
+        images = [("control.image", job.control.image if job.control else None)]
+        images.append(("ip_adapter.image", job.ip.image if job.ip and job.ip.mode == "image" else None))
+        for fld, image in images:
+            if image is not None and image not in seen:
+                seen.add(image)
+                r = read_image(image)
+                if isinstance(r, ImageRejection):
+                    problems.items.append(f"{where} '{fld}': {image}: {r.reason}; replace the image")
+
+
+def check_lora_file(path: Path, name: str, family: str, *, where: str) -> None:
+    """A .safetensors LoRA whose header reads and whose recorded family (charkit metadata) is the model's."""
+    if path.suffix.lower() != ".safetensors":
+        return  # a pickle LoRA (--allow-pickle-weights) is only readable by loading it
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise CharkitError(
+            f"{where}: LoRA file {path} is not a readable .safetensors file ({' '.join(str(e).split())[:120]}); "
+            f"retrain it with `charkit train` or fix [lora] {family} in {name}'s character.toml"
+        ) from None
+    trained = meta.get("charkit.family")
+    if trained and trained != family:
+        raise CharkitError(
+            f"{where}: LoRA file {path} was trained for {trained}, not {family}; register it under [lora] {trained} "
+            f"in {name}'s character.toml, or train a {family} LoRA"
+        )
+
+
+def apply_tiny_limits(plan: RenderPlan) -> None:
+    """Scale scenes on a tiny model (``charkit tiny-model``) down to seconds-per-scene sizes, saying so once."""
+    from ..families.tiny_limits import TINY_STEPS, is_tiny_model, tiny_size, too_big
+
+    if plan.options.full_size:
+        return
+    for mp in plan.models:
+        big = [j for j in plan.jobs if j.model is mp and too_big(j.width, j.height)]
+        if not big or not is_tiny_model(mp.path):
+            continue
+        before = f"{big[0].width}x{big[0].height}, {big[0].steps} steps"
+        for j in big:
+            j.width, j.height = tiny_size(j.width, j.height, multiple=mp.spec.size_multiple)
+            j.steps = min(j.steps, TINY_STEPS)
+        warn(
+            f"model {mp.label} ({mp.source}) is a tiny random model: {len(big)} scenes render at "
+            f"{big[0].width}x{big[0].height}, {big[0].steps} steps instead of {before} (seconds instead of minutes "
+            "each; the weights are random either way); pass --full-size to keep the storyboard's settings"
+        )
 
 
 def manifest_header(plan: RenderPlan) -> dict:

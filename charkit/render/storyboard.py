@@ -20,9 +20,18 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from ..configfiles import parse_yaml
 from ..errors import CharkitError
 from ..families.registry import FAMILIES, FamilyName
 from ..paths import check_name
@@ -217,6 +226,11 @@ class Scene(_Model):
         default=None, description="Render this scene on another model (not with a models matrix)."
     )
     preset: Preset | None = Field(default=None, description="Post-processing preset for this scene.")
+    optional: bool = Field(
+        default=False,
+        description="Skip this scene, with one warning line, when something it needs is not installed yet (a LoRA "
+        "not trained yet, an insightface pack for FaceID, annotator weights) instead of failing the whole render.",
+    )
 
     @field_validator("id")
     @classmethod
@@ -236,7 +250,13 @@ class IdentitySpec(_Model):
         default=None,
         description="insightface model pack folder (needed for ip_adapter mode face and backend insightface).",
     )
-    threshold: float | None = Field(default=None, description="Pass threshold (default: the backend's calibrated one).")
+    threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="Pass threshold, a similarity between 0 and 1 (default: the backend's calibrated one).",
+    )
 
 
 class Storyboard(_Model):
@@ -269,7 +289,7 @@ class Storyboard(_Model):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> Storyboard:
+    def _consistent(self, info: ValidationInfo) -> Storyboard:
         seen: set[str] = set()
         for scene in self.scenes:
             if scene.id in seen:
@@ -284,7 +304,11 @@ class Storyboard(_Model):
                         f"scene {scene.id!r}: model: a scene cannot pick its own model when `models:` renders every "
                         "scene on each model; remove one of them"
                     )
-        elif self.defaults.model is None and any(s.model is None for s in self.scenes):
+        elif (
+            self.defaults.model is None
+            and any(s.model is None for s in self.scenes)
+            and not (info.context or {}).get("model_given")
+        ):
             raise ValueError("no model: set defaults.model (or `models:`, or --model on the command line)")
         return self
 
@@ -405,15 +429,20 @@ def _error_message(source: str, data: Any, err: ValidationError) -> str:
 
 
 def parse_storyboard(
-    data: Any, *, source: str = "storyboard", path: Path | None = None, sha256: str | None = None
+    data: Any,
+    *,
+    source: str = "storyboard",
+    path: Path | None = None,
+    sha256: str | None = None,
+    model_given: bool = False,
 ) -> Storyboard:
-    """Validate already-parsed YAML data (a dict) into a :class:`Storyboard`."""
+    """Validate already-parsed YAML data (a dict) into a :class:`Storyboard` (``model_given``: see load_storyboard)."""
     if not isinstance(data, dict):
         raise CharkitError(
             f"{source}: a storyboard is a YAML mapping with project, characters and scenes; see examples/episode.yaml"
         )
     try:
-        board = Storyboard.model_validate(data)
+        board = Storyboard.model_validate(data, context={"model_given": model_given})
     except ValidationError as e:
         raise CharkitError(_error_message(source, data, e)) from None
     board._path = path
@@ -421,8 +450,8 @@ def parse_storyboard(
     return board
 
 
-def load_storyboard(path: str | os.PathLike) -> Storyboard:
-    """Read and validate a storyboard YAML file.
+def load_storyboard(path: str | os.PathLike, *, model_given: bool = False) -> Storyboard:
+    """Read and validate a storyboard YAML file (``model_given``: ``--model`` supplies a model it may lack).
 
     >>> board = load_storyboard("examples/episode.yaml")  # doctest: +SKIP
     >>> [s.id for s in board.scenes][:2]  # doctest: +SKIP
@@ -434,12 +463,10 @@ def load_storyboard(path: str | os.PathLike) -> Storyboard:
     except OSError as e:
         raise CharkitError(f"{p}: cannot read storyboard ({e.strerror or e}); check the path") from None
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CharkitError(f"{p}: not UTF-8 text; save the storyboard as UTF-8") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise CharkitError(f"{p}: invalid YAML{where} ({problem}); fix the syntax") from None
-    return parse_storyboard(data, source=str(p), path=p.resolve(), sha256=hashlib.sha256(raw).hexdigest())
+    data = parse_yaml(text, str(p))  # safe_load + duplicate keys and deep nesting refused
+    return parse_storyboard(
+        data, source=str(p), path=p.resolve(), sha256=hashlib.sha256(raw).hexdigest(), model_given=model_given
+    )

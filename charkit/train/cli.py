@@ -70,6 +70,11 @@ from ..cli_options import allow_pickle_option, backend_option, device_option, dt
     default=None,
     help="GPU memory in GiB to check --plan against (default: the CUDA device's).",
 )
+@click.option(
+    "--full-size",
+    is_flag=True,
+    help="Train a tiny model (charkit tiny-model) at the preset's resolution too (default: 64 px, with a warning).",
+)
 @quiet_option()
 def train(
     character,
@@ -89,6 +94,7 @@ def train(
     no_register,
     plan_only,
     vram,
+    full_size,
     quiet,
 ):
     """Train a character LoRA and pick its best checkpoint by measured identity.
@@ -97,7 +103,8 @@ def train(
     Runs `charkit prep` first when CHARACTER has no dataset/ folder. Every --eval-every steps it
     saves a checkpoint, renders the preset's probe prompts and scores the face against the
     references; at the end it exports best.safetensors (diffusers) and best.kohya.safetensors
-    and writes training_report.html.
+    and writes training_report.html. Ctrl-C stops at the next step; `--resume` continues from
+    the newest complete checkpoint. A tiny model (charkit tiny-model) trains at 64 px.
 
     \b
     Examples:
@@ -133,6 +140,7 @@ def train(
         model_config=model_config,
         allow_pickle_weights=allow_pickle_weights,
         register=not no_register,
+        full_size=full_size,
         progress=not quiet,
         log=lambda message: click.echo(f"charkit train: {message}", err=True),
     )

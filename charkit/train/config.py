@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..configfiles import parse_toml
 from ..errors import CharkitError, validation_message
 from ..families.registry import FAMILIES, FamilyName, families_that, get_spec
 
@@ -365,10 +365,10 @@ def load_preset(path: str | os.PathLike) -> TrainPreset:
     if not p.is_file():
         raise CharkitError(f"--preset {p}: no such file; use one of training/{{{','.join(FAMILIES)}}}-lora.toml")
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CharkitError(f"{p}: not valid TOML ({e}); fix the syntax") from None
-    return parse_preset(data, str(p))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CharkitError(f"{p}: not UTF-8 text; save the preset as UTF-8") from None
+    return parse_preset(parse_toml(text, str(p)), str(p))  # syntax errors and deep nesting: one line
 
 
 def apply_overrides(

@@ -38,8 +38,10 @@ import torch
 from .. import __version__
 from ..devices import precision_name, resolve_device, torch_dtype
 from ..distributed import process_state
-from ..errors import CharkitError
+from ..environment import check_cache_dir, check_output_dir, removed_on_failure
+from ..errors import CharkitError, warn
 from ..families import family_part, get_spec
+from ..interrupts import Interrupted, deferred, guard, raise_if_stopped, stopped
 from ..paths import atomic_write_bytes, atomic_write_json, check_name
 from ..stagefiles import TrainRunFile, read_stage_file, write_stage_file
 from . import checkpoints as ckpt
@@ -114,6 +116,7 @@ class TrainPlan:
     notes: list[str] = field(default_factory=list)
     quantization: offload.QuantizationSpec | None = None
     log: Callable[[str], None] = _quiet  # one-line messages for the console (resume point, fallbacks)
+    warnings: list[str] = field(default_factory=list)  # shown once the dataset is ready (a failing run: its error only)
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -353,6 +356,7 @@ def check_inputs(
     model_config: str | os.PathLike | None = None,
     allow_pickle_weights: bool = False,
     register: bool = True,
+    full_size: bool = False,
     process_index: int = 0,
     num_processes: int = 1,
     log: Callable[[str], None] | None = None,
@@ -372,9 +376,13 @@ def check_inputs(
     dev = training_device(device)
     effective, notes = training_precision(p, dev)
     src = check_model(model, p.family, allow_pickle_weights=allow_pickle_weights)
+    p, tiny_note = (p, None) if full_size else tiny_preset(p, src.ref)
     backend = scorer_names(backend)  # several: checkpoints ranked by the combined score
     notes += check_machine(p, dev, src)
     run_dir, run_name = run_folder(character, p.family, out=out, run=run, resume=resume)
+    # before minutes of model loading: a file in the way, a read-only or full disk, an unwritable face cache
+    check_output_dir(run_dir, "--out" if out is not None else "run folder")
+    check_cache_dir()
     dataset = check_dataset(character, p, num_processes=num_processes)
     if dataset is not None:
         dataset, p = with_dataset(character, p, dataset, num_processes=num_processes)
@@ -403,6 +411,7 @@ def check_inputs(
         notes=[],
         quantization=offload.quantization_spec(p, spec, torch_dtype(effective)) if dev.type == "cuda" else None,
         log=log or _quiet,
+        warnings=[tiny_note] if tiny_note and process_index == 0 else [],
     )
     for n in notes + (list(dataset.notes) if dataset is not None else []):
         plan.note(n)
@@ -460,6 +469,29 @@ def with_dataset(character, preset: TrainPreset, dataset: TrainDataset, *, num_p
             f"eval.every={preset.eval.every} > train.steps={preset.train.steps}: only the last step is evaluated"
         )
     return dataset, preset
+
+
+def tiny_preset(preset: TrainPreset, model: str) -> tuple[TrainPreset, str | None]:
+    """A real preset's sizes scaled down for a tiny model (``charkit tiny-model``), and the note saying so."""
+    from ..families.tiny_limits import TINY_SIDE, TINY_STEPS, is_tiny_model, tiny_size, too_big
+
+    spec = get_spec(preset.family)
+    resolution, ev = preset.train.resolution or spec.width, preset.eval
+    if not too_big(resolution, resolution) or not is_tiny_model(model):
+        return preset, None
+    data = preset.model_dump()
+    data["train"]["resolution"] = TINY_SIDE
+    if ev.width and ev.height:
+        data["eval"]["width"], data["eval"]["height"] = tiny_size(ev.width, ev.height, multiple=spec.size_multiple)
+    steps = ev.steps or spec.steps
+    data["eval"]["steps"] = min(steps, TINY_STEPS)
+    probes = f" and {TINY_STEPS}-step probes instead of {steps} steps" if steps > TINY_STEPS else ""
+    note = (
+        f"--model {model} is a tiny random model: training at {TINY_SIDE} px instead of {resolution} px{probes} "
+        "(a step takes a fraction of a second instead of half a minute on a CPU); pass --full-size to keep the "
+        "preset's sizes"
+    )
+    return parse_preset(data, "tiny-model sizes"), note
 
 
 def prepare_dataset(plan: TrainPlan) -> TrainPlan:
@@ -934,8 +966,11 @@ def train_steps(
         disable=not (progress and session.is_main),
         dynamic_ncols=True,
     )
+    hooks = contextlib.ExitStack()
     try:
+        hooks.enter_context(guard(session.denoiser))  # a Ctrl-C ends even a long step at its next forward pass
         while session.step < until:
+            raise_if_stopped()
             t = time.perf_counter()
             loss = train_step(session)
             session.step_seconds.append(time.perf_counter() - t)
@@ -958,8 +993,10 @@ def train_steps(
             if on_step is not None:
                 on_step(session.step, loss)
             if session.step % preset.eval.every == 0 or session.step == total:
-                checkpoint_and_evaluate(session)
+                with deferred():  # a checkpoint and its evaluation always complete
+                    checkpoint_and_evaluate(session)
     finally:
+        hooks.close()
         bar.close()
 
 
@@ -1234,6 +1271,17 @@ def export(session: TrainSession, choice: CheckpointChoice):
     return result, registered, report_json, report_html
 
 
+def _stopped_at(plan: TrainPlan, step: int) -> str:
+    last = ckpt.latest_checkpoint(plan.run_dir)
+    where = f"step {step} of {plan.preset.train.steps}"
+    if last is None:
+        return f"stopped at {where}, before the first checkpoint: nothing was kept; run the same command to start again"
+    return (
+        f"stopped at {where}; checkpoints up to {last.path.name} are complete in {plan.run_dir}: continue with the "
+        "same command plus --resume"
+    )
+
+
 def train_lora(
     character_dir: str | os.PathLike,
     *,
@@ -1265,10 +1313,18 @@ def train_lora(
         num_processes=state.num_processes,
         **kwargs,
     )
-    plan = prepare_dataset(plan)
-    session = load(plan)
-    cache(session)
-    train_steps(session, on_step=on_step, progress=progress)
+    session = None
+    # a failed or interrupted run that saved no checkpoint leaves no run folder behind (a resumed one stays)
+    with removed_on_failure(plan.run_dir, keep_if=lambda d: bool(ckpt.list_checkpoints(d))):
+        try:
+            plan = prepare_dataset(plan)
+            for line in plan.warnings:
+                warn(line)
+            session = load(plan)
+            cache(session)
+            train_steps(session, on_step=on_step, progress=progress)
+        except Interrupted as e:
+            raise stopped(_stopped_at(plan, session.step if session else 0), e.signal_name) from None
     if not session.is_main:
         return None  # type: ignore[return-value]
     choice = choose(session)

@@ -124,7 +124,7 @@ def _echo_disagreements(report) -> None:
     multiple=True,
     type=ThresholdValue(),
     help="Similarity at or above which a face counts as the character (default: each backend's calibrated value); "
-    "BACKEND=VALUE sets one backend's when several score. Strictly between -1 and 1.",
+    "BACKEND=VALUE sets one backend's when several score. Strictly between 0 and 1.",
 )
 @click.option(
     "--allow-same-evaluator",

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..character import load_character
+from ..environment import check_output_dir
 from ..errors import CharkitError
 from ..identity import (
     COMBINED_RULE,
@@ -49,6 +50,7 @@ from ..identity.panel import score_panel
 from ..identity.results import STATUSES, ImageScore
 from ..identity.scoring import score_faces
 from ..images import is_image_file, list_images
+from ..interrupts import Interrupted, raise_if_stopped, stopped
 from ..stagefiles import RenderManifest, read_stage_file
 from .look import RunLook, compare_runs, measure_matches, reference_looks
 from .report import write_report
@@ -230,6 +232,7 @@ def score(
     members = backends_of(backend)
     scores, thumbs = [], {}
     for job in tqdm(inputs.jobs, desc="verify", unit="img", disable=not progress):
+        raise_if_stopped()  # Ctrl-C: stop between images (the report is written whole, or not at all)
         expected = [profiles[n] for n in job.characters] if job.characters else default
         f = ImageFile(job.path)
         analyses = {b.name: analyze_file(f, b, cache, thumbnails=i == 0) for i, b in enumerate(members)}
@@ -330,6 +333,8 @@ def verify(
     0.9
     """
     inputs = check_inputs(list(paths), runs, list(characters))
+    if out is not None:
+        check_output_dir(out, "--out")  # a file in the way, a read-only or full disk: before any face is analysed
     backend = backend or get_scorer("auto")
     check_independence(inputs, backend, allow_same_evaluator=allow_same_evaluator)
     panel = isinstance(backend, BackendPanel)
@@ -343,17 +348,24 @@ def verify(
         threshold = check_threshold(threshold, backend.info.name, calibrated=backend.info.threshold)
     cache = cache if cache is not None else FaceCache()
     threshold = backend.info.threshold if threshold is None else threshold
-    profiles = load_profiles(inputs, backend, cache=cache, threshold=None if panel else threshold)
-    scores, thumbs = score(
-        inputs,
-        profiles,
-        backend,
-        cache=cache,
-        threshold=threshold,
-        progress=progress,
-        allow_same_evaluator=allow_same_evaluator,
-        look=look_profile,
-    )
+    try:
+        profiles = load_profiles(inputs, backend, cache=cache, threshold=None if panel else threshold)
+        scores, thumbs = score(
+            inputs,
+            profiles,
+            backend,
+            cache=cache,
+            threshold=threshold,
+            progress=progress,
+            allow_same_evaluator=allow_same_evaluator,
+            look=look_profile,
+        )
+    except Interrupted as e:
+        raise stopped(
+            "no report was written (a report is written whole); run the same command again: the faces already "
+            "analysed come from the cache",
+            e.signal_name,
+        ) from None
     report = VerifyReport(
         backend=backend.info,
         threshold=threshold,
