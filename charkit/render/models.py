@@ -90,7 +90,6 @@ def resolve_model(
     """Resolve one model entry (family detection, pickle refusal, adapters) or raise naming ``where``."""
     from ..families import get_spec
     from ..families.sources import resolve_source
-    from ..families.spec import SCHEDULERS
 
     try:
         src = resolve_source(
@@ -100,31 +99,51 @@ def resolve_model(
             require_cached(src.ref, "source")
         family = model_family(spec, src, allow_pickle_weights=options.allow_pickle_weights)
         fspec = get_spec(family)
-        encoder = None
-        if spec.image_encoder is not None:
-            encoder = resolve_source(
-                _local_or_text(board, spec.image_encoder),
-                what="image_encoder",
-                allow_pickle_weights=options.allow_pickle_weights,
-            ).ref
-        sched = scheduler or fspec.scheduler
-        if sched not in SCHEDULERS:
-            raise CharkitError(f"scheduler {sched!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
+        encoder = None if spec.image_encoder is None else image_encoder_source(board, spec.image_encoder)
         weights = adapter_weights(spec, board, fspec, options)
+        vae = None
+        if spec.vae is not None:
+            vae = resolve_source(
+                _local_or_text(board, spec.vae), what="vae", allow_pickle_weights=options.allow_pickle_weights
+            )
+            if vae.kind == "hub":
+                require_cached(vae.ref, "vae")
+        if not spec.t5:
+            fspec.require("without_t5")
+        if spec.variant is not None and src.kind == "file":
+            raise CharkitError(f"variant {spec.variant!r}: a single file has no variants; drop variant for this model")
         return ModelPlan(
             label=spec.label or family,
             family=family,
             source=spec.source,
             path=src.ref,
             config=model_config(spec, board, src, family),
-            scheduler=sched,
+            scheduler=scheduler or fspec.scheduler,
             controlnet=model_controlnets(spec, board, fspec, options),
             ip_adapter=weights["ip_adapter"],
             image_encoder=encoder,
             faceid=weights["faceid"],
+            vae=None if vae is None else vae.ref,
+            variant=spec.variant,
+            t5=spec.t5,
         )
     except CharkitError as e:
         raise CharkitError(f"{board.label}: {where}: {e}") from None
+
+
+def image_encoder_source(board: Storyboard, text: str) -> str:
+    """A CLIP image encoder: a local folder (absolute), a hub id, or ``org/repo/subfolder`` of a hub repo."""
+    local = board.resolve(text)
+    if local.is_dir():
+        return str(local.resolve())
+    parts = text.split("/")
+    if text.startswith((".", "/", "~")) or len(parts) < 2 or not all(parts):
+        raise CharkitError(
+            f"image_encoder {text}: no such folder; give a CLIP vision folder, a hub id or org/repo/subfolder "
+            "(e.g. h94/IP-Adapter/models/image_encoder)"
+        )
+    require_cached("/".join(parts[:2]), "image_encoder")
+    return text
 
 
 def require_cached(repo_id: str, what: str) -> None:
@@ -162,7 +181,7 @@ def override_models(board: Storyboard, models: list[ModelSpec]) -> Storyboard:
         base = same[0] if same else None
         extra = {}
         if base is not None:
-            for name in ("controlnet", "ip_adapter", "image_encoder", "faceid"):
+            for name in ("controlnet", "ip_adapter", "image_encoder", "faceid", "vae"):
                 if getattr(spec, name) in (None, {}) and getattr(base, name) not in (None, {}):
                     extra[name] = getattr(base, name)
         merged.append(spec.model_copy(update=extra))

@@ -23,7 +23,7 @@ from .fingerprint import file_sha256, source_fingerprint, stable_hash
 from .storyboard import ModelSpec, Scene, Storyboard
 
 #: Bump when charkit changes how the same inputs turn into pixels: every scene renders again.
-RENDER_VERSION = 1
+RENDER_VERSION = 2  # 2: A1111 prompt syntax, samplers from the model config, FaceID LoRA per scene
 
 
 @dataclass
@@ -44,6 +44,8 @@ class RenderOptions:
     force: bool = False
     progress: bool = True
     scenes: tuple[str, ...] | None = None  # render only these scene ids (others keep their images)
+    scene_batch: int | None = None  # scenes per pipeline call when they share everything but prompt and seed
+    shard: tuple[int, int] | None = None  # (K, N): render only shard K of N (0-based; batch schedulers)
 
     def __post_init__(self):
         # paths arrive as Path objects from the CLI and as strings from code: keep one form
@@ -52,6 +54,14 @@ class RenderOptions:
             if value is not None:
                 setattr(self, name, str(value))
         self.scenes = tuple(self.scenes) if self.scenes else None
+        self.shard = tuple(self.shard) if self.shard is not None else None
+
+    @property
+    def scenes_per_call(self) -> int:
+        """``scene_batch``, or its default: 4 on a GPU (where batching pays), 1 on a CPU."""
+        if self.scene_batch is not None:
+            return self.scene_batch
+        return 1 if str(self.device).startswith("cpu") else 4
 
     @property
     def torch_dtype(self):
@@ -82,6 +92,9 @@ class ModelPlan:
     image_encoder: str | None = None
     faceid: str | None = None
     fingerprint: str = ""
+    vae: str | None = None  # resolved VAE override (folder, hub id or file)
+    variant: str | None = None
+    t5: bool = True
 
     @property
     def module(self):
@@ -106,6 +119,20 @@ class ControlPlan:
     preprocess: bool
     low: int
     high: int
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass
+class HiresPlan:
+    """The hires pass of a scene: upscale to ``width`` x ``height``, then img2img at ``strength``."""
+
+    scale: float
+    strength: float
+    steps: int
+    upscaler: str
+    width: int
+    height: int
 
 
 @dataclass
@@ -136,6 +163,11 @@ class SceneJob:
     lora: dict[str, float]  # character -> scale (characters with a LoRA for this family)
     control: ControlPlan | None = None
     ip: IPPlan | None = None
+    scheduler: object = None  # charkit.families.schedulers.SchedulerChoice
+    clip_skip: int = 1
+    true_cfg: float | None = None  # Flux real CFG (None: off)
+    hires: HiresPlan | None = None
+    batch: int = -1  # index of its scene batch in RenderPlan.batches
     inputs_hash: str = ""
 
     @property
@@ -159,6 +191,8 @@ class RenderPlan:
     options: RenderOptions
     scoring_backend: object | None = None  # FaceBackend for best-of-N and --verify
     faceid_backend: object | None = None  # insightface FaceBackend for FaceID conditioning
+    batches: list[list[SceneJob]] = field(default_factory=list)  # jobs rendered in one pipeline call, plan order
+    warnings: list[str] = field(default_factory=list)  # one line each: what renders other than asked
 
     @property
     def order(self) -> list[tuple[str, str]]:
@@ -186,7 +220,13 @@ def inputs_hash(job: SceneJob, plan: RenderPlan) -> str:
         "family": m.family,
         "model": m.fingerprint,
         "config": source_fingerprint(m.config),
-        "scheduler": m.scheduler,
+        "scheduler": [job.scheduler.class_name, job.scheduler.overrides],
+        "clip_skip": job.clip_skip,
+        "true_cfg": job.true_cfg,
+        "hires": dataclasses.asdict(job.hires) if job.hires else None,
+        "vae": source_fingerprint(m.vae),
+        "variant": m.variant,
+        "t5": m.t5,
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
@@ -210,6 +250,7 @@ def inputs_hash(job: SceneJob, plan: RenderPlan) -> str:
             "scale": c.scale,
             "preprocess": c.preprocess,
             "thresholds": [c.low, c.high] if c.type == "canny" else None,
+            "window": [c.start, c.end],
             "controlnet": source_fingerprint(m.controlnet[c.type]),
         }
     if job.ip:
@@ -246,7 +287,71 @@ def check_options(options: RenderOptions) -> RenderOptions:
         )
     if options.batch_size is not None and options.batch_size < 1:
         raise CharkitError(f"--batch-size {options.batch_size}: must be at least 1")
+    if options.scene_batch is not None and options.scene_batch < 1:
+        raise CharkitError(f"--scene-batch {options.scene_batch}: must be at least 1")
+    if options.shard is not None:
+        k, n = options.shard
+        if not (isinstance(k, int) and isinstance(n, int) and 0 <= k < n):
+            raise CharkitError(f"--shard {k}/{n}: K must be 0 .. N-1 (e.g. --shard 0/4 .. --shard 3/4)")
+        if options.verify:
+            raise CharkitError(
+                "--verify with --shard: a shard sees only its own scenes; run `charkit verify DIR` after every shard"
+            )
     return options
+
+
+def batch_key(job: SceneJob) -> str | None:
+    """What scenes must share to render in one pipeline call (None: the scene renders alone).
+
+    Everything but the prompts and seeds: model, size, steps, guidance, sampler, LoRAs and their scales, the same
+    control map and IP-Adapter input, clip skip, true CFG and hires. Best-of-N scenes batch their own candidates.
+    """
+    if job.candidates != 1:
+        return None
+    c, ip = job.control, job.ip
+    return stable_hash(
+        [
+            job.model.label,
+            [job.width, job.height, job.steps, job.guidance, job.clip_skip, job.true_cfg, job.preset],
+            [job.scheduler.class_name, job.scheduler.overrides],
+            sorted(job.lora.items()),
+            None if c is None else [c.type, str(c.image), c.scale, c.preprocess, c.low, c.high, c.start, c.end],
+            None if ip is None else [ip.mode, ip.scale, ip.character, str(ip.image)],
+            None if job.hires is None else dataclasses.asdict(job.hires),
+        ]
+    )
+
+
+def plan_batches(jobs: list[SceneJob], size: int) -> list[list[SceneJob]]:
+    """Scene batches of at most ``size`` jobs, formed from the whole storyboard in plan order (never from what is
+    pending), so a resumed or partly re-rendered run renders every batch exactly as a full run does."""
+    out: list[list[SceneJob]] = []
+    filling: dict[str, list[SceneJob]] = {}
+    for job in jobs:
+        key = batch_key(job) if size > 1 else None
+        group = filling.get(key) if key is not None else None
+        if group is None or len(group) >= size:
+            group = []
+            out.append(group)
+            if key is not None:
+                filling[key] = group
+        group.append(job)
+    for i, group in enumerate(out):
+        for job in group:
+            job.batch = i
+    return out
+
+
+def shard_batches(batches: list[list[SceneJob]], shard: tuple[int, int] | None) -> set[int]:
+    """Indices of the batches shard ``K/N`` renders: a contiguous share of the plan's batches (all without shard).
+
+    >>> sorted(shard_batches([[1], [2], [3], [4], [5]], (1, 2)))
+    [2, 3, 4]
+    """
+    if shard is None:
+        return set(range(len(batches)))
+    k, n = shard
+    return set(range(k * len(batches) // n, (k + 1) * len(batches) // n))
 
 
 def _model_key(mp: ModelPlan) -> str:
@@ -296,12 +401,17 @@ def plan_backends(plan: RenderPlan) -> None:
         str(plan.storyboard.resolve(ident.face_models)) if ident.face_models else None
     )
     if any(j.ip and j.ip.mode == "face" for j in plan.jobs):
+        from .conditioning import faceid_pack_warning
+
         try:
             plan.faceid_backend = get_backend("insightface", face_models=face_models)
         except CharkitError as e:
             raise CharkitError(
                 f"{plan.storyboard.label}: ip_adapter mode face needs an insightface pack: {e}"
             ) from None
+        warning = faceid_pack_warning(plan.faceid_backend)
+        if warning:
+            plan.warnings.append(f"{plan.storyboard.label}: {warning}")
     if options.verify or any(j.scored for j in plan.jobs):
         name = options.backend or ident.backend
         plan.scoring_backend = get_backend(name, face_models=face_models, threshold=ident.threshold)
@@ -343,7 +453,16 @@ def check_inputs(
     )
     for scene, mps in zip(board.scenes, per_scene):
         for mp in mps:
-            job = plan_job(board, scene, mp, characters, options, matrix=board.models is not None, problems=problems)
+            job = plan_job(
+                board,
+                scene,
+                mp,
+                characters,
+                options,
+                matrix=board.models is not None,
+                problems=problems,
+                warnings=plan.warnings,
+            )
             if job is not None:
                 with problems.check():
                     under_root(plan.out_dir, job.file)
@@ -352,8 +471,13 @@ def check_inputs(
     plan_backends(plan)  # after the cheap checks: loading a face model takes a moment
     for mp in plan.models:
         mp.fingerprint = source_fingerprint(mp.path) or ""
-    for job in plan.jobs:
-        job.inputs_hash = inputs_hash(job, plan)
+    plan.batches = plan_batches(plan.jobs, options.scenes_per_call)
+    base = {id(job): inputs_hash(job, plan) for job in plan.jobs}
+    for group in plan.batches:
+        for job in group:
+            # batched kernels may round differently: a scene's pixels depend on its batch, so its hash does too
+            peers = [base[id(j)] for j in group]
+            job.inputs_hash = base[id(job)] if len(group) == 1 else stable_hash([base[id(job)], peers])
     return plan
 
 
