@@ -458,3 +458,28 @@ def test_a_single_file_without_its_components_is_a_one_line_error(tiny_models, r
     errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert "Traceback" not in r.output and len(errors) == 1, r.output
     assert "could not load (SingleFileComponentError" in errors[0]
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_kohya_civitai_lora_applies_to_unet_and_text_encoders(family, tiny_models, render_env, tmp_path):
+    """kohya sd-scripts files as Civitai hosts them (lora_unet_ / lora_te_ or lora_te1_ / lora_te2_, SDXL in sgm
+    block names): every module attaches, and the manifest says how many."""
+    from charkit.testing.layouts import write_kohya_lora
+
+    tiny = tiny_models(family)
+    pipe = get_family(family).load_pipeline(tiny.root)
+    lora = write_kohya_lora(tmp_path / f"{family}_style.safetensors", pipe, family)
+    render_env.character("alice", lora={family: lora})
+    scenes = [
+        {"id": "plain", "prompt": "photo of {alice}", "seed": 4, "lora": {"alice": 0}},
+        {"id": "lora", "prompt": "photo of {alice}", "seed": 4, "lora": {"alice": 0.8}},
+    ]
+    result = render_storyboard(board(render_env, model_entry(family, tiny, adapters=False), scenes, name="k"))
+    assert np.abs(pixels(result.out_dir / "lora.png") - pixels(result.out_dir / "plain.png")).max() > 0
+    applied = records(result)["lora"]["settings"]["loras"]["alice"]
+    from safetensors import safe_open
+
+    with safe_open(str(lora), "pt") as f:
+        modules = {k.split(".")[0] for k in list(f.keys())}
+    assert applied == {"layout": "kohya_sd", "modules": len(modules)}
+    assert "Lora hashes" in read_png_metadata(result.out_dir / "lora.png")["parameters"]
