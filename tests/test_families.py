@@ -172,9 +172,14 @@ def test_ip_adapter_changes_pixels_and_scale_zero_restores(family, mode, tiny_mo
     with_ip = _gen(family, pipe, **cond)
     assert _diff(base, with_ip) > 0
     pipe.set_ip_adapter_scale(0.0)
-    assert _diff(base, _gen(family, pipe, **cond)) <= 1  # scale 0 = no adapter (float noise only)
+    if mode == "face":  # h94's FaceID files carry a LoRA (adapter faceid_0): scale 0 leaves it acting
+        assert pipe.get_list_adapters() == {"unet": ["faceid_0"]}
+        assert _diff(base, _gen(family, pipe, **cond)) > 1
+        pipe.disable_lora()
+    assert _diff(base, _gen(family, pipe, **cond)) <= 1  # scale 0 (+ its LoRA off) = no adapter (float noise only)
     m.unload_ip_adapter(pipe)
-    assert _diff(base, _gen(family, pipe)) == 0
+    assert _diff(base, _gen(family, pipe)) == 0  # unloading drops the FaceID LoRA too
+    assert not pipe.get_list_adapters()
 
 
 @pytest.mark.parametrize("family", FACEID_FAMILIES)
