@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ class LoadedModel:
     loras: dict = field(default_factory=dict)  # character -> LoadedLora (layout, modules, sha256)
     ip: Any = None  # LoadedIPAdapter of the IP-Adapter loaded now (variant, image encoder)
     controlnets: dict = field(default_factory=dict)  # control type -> ControlNet model (loaded once)
+    schedulers: dict = field(default_factory=dict)  # sampler choice -> scheduler built from the model's config
 
 
 @dataclass
@@ -221,11 +223,27 @@ def condition(loaded: LoadedModel, job: SceneJob, ctx) -> Conditioning:
     return cond
 
 
+@contextlib.contextmanager
+def scene_scheduler(loaded: LoadedModel, pipe, choice):
+    """``pipe`` runs with the scene's sampler for the block, then gets its own back (diffusers' way: schedulers are
+    set per call). Each choice is built once per model from the model's own scheduler config."""
+    from ..families.schedulers import apply_scheduler
+
+    key = (choice.class_name, tuple(sorted(choice.overrides.items())))
+    previous = pipe.scheduler
+    if key not in loaded.schedulers:
+        apply_scheduler(pipe, choice)  # from the model's config, however often the pipe was switched before
+        loaded.schedulers[key] = pipe.scheduler
+    pipe.scheduler = loaded.schedulers[key]
+    try:
+        yield
+    finally:
+        pipe.scheduler = previous
+
+
 def _call(loaded: LoadedModel, pipe, cond: Conditioning, jobs: list[SceneJob], seeds: list[int], ctx, **kw):
     """One pipeline call: one image per seed; ``jobs`` one scene (its candidates) or a batch (one seed each)."""
     import torch
-
-    from ..families.schedulers import using_scheduler
 
     job = jobs[0]
     one = len(jobs) == 1
@@ -239,7 +257,7 @@ def _call(loaded: LoadedModel, pipe, cond: Conditioning, jobs: list[SceneJob], s
     )
     if ctx.options.cpu_offload:
         arm_offload(loaded, pipe, ctx.device)
-    with using_scheduler(pipe, job.scheduler):
+    with scene_scheduler(loaded, pipe, job.scheduler):
         return loaded.plan.module.generate(
             pipe,
             prompt=prompts,

@@ -274,26 +274,23 @@ class Scene(_Model):
     scheduler: str | None = Field(
         default=None,
         description="Sampler as A1111 / ComfyUI / diffusers name it: 'DPM++ 2M Karras', 'DPM++ SDE Karras', 'Euler a', "
-        "'Euler', 'DDIM', 'UniPC', 'LCM', dpmpp_2m, DPMSolverMultistepScheduler (family default when unset; "
-        "docs/prompts.md lists them).",
+        "'Euler', 'DDIM', 'UniPC', 'LCM', dpmpp_2m, DPMSolverMultistepScheduler (default: defaults.scheduler).",
     )
     schedule: str | None = Field(
         default=None,
-        description="A1111 'Schedule type' / ComfyUI scheduler apart from the sampler: Karras, Exponential, Beta, "
-        "SGM Uniform, Simple, Automatic.",
+        description="A1111 'Schedule type' for this scene (default: defaults.schedule).",
     )
     clip_skip: int | None = Field(
-        default=None, ge=1, le=12, description="A1111 'Clip skip': 1 = the model's normal CLIP layer, 2 = one earlier."
+        default=None, ge=1, le=12, description="A1111 'Clip skip' for this scene (default: defaults.clip_skip, else 1)."
     )
     true_cfg: float | None = Field(
         default=None,
         ge=1.0,
         le=20.0,
-        description="Flux: real classifier-free guidance scale (> 1 applies the negative prompt; twice the compute). "
-        "Without it Flux ignores negative prompts, and the manifest records none.",
+        description="Flux true CFG scale for this scene (default: defaults.true_cfg).",
     )
     hires: HiresSpec | bool | None = Field(
-        default=None, description="Hires fix (upscale + second denoise); true for its defaults, false for none."
+        default=None, description="Hires fix for this scene (default: defaults.hires); false turns it off."
     )
 
     @field_validator("id")
