@@ -155,6 +155,19 @@ def unload_ip_adapter(pipe) -> None:
         pipe.unload_ip_adapter()
 
 
+def _true_cfg_negatives(prompts: list[str], negatives: list[str] | None, true_cfg_scale: float):
+    """The negative prompts Flux applies: with true CFG one per prompt ("" when none, as Forge does), else none
+    (a non-empty one then is an error: it would do nothing)."""
+    if true_cfg_scale > 1:
+        return prompts, negatives or [""] * len(prompts)
+    if negatives is not None and any(negatives):
+        raise CharkitError(
+            "Flux applies a negative prompt only with true CFG: pass true_cfg_scale > 1 (e.g. 4; twice the compute) "
+            "or drop the negative prompt"
+        )
+    return prompts, None
+
+
 def generate(
     pipe,
     *,
@@ -184,16 +197,7 @@ def generate(
     acts only with ``true_cfg_scale > 1`` (real classifier-free guidance, twice the compute), so one given
     without it is an error instead of being silently ignored. A1111 weights act on T5; ``clip_skip`` does not
     apply (Flux reads CLIP's pooled output only). The other arguments as in SD1.5's ``generate``."""
-    prompts, negatives = prompts_of(prompt, negative_prompt)
-    if true_cfg_scale > 1 and negatives is None:
-        negatives = [""] * len(prompts)  # true CFG against the empty prompt, as Forge does
-    if true_cfg_scale <= 1 and negatives is not None and any(negatives):
-        raise CharkitError(
-            "Flux applies a negative prompt only with true CFG: pass true_cfg_scale > 1 (e.g. 4; twice the compute) "
-            "or drop the negative prompt"
-        )
-    if true_cfg_scale <= 1:
-        negatives = None
+    prompts, negatives = _true_cfg_negatives(*prompts_of(prompt, negative_prompt), true_cfg_scale)
     ip_kwargs = check_generate(
         SPEC,
         is_controlnet=loading.is_controlnet_pipeline(SPEC, pipe),
