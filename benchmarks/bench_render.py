@@ -8,6 +8,10 @@ On one tiny SD1.5 pipeline with the same settings (size, steps, seeds):
    differencing two storyboard lengths: (T(N2 scenes) - T(N1 scenes)) / (N2 - N1). Goal <= 1.03x.
 2. an N-scene storyboard (one load) vs N separate renders that each load the model.
 3. best-of-N: all candidates in one batched pipeline call vs one call per candidate.
+4. scene batching: a storyboard whose scenes share model, size, steps, sampler and LoRAs, rendered with
+   ``--scene-batch 4`` (one pipeline call per 4 scenes, per-image prompts and generators) vs one call per scene.
+   Goal >= 1.3x on a tiny model on CPU at 32 px, where per-call costs dominate as they do on a GPU (at 64 px the tiny
+   UNet is compute-bound on one CPU thread and batching gains nothing); gpu_check.py measures it on a GPU (>= 1.5x).
 
     .venv/bin/python benchmarks/bench_render.py [--steps 8] [--size 64] [--repeats 3]
 """
@@ -75,6 +79,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n1", type=int, default=2)
     ap.add_argument("--n2", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=4)
+    ap.add_argument("--scene-batch", type=int, default=4)
+    ap.add_argument("--batch-scenes", type=int, default=12, help="storyboard length of the scene-batching measure")
+    ap.add_argument(
+        "--batch-px",
+        type=int,
+        default=32,
+        help="image size of the scene-batching measure (small: per-call costs dominate, as on a GPU)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -148,6 +160,20 @@ def main(argv=None) -> int:
         t_seq = statistics.median(
             timed(lambda: render_storyboard(bon, force=True, batch_size=1, progress=False)) for _ in range(args.repeats)
         )
+
+        # 4. scene batching: one call per `scene_batch` scenes vs one call per scene (same load in both)
+        many = storyboard(
+            work / "many.yaml", tiny.root, args.batch_scenes, out="o_many", steps=args.steps, size=args.batch_px
+        )
+        render_storyboard(many, force=True, scene_batch=args.scene_batch, progress=False)
+        t_scene_batched = statistics.median(
+            timed(lambda: render_storyboard(many, force=True, scene_batch=args.scene_batch, progress=False))
+            for _ in range(args.repeats)
+        )
+        t_scene_single = statistics.median(
+            timed(lambda: render_storyboard(many, force=True, scene_batch=1, progress=False))
+            for _ in range(args.repeats)
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -167,6 +193,9 @@ def main(argv=None) -> int:
     print(f"{f'best-of-{args.candidates} x 2 scenes, batched, s':<52} {t_batched:>10.3f}")
     print(f"{f'best-of-{args.candidates} x 2 scenes, sequential, s':<52} {t_seq:>10.3f}")
     print(f"{'ratio sequential / batched':<52} {t_seq / t_batched:>10.2f}")
+    print(f"{f'{args.batch_scenes} scenes at {args.batch_px} px, one call per scene, s':<52} {t_scene_single:>10.3f}")
+    print(f"{f'{args.batch_scenes} scenes, --scene-batch {args.scene_batch}, s':<52} {t_scene_batched:>10.3f}")
+    print(f"{'ratio per-scene / scene-batched (goal >= 1.3)':<52} {t_scene_single / t_scene_batched:>10.2f}")
     return 0
 
 

@@ -13,10 +13,17 @@ It prints one table: load time, denoising it/s (after a warm-up scene), and peak
 and the charkit/stock ratios. Random weights produce noise images; speed and memory are what
 is measured. Budget: under 8 minutes on one H100 (Flux's save/load dominates).
 
+Then the render paths of issue 10 on the same saved models (a second table, one row each; :func:`check_paths`):
+scene batching (storyboard throughput ``--scene-batch 4`` vs one call per scene; goal >= 1.5x), the hires pass,
+IP-Adapter plus (h94 layout), ``--cpu-offload`` with an image encoder that arrives in a later scene (the hooks
+re-armed), a union ControlNet (xinsir SDXL layout), and a BFL transformer-only Flux single file at FLUX.1's real
+width (3072; charkit's reader vs diffusers' own, then a render from it).
+
     python benchmarks/gpu_check.py                       # all three, defaults below
     python benchmarks/gpu_check.py --families sd15,sdxl  # a subset
     python benchmarks/gpu_check.py --dry-run             # no GPU: build configs on the meta device, count parameters
     python benchmarks/gpu_check.py --smoke               # no GPU: the whole flow on tiny models on CPU
+    python benchmarks/gpu_check.py --no-paths            # only the stock vs charkit table
 
 Without CUDA (and without --dry-run/--smoke) it prints a message and exits 0.
 """
@@ -325,6 +332,185 @@ def run_charkit(
     return Row(family, "charkit", total - sum(scene_s), steps * scenes / sum(scene_s[1:]), peak)
 
 
+# -- the render paths of issue 10 --------------------------------------------------------------------------
+
+
+@dataclass
+class PathRow:
+    family: str
+    check: str
+    value: str
+    ok: bool
+
+
+def _board(work: Path, name: str, model: dict, scenes: list[dict], *, size, steps, guidance, **_run) -> Path:
+    import yaml
+
+    data = {
+        "project": name,
+        "output": f"out-{name}",
+        "defaults": {"model": model, "size": f"{size[0]}x{size[1]}", "steps": steps, "guidance": guidance},
+        "characters": {"alice": "alice"},
+        "scenes": scenes,
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _character(work: Path) -> None:
+    d = work / "alice" / "refs"
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "tests" / "data" / "faces" / "obama.jpg", d / "obama.jpg")
+    (work / "alice" / "character.toml").write_text('name = "alice"\ntrigger = ["ohwx"]\nclass_word = "man"\n')
+
+
+def _scenes(n: int, **extra) -> list[dict]:
+    return [
+        {"id": f"s{i}", "prompt": f"a photo of {{alice}} in a red jacket, shot {i}", "seed": 7 + i, **extra}
+        for i in range(n)
+    ]
+
+
+def _render(board: Path, **options):
+    from charkit.render.lifecycle import render_storyboard
+
+    return render_storyboard(board, force=True, progress=False, **options)
+
+
+def path_scene_batching(family, model, work, run) -> PathRow:
+    """Storyboard throughput with --scene-batch 4 vs one call per scene (both after a warm-up render): the scenes'
+    device time (condition -> denoise -> postprocess), model loads and overlapped writes left out."""
+    board = _board(work, f"{family}-batch", model, _scenes(8), **run)
+    _render(board, scene_batch=4, device=run["device"], dtype=run["dtype"])
+    t = {}
+    for sb in (1, 4):
+        result = _render(board, scene_batch=sb, device=run["device"], dtype=run["dtype"])
+        t[sb] = sum(r.seconds for r in result.rendered)
+    ratio = t[1] / t[4]
+    return PathRow(
+        family, "scene batching: 8 scenes, 1 call/scene vs --scene-batch 4", f"{ratio:.2f}x (goal >= 1.5)", ratio >= 1.5
+    )
+
+
+def path_hires(family, model, work, run) -> PathRow:
+    board = _board(work, f"{family}-hires", model, _scenes(1, hires={"scale": 1.5, "strength": 0.5}), **run)
+    t0 = time.perf_counter()
+    result = _render(board, device=run["device"], dtype=run["dtype"])
+    from PIL import Image
+
+    size = Image.open(result.rendered[0].file).size
+    want = tuple(int(round(v * 1.5 / 8) * 8) for v in run["size"])
+    return PathRow(
+        family, "hires fix x1.5, strength 0.5", f"{size[0]}x{size[1]} in {time.perf_counter() - t0:.1f}s", size == want
+    )
+
+
+def _h94(work: Path, folder: Path) -> Path:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from charkit.testing.layouts import write_h94_ip_adapter
+
+    with torch.device("meta"):  # the adapters need the UNet's config and processors only
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+    root = work / "IP-Adapter"
+    write_h94_ip_adapter(root, sd15_unet=unet, sdxl_unet=unet)
+    return root
+
+
+def path_ip_plus_and_offload(family, model, work, run) -> list[PathRow]:
+    """IP-Adapter plus (h94 layout); --cpu-offload when a later scene loads the image encoder (GPU only)."""
+    root = _h94(work, Path(model["source"]))
+    plus = {**model, "ip_adapter": str(root / "models" / "ip-adapter-plus_sd15.safetensors")}
+    ip = {"ip_adapter": {"mode": "image", "scale": 0.6}}
+    board = _board(work, f"{family}-plus", plus, _scenes(1, **ip), **run)
+    result = _render(board, device=run["device"], dtype=run["dtype"])
+    variant = result.manifest.images[0].settings["ip_adapter"]["variant"]
+    rows = [PathRow(family, "IP-Adapter plus (h94 models/ layout)", variant, variant == "plus")]
+    if run["device"].startswith("cuda"):
+        scenes = [_scenes(1)[0], {**_scenes(2)[1], **ip}]  # the image encoder arrives in the second scene
+        board = _board(work, f"{family}-offload", plus, scenes, **run)
+        try:
+            _render(board, device=run["device"], dtype=run["dtype"], cpu_offload=True)
+            rows.append(PathRow(family, "--cpu-offload, image encoder added by scene 2", "rendered", True))
+        except RuntimeError as e:  # the device mismatch of un-re-armed hooks
+            rows.append(PathRow(family, "--cpu-offload, image encoder added by scene 2", str(e)[:60], False))
+    return rows
+
+
+def path_union(family, model, work, run) -> PathRow:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from charkit.testing.layouts import write_sdxl_union_controlnet
+
+    unet = UNet2DConditionModel.from_pretrained(model["source"], subfolder="unet", torch_dtype=torch.float16)
+    union = write_sdxl_union_controlnet(work / "controlnet-union-sdxl-1.0", unet)
+    del unet
+    shutil.copy(Path(__file__).resolve().parents[1] / "tests" / "data" / "faces" / "obama.jpg", work / "control.jpg")
+    cn = {**model, "controlnet": {"canny": str(union)}}
+    board = _board(work, f"{family}-union", cn, _scenes(1, control={"type": "canny", "image": "control.jpg"}), **run)
+    result = _render(board, device=run["device"], dtype=run["dtype"])
+    mode = result.manifest.images[0].settings["control"]["union_mode"]
+    return PathRow(family, "union ControlNet (xinsir layout), canny", f"control_mode {mode}", mode == "canny")
+
+
+def path_flux_single_file(family, model, work, run, *, smoke: bool) -> PathRow:
+    """A BFL transformer-only file: at FLUX.1's width (3072, shallow) charkit's reader equals diffusers' own."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from charkit.families import get_spec
+    from charkit.families.singlefile import load_original_single_file
+    from charkit.testing.singlefile import write_bfl_flux
+
+    src = Path(model["source"])
+    cfg = work / "flux-shallow"
+    shutil.copytree(src, cfg, ignore=shutil.ignore_patterns("transformer"), copy_function=os.link)  # no copy
+    base = FluxTransformer2DModel.load_config(src, subfolder="transformer")
+    if not smoke:  # real width, 2 double + 4 single blocks
+        base.update(num_layers=2, num_single_layers=4)
+    with torch.device(run["device"]):
+        transformer = FluxTransformer2DModel.from_config(base).to(run["torch_dtype"])
+    transformer.save_pretrained(cfg / "transformer")
+    pipe = type("P", (), {"transformer": transformer})()
+    file = write_bfl_flux(work / "flux1-shallow.safetensors", pipe)
+    ours = load_original_single_file(get_spec("flux"), file, config=str(cfg), dtype=run["torch_dtype"]).transformer
+    same = True
+    if not smoke:
+        theirs = FluxTransformer2DModel.from_single_file(str(file), config=str(cfg), subfolder="transformer")
+        same = all(
+            torch.equal(a.cpu(), b.cpu()) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values())
+        )
+    board = _board(work, "flux-single", {"family": "flux", "source": str(file), "config": str(cfg)}, _scenes(1), **run)
+    _render(board, device=run["device"], dtype=run["dtype"])
+    width = base["num_attention_heads"] * base["attention_head_dim"]
+    return PathRow(family, f"BFL transformer-only file (width {width}), reader == diffusers'", "rendered", same)
+
+
+def check_paths(
+    family: str, folder: Path, work: Path, *, device: str, dtype_name: str, size, steps, guidance, smoke: bool
+):
+    """The render paths of issue 10 on ``family``'s saved model (the module docstring lists them)."""
+    import torch
+
+    run = dict(size=size, steps=steps, guidance=guidance, device=device, dtype=dtype_name)
+    _character(work)
+    model = {"family": family, "source": str(folder)}
+    rows: list[PathRow] = []
+    if family == "sd15":
+        rows.append(path_scene_batching(family, model, work, run))
+        rows.append(path_hires(family, model, work, run))
+        rows += path_ip_plus_and_offload(family, model, work, run)
+    elif family == "sdxl":
+        rows.append(path_union(family, model, work, run))
+    elif family == "flux":
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+        rows.append(path_flux_single_file(family, model, work, {**run, "torch_dtype": dtype}, smoke=smoke))
+    return rows
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -336,6 +522,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--smoke", action="store_true", help="run the whole flow on tiny models on CPU (checks the script)")
     ap.add_argument("--workdir", default=None, help="where to save the random-weight models (default: a temp folder)")
+    ap.add_argument("--no-paths", action="store_true", help="skip the render-path checks (issue 10) after each family")
     args = ap.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in families if f not in BUILDERS]
@@ -365,6 +552,7 @@ def main(argv=None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="charkit-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, tuple, Row, Row]] = []
+    path_rows: list[PathRow] = []
     start = time.perf_counter()
     try:
         for f in families:
@@ -386,6 +574,18 @@ def main(argv=None) -> int:
             stock = run_stock(f, folder, device=device, dtype=dtype, **kw)
             ck = run_charkit(f, folder, work, device=device, dtype_name=dtype_name, **kw)
             rows.append((f, (w, h, steps, scenes, dtype_name), stock, ck))
+            if not args.no_paths:
+                path_rows += check_paths(
+                    f,
+                    folder,
+                    work,
+                    device=device,
+                    dtype_name=dtype_name,
+                    size=(w, h),
+                    steps=steps,
+                    guidance=guidance,
+                    smoke=args.smoke,
+                )
             print(f"[{time.perf_counter() - start:6.1f}s] {f}: done", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
     finally:
@@ -406,7 +606,13 @@ def main(argv=None) -> int:
             f"| {f} | {w}x{h} | {steps} x {scenes} | {dt} | {s.load_s:.1f} / {c.load_s:.1f} | {s.it_s:.2f} | {c.it_s:.2f} | "
             f"{c.it_s / s.it_s:.3f} | {gib(s.peak_gib)} | {gib(c.peak_gib)} |"
         )
-    return 0
+    if path_rows:
+        print("\n| family | render path | result | ok |")
+        print("|---|---|---|---|")
+        for r in path_rows:
+            print(f"| {r.family} | {r.check} | {r.value} | {'yes' if r.ok else 'NO'} |")
+    # -- training checks: benchmarks/gpu_train.py (the training stage's GPU check) is imported and called here --
+    return 0 if all(r.ok for r in path_rows) else 1
 
 
 if __name__ == "__main__":

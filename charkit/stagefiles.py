@@ -161,6 +161,14 @@ class ImageRecord(_Part):
         description="Identity repair (charkit repair): tries, seeds, scores before/after, kept or not, evaluator "
         "(docs/repair.md); absent until a repair was attempted.",
     )
+    settings: dict | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="What the render applied beyond the fields above (docs/rendering.md): sampler and schedule "
+        "type, clip skip, true CFG, hires pass, ControlNet window and union mode, each LoRA's layout and module "
+        "count, the IP-Adapter variant and image encoder, VAE, variant, T5, the scene batch; absent in manifests "
+        "written before charkit recorded them.",
+    )
 
     @property
     def key(self) -> tuple[str, str]:

@@ -166,7 +166,9 @@ def test_render_scores_a_faceid_run_with_another_model(dlib_backend, fake_face_p
             label="episode.yaml",
         )
         options = SimpleNamespace(face_models=None, backend=names, verify=False, allow_same_evaluator=allow)
-        p = SimpleNamespace(storyboard=board, options=options, jobs=[faceid], scoring_backend=None, faceid_backend=None)
+        p = SimpleNamespace(
+            storyboard=board, options=options, jobs=[faceid], scoring_backend=None, faceid_backend=None, warnings=[]
+        )
         plan_backends(p)
         return p.scoring_backend
 

@@ -212,6 +212,7 @@ def test_manifest_fields_prompts_and_metadata_round_trip(sd15_board):
         "dtype",
         "device",
         "locked",
+        "settings",
     ]
     assert m["project"] == "Episode 1" and m["storyboard"] == "../episode.yaml"
     assert (r.out_dir / m["characters"]["bob"]).resolve() == (sd15_board.parent / "characters" / "bob").resolve()

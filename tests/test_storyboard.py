@@ -157,7 +157,7 @@ def _plan_cases(tiny):
             dict(characters="  bob: characters/alice\n", scenes="  - {id: s1, prompt: hi}\n"),
             ["characters.bob", "holds character 'alice'"],
         ),
-        (dict(extra="  scheduler: FancyScheduler\n"), ["scheduler 'FancyScheduler' is not supported"]),
+        (dict(extra="  scheduler: FancyScheduler\n"), ["field 'scheduler'", "unknown sampler 'FancyScheduler'"]),
         (
             dict(model="{family: sd15, source: charkit-test/not-cached}"),
             ["defaults.model", "not in the local Hugging Face cache"],
@@ -311,6 +311,7 @@ def test_every_storyboard_field_is_documented_and_the_example_parses():
         sb.Scene,
         sb.ModelSpec,
         sb.ControlSpec,
+        sb.HiresSpec,
         sb.IPAdapterSpec,
         sb.IdentitySpec,
     ):

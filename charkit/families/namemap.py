@@ -161,3 +161,39 @@ def to_original_state_dict(
     if missing:
         raise KeyError(f"no original name for {missing[0]!r} (and {len(missing) - 1} more)")
     return out
+
+
+def from_original_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    rules: tuple[Rule, ...],
+    params: tuple[tuple[str, str], ...],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`to_original_state_dict` for a model with these module ``shapes``
+    (:func:`module_shapes` of the model the weights go into): fused weights split back by rows (halves swapped
+    back), ``params`` renamed. A tensor no rule covers is a ``KeyError`` naming it (another model's file)."""
+    names = build(rules, shapes)
+    out: dict[str, torch.Tensor] = {}
+    done: set[str] = set()
+    for mod in names.modules.values():
+        for suffix in ("weight", "bias"):
+            key = f"{mod.name}.{suffix}"
+            if key not in state_dict:
+                continue
+            value = state_dict[key]
+            value = swap_halves(value) if mod.swap else value
+            if value.shape[0] != mod.rows:
+                raise KeyError(f"{key}: {value.shape[0]} rows, but this model's {mod.name} has {mod.rows}")
+            for p in mod.parts:
+                out[f"{p.module}.{suffix}"] = value[p.start : p.start + p.rows]
+            done.add(key)
+    for src, dst in params:
+        for i in _indices(dst, state_dict):
+            key = dst.format(i=i) if i is not None else dst
+            if key in state_dict:
+                out[src.format(i=i) if i is not None else src] = state_dict[key]
+                done.add(key)
+    stray = [k for k in state_dict if k not in done]
+    if stray:
+        raise KeyError(f"{stray[0]!r} (and {len(stray) - 1} more) fit no module of this model")
+    return out

@@ -104,20 +104,40 @@ def pretrained_kwargs(*, allow_pickle_weights: bool = False) -> dict:
     return kw
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    # What diffusers / transformers / safetensors raise for a file that is missing, incomplete or of another
+    # layout: OSError (missing files), ValueError and KeyError (configs, variants, key names), RuntimeError
+    # (state-dict shape mismatches) and diffusers' SingleFileComponentError (a single file lacking a component).
+    errors: list[type[BaseException]] = [OSError, ValueError, KeyError, RuntimeError]
+    try:
+        from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+        errors.append(SingleFileComponentError)
+    except ImportError:  # pragma: no cover (diffusers always has it)
+        pass
+    return tuple(errors)
+
+
 @contextlib.contextmanager
 def loading(what: str, source: ModelSource | str) -> Iterator[None]:
-    """Turn "not found / not cached / no safetensors" errors of a load into one-line CharkitErrors."""
+    """Turn the errors of a load (not found, not cached, no safetensors, wrong layout, a single file without a
+    component) into one-line CharkitErrors naming ``what`` and the fix."""
     ref = source.ref if isinstance(source, ModelSource) else str(source)
     try:
         yield
     except CharkitError:
         raise
-    except OSError as e:  # huggingface_hub / diffusers / transformers report missing files as OSError subclasses
-        first = " ".join(str(e).split())[:300]
-        if "safetensors" in first.lower():
+    except _load_errors() as e:
+        first = " ".join(str(e).split())[:300] or type(e).__name__
+        low = first.lower()
+        if isinstance(e, OSError) and "safetensors" in low:
             fix = "convert the weights to .safetensors, or pass --allow-pickle-weights if you trust the source"
-        elif hub_offline():
+        elif "variant" in low:
+            fix = "this model has no files of that variant; drop `variant:` or pick one it ships (e.g. fp16)"
+        elif isinstance(e, OSError) and hub_offline():
             fix = "HF_HUB_OFFLINE is set: download it first (huggingface-cli download) or pass a local diffusers folder"
-        else:
+        elif isinstance(e, OSError):
             fix = "check the hub id / path, or pass a local diffusers folder"
-        raise MissingModelError(f"{what} {ref}: could not load ({first}); {fix}") from None
+        else:
+            fix = "is it a model of this family, complete, and does its config folder belong to it?"
+        raise MissingModelError(f"{what} {ref}: could not load ({type(e).__name__}: {first}); {fix}") from None

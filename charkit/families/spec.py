@@ -10,22 +10,14 @@ from dataclasses import dataclass
 
 from ..errors import CharkitError
 
-#: Every adapter/feature name a family may support.
-FEATURES = frozenset({"lora", "text_encoder_lora", "controlnet", "ip_adapter", "faceid"})
+#: Every adapter/feature name a family may support. ``clip_skip``: A1111's Clip skip acts on its CLIP hidden
+#: states; ``true_cfg``: real classifier-free guidance on a guidance-distilled model (negative prompts apply);
+#: ``without_t5``: renders with the T5 encoder left out; ``hires``: a second, upscaled img2img pass.
+FEATURES = frozenset(
+    {"lora", "text_encoder_lora", "controlnet", "ip_adapter", "faceid", "clip_skip", "true_cfg", "without_t5", "hires"}
+)
 #: Every control type a storyboard may ask for.
 CONTROLS = frozenset({"canny", "openpose", "depth"})
-#: Scheduler classes charkit lets a storyboard pick (diffusers class names).
-SCHEDULERS = frozenset(
-    {
-        "DDIMScheduler",
-        "PNDMScheduler",
-        "EulerDiscreteScheduler",
-        "EulerAncestralDiscreteScheduler",
-        "DPMSolverMultistepScheduler",
-        "UniPCMultistepScheduler",
-        "FlowMatchEulerDiscreteScheduler",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -80,12 +72,27 @@ class FamilySpec:
     #: with ``module_map``); None: kohya names are diffusers' module names (the UNet families)
     original_layout: str | None = None
     single_file_keys: tuple[str, ...] = ()  # tensor-name fragments that identify an original-layout single file
+    #: original-layout single files (``original_layout`` families): (key prefix, pipeline component) of every part
+    #: such a file may hold besides the denoiser (ComfyUI's names); what a file lacks comes from the config folder
+    single_file_parts: tuple[tuple[str, str], ...] = ()
     detect_priority: int = 0  # lower is checked first (SDXL files also hold SD1.5-style UNet keys)
     # -- inpainting (identity repair) ----------------------------------------------------------------
     inpaint_pipeline_class: str | None = None  # masked re-denoising pipeline (None: the family cannot inpaint)
     inpaint_in_channels: tuple[int, ...] = ()  # denoiser input channels that pipeline accepts (empty: any)
     fill_pipeline_class: str | None = None  # pipeline of a dedicated fill model (Flux Fill), used when the model is one
     fill_guidance: float | None = None  # the guidance a fill model is trained for (FLUX.1-Fill-dev: 30)
+    #: the text-to-image ControlNet pipeline's argument for the control map (img2img and union ones: control_image)
+    controlnet_image_arg: str = "control_image"
+    # -- more pipelines (hires pass, union ControlNets) ----------------------------------------------
+    img2img_pipeline_class: str | None = None  # the hires second pass (None: no hires)
+    controlnet_img2img_pipeline_class: str | None = None  # hires pass of a ControlNet scene
+    #: union ControlNets (one model, several control types chosen by ``control_mode``): the model class and its
+    #: pipelines; None where the family's own ControlNet class and pipeline read them (Flux: ``num_mode``)
+    union_controlnet_class: str | None = None
+    union_pipeline_class: str | None = None
+    union_img2img_pipeline_class: str | None = None
+    #: control type -> ``control_mode`` index of the family's union ControlNets (xinsir SDXL, InstantX Flux)
+    union_control_modes: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_flow(self) -> bool:
@@ -112,6 +119,17 @@ class FamilySpec:
                 f"model family {self.name!r} has no {control!r} control: choose one of {', '.join(sorted(self.controls))}"
             )
 
+    def union_mode(self, control: str) -> int:
+        """``control_mode`` of ``control`` in the family's union ControlNets (one-line error when it has none)."""
+        modes = dict(self.union_control_modes)
+        if control not in modes:
+            have = ", ".join(sorted(modes)) or "none"
+            raise CharkitError(
+                f"model family {self.name!r}: union ControlNets have no {control!r} mode (modes: {have}); "
+                "use a ControlNet trained for that control"
+            )
+        return modes[control]
+
     def check_size(self, width: int, height: int) -> None:
         m = self.size_multiple
         if width <= 0 or height <= 0 or width % m or height % m:
@@ -122,20 +140,12 @@ class FamilySpec:
 
 
 def set_scheduler(pipe, name: str) -> None:
-    """Swap the pipeline's scheduler for diffusers class ``name``, keeping the model's schedule config.
+    """Swap the pipeline's scheduler for ``name`` (an A1111 / ComfyUI sampler name or a diffusers class name),
+    built from the model's own scheduler config (:mod:`charkit.families.schedulers`).
 
-    >>> set_scheduler(pipe, "EulerDiscreteScheduler")  # doctest: +SKIP
+    >>> set_scheduler(pipe, "DPM++ 2M Karras")  # doctest: +SKIP
     """
-    import diffusers
+    from .schedulers import apply_scheduler, resolve_scheduler
 
-    if name not in SCHEDULERS:
-        raise CharkitError(f"scheduler {name!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
-    flow = "FlowMatch" in type(pipe.scheduler).__name__
-    if flow != ("FlowMatch" in name):
-        kind = "flow-matching" if flow else "noise-prediction"
-        raise CharkitError(
-            f"scheduler {name!r} does not fit this {kind} model (it uses {type(pipe.scheduler).__name__}); "
-            "pick a scheduler of the same kind"
-        )
-    if type(pipe.scheduler).__name__ != name:
-        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
+    flow = type(pipe.scheduler).__name__.startswith("FlowMatch") or bool(pipe.scheduler.config.get("use_flow_sigmas"))
+    apply_scheduler(pipe, resolve_scheduler(name, flow=flow))

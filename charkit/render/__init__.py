@@ -2,14 +2,17 @@
 
     storyboard.py    typed storyboard models (load_storyboard)
     plan.py          check_inputs: storyboard -> RenderPlan of scene jobs (inputs_hash per job)
-    lifecycle.py     render_storyboard and its named steps (load, condition, denoise, record, ...)
-    scales.py        context managers for per-scene LoRA / IP-Adapter state
+    jobs.py          the steps of plan_job: one scene on one model -> SceneJob (sampler, clip skip, hires, ...)
+    lifecycle.py     render_storyboard and its named steps (pending_jobs, render_batch, record, render_jobs, ...)
+    steps.py         the steps that touch the pipeline: load, condition, denoise, hires (offload re-arm)
+    records.py       what a scene records: manifest record + settings, A1111 `parameters` fields
+    scales.py        context managers for per-scene LoRA / IP-Adapter state (FaceID's own LoRA included)
     conditioning.py  control maps (controlnet_aux), IP-Adapter images, FaceID embeddings
     candidates.py    best-of-N seeds, batching and selection
     presets.py       post-processing presets (lifelike film grain)
     outputs.py       deterministic PNGs with A1111 `parameters` and a `charkit` JSON chunk
     manifest.py      manifest.json records, resume checks
-    distributed.py   accelerate split/merge across processes
+    distributed.py   accelerate split/merge across processes (and nodes); --shard K/N shares
     cli.py           `charkit render`
 
 Heavy imports (torch, diffusers) happen on first use of the lifecycle, not on import.

@@ -18,6 +18,26 @@ from ..cli_options import (
 )
 
 
+class ShardType(click.ParamType):
+    """``K/N``: shard K (0-based) of N."""
+
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            k, n = (int(x) for x in str(value).split("/"))
+        except ValueError:
+            self.fail(f"{value!r} is not K/N (e.g. 0/4)", param, ctx)
+        if not 0 <= k < n:
+            self.fail(f"{value!r}: K must be 0 .. N-1 (e.g. 0/4 .. 3/4)", param, ctx)
+        return (k, n)
+
+
+SHARD = ShardType()
+
+
 @click.command("render")
 @click.argument("storyboard", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -59,6 +79,20 @@ from ..cli_options import (
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), help="Best-of-N candidates per pipeline call (default: all at once)."
+)
+@click.option(
+    "--scene-batch",
+    type=click.IntRange(min=1),
+    help="Scenes per pipeline call when they share model, size, steps, guidance, sampler, LoRAs and conditioning "
+    "(per-image prompts and seeds; default 4 on a GPU, 1 on a CPU). Batches come from the storyboard, so a "
+    "resumed run draws the same bytes.",
+)
+@click.option(
+    "--shard",
+    type=SHARD,
+    metavar="K/N",
+    help="Render only shard K of N (0-based; e.g. a Slurm job array: --shard $SLURM_ARRAY_TASK_ID/N), all "
+    "shards writing one output folder and manifest (needs file locks that work there).",
 )
 @click.option(
     "--compile", "compile_", is_flag=True, help="torch.compile the UNet / transformer (pays off on long runs, GPU)."
@@ -106,6 +140,8 @@ def render(
     force,
     scenes,
     batch_size,
+    scene_batch,
+    shard,
     compile_,
     cpu_offload,
     vae_tiling,
@@ -129,6 +165,7 @@ def render(
       charkit render episode.yaml --model sd15=runwayml/stable-diffusion-v1-5 --model sdxl=models/juggernaut.safetensors
       charkit render episode.yaml --model models/x.safetensors --model-config models/sd15-diffusers
       accelerate launch -m charkit render episode.yaml --device cuda
+      charkit render episode.yaml --shard 0/4      # one of 4 machines / array jobs, one shared output folder
     """
     from ..devices import resolve_device, resolve_precision
     from .lifecycle import render_storyboard
@@ -145,6 +182,8 @@ def render(
         verify=verify,
         force=force,
         batch_size=batch_size,
+        scene_batch=scene_batch,
+        shard=shard,
         compile=compile_,
         cpu_offload=cpu_offload,
         vae_tiling=vae_tiling,
@@ -160,6 +199,8 @@ def render(
     )
     if result.manifest is None:
         return  # not the main process: it reports for everyone
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     # Counted from the merged manifest: under accelerate, result.rendered holds this process's share only.
     locked = sum(r.locked for r in result.manifest.images)
     line = f"rendered {len(result.manifest.images) - len(result.skipped)}, unchanged {len(result.skipped)}"

@@ -53,6 +53,26 @@ def check_annotators(
         )
 
 
+#: The recogniser of insightface's buffalo_l (and buffalo_m) pack: the ArcFace space IP-Adapter FaceID was trained on.
+FACEID_RECOGNISER = "w600k_r50.onnx"
+
+
+def faceid_pack_warning(backend) -> str | None:
+    """A one-line warning when the insightface pack that conditions FaceID is not buffalo_l's ArcFace (None: it is).
+
+    Every 512-d pack fits the adapter's input, but antelopev2, AuraFace & co. embed faces in another space than the
+    one FaceID was trained on: the image still renders, with weak identity.
+    """
+    recogniser = os.path.basename(getattr(getattr(backend, "recogniser", None), "model_file", "") or "")
+    if backend.info.model == "buffalo_l" or recogniser == FACEID_RECOGNISER:
+        return None
+    return (
+        f"ip_adapter mode face: FaceID was trained on insightface buffalo_l ArcFace embeddings ({FACEID_RECOGNISER}); "
+        f"pack {backend.info.model!r} ({recogniser or 'another recogniser'}) embeds faces in another space, so "
+        "identity will be weak; condition FaceID with buffalo_l (--face-models), any pack can still score"
+    )
+
+
 def canny_map(image: Image.Image, width: int, height: int, *, low: int = 100, high: int = 200) -> Image.Image:
     """controlnet_aux's CannyDetector on ``image`` resized to the scene size; returns a ``width x height`` RGB map."""
     from controlnet_aux import CannyDetector
@@ -80,6 +100,7 @@ class Conditioner:
     _detectors: dict = field(default_factory=dict, repr=False)
     _maps: dict = field(default_factory=dict, repr=False)
     _faceid: dict = field(default_factory=dict, repr=False)
+    _faces: dict = field(default_factory=dict, repr=False)
 
     def control_map(
         self,
@@ -160,3 +181,33 @@ class Conditioner:
             mean = vecs.mean(axis=0)
             self._faceid[key] = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
         return self._faceid[key]
+
+    def faceid_face_image(self, character, backend, size: int = 224) -> Image.Image:
+        """FaceID plus: the character's face as its CLIP encoder should see it (the first reference with a face,
+        aligned on its five landmarks as insightface's ``norm_crop`` does in the IP-Adapter FaceID demos)."""
+        key = (str(character.dir), backend.info.cache_key, size)
+        if key not in self._faces:
+            self._faces[key] = _face_crop(character, backend, size)
+        return self._faces[key]
+
+
+def _face_crop(character, backend, size: int) -> Image.Image:
+    for path in character.ref_paths():
+        image = load_image(path).image
+        faces = sorted(backend.detect(np.asarray(image)), key=lambda f: -f.area)
+        if not faces:
+            continue
+        face = faces[0]
+        if len(face.landmarks) == 5:
+            from insightface.utils import face_align
+
+            crop = face_align.norm_crop(
+                np.asarray(image), landmark=np.asarray(face.landmarks, np.float32), image_size=size
+            )
+            return Image.fromarray(crop)
+        x0, y0, x1, y1 = face.box
+        return image.crop((int(x0), int(y0), int(x1), int(y1))).resize((size, size), Image.LANCZOS)
+    raise CharkitError(
+        f"ip_adapter mode face (FaceID plus): no face found in the references of {character.name}; "
+        "add a clear frontal photo"
+    )

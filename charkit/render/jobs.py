@@ -14,7 +14,7 @@ from pathlib import Path
 from ..character import Character, load_character
 from ..errors import CharkitError, MissingModelError, Problems
 from .conditioning import check_annotators
-from .plan import ControlPlan, IPPlan, ModelPlan, RenderOptions, SceneJob
+from .plan import ControlPlan, HiresPlan, IPPlan, ModelPlan, RenderOptions, SceneJob
 from .storyboard import Scene, Storyboard, expand_prompt, placeholders
 
 FieldError = Callable[[str, str], CharkitError]
@@ -158,7 +158,9 @@ def plan_control(
             allow_pickle_weights=options.allow_pickle_weights,
             where=f"{board.label}: scene {scene.id!r}: field 'control.type'",
         )
-    return ControlPlan(c.type, img, c.image, c.scale, c.preprocess, c.low_threshold, c.high_threshold)
+    if c.start >= c.end:
+        raise err("control.end", f"end {c.end} must be after start {c.start} (fractions of the steps, 0 to 1)")
+    return ControlPlan(c.type, img, c.image, c.scale, c.preprocess, c.low_threshold, c.high_threshold, c.start, c.end)
 
 
 def plan_ip(
@@ -201,6 +203,60 @@ def plan_ip(
     return IPPlan(ipspec.mode, ipspec.scale, who, image)
 
 
+def scene_scheduler(scene: Scene, board: Storyboard, model: ModelPlan, err: FieldError):
+    """The scene's sampler (A1111 / ComfyUI / diffusers name) resolved for its model's kind (flow or not)."""
+    from ..families.schedulers import resolve_scheduler
+
+    name = scene.scheduler or board.defaults.scheduler or model.spec.scheduler
+    schedule = scene.schedule if scene.schedule is not None else board.defaults.schedule
+    try:
+        return resolve_scheduler(name, schedule=schedule, flow=model.spec.is_flow)
+    except CharkitError as e:
+        raise err("scheduler", str(e)) from None
+
+
+def _pick(scene_value, default_value):
+    return scene_value if scene_value is not None else default_value
+
+
+def scene_text(scene: Scene, board: Storyboard, model: ModelPlan, err: FieldError) -> tuple[int, float | None]:
+    """``(clip_skip, true_cfg)`` of the scene, each checked against what the family can do."""
+    clip_skip = _pick(scene.clip_skip, board.defaults.clip_skip) or 1
+    true_cfg = _pick(scene.true_cfg, board.defaults.true_cfg)
+    for fld, value, feature, off in (
+        ("clip_skip", clip_skip, "clip_skip", 1),
+        ("true_cfg", true_cfg, "true_cfg", None),
+    ):
+        if value != off:
+            try:
+                model.spec.require(feature)
+            except CharkitError as e:
+                raise err(fld, str(e)) from None
+    return clip_skip, true_cfg
+
+
+def scene_hires(scene: Scene, board: Storyboard, model: ModelPlan, size: tuple[int, int], steps: int, err: FieldError):
+    """The hires pass (None when off): the target size rounded to the family's size step."""
+    from .storyboard import HiresSpec
+
+    spec = _pick(scene.hires, board.defaults.hires)
+    if spec is None or spec is False:
+        return None
+    spec = HiresSpec() if spec is True else spec
+    try:
+        model.spec.require("hires")
+        if scene.control is not None and model.spec.controlnet_img2img_pipeline_class is None:
+            raise CharkitError(
+                f"model family {model.family!r} has no ControlNet img2img pipeline for the hires pass; drop hires or "
+                "control for this scene"
+            )
+    except CharkitError as e:
+        raise err("hires", str(e)) from None
+    m = model.spec.size_multiple
+    width, height = (max(m, round(v * spec.scale / m) * m) for v in size)
+    return HiresPlan(spec.scale, spec.strength, spec.steps or steps, spec.upscaler, width, height)
+
+
 def negative_prompt(scene: Scene, board: Storyboard, chars: list[str], characters: dict[str, Character]) -> str:
     """The scene's negative prompt plus each character's, as comma-separated terms, each once, in order."""
     negatives = [scene.negative_prompt if scene.negative_prompt is not None else board.defaults.negative_prompt]
@@ -218,6 +274,7 @@ def plan_job(
     *,
     matrix: bool,
     problems: Problems | None = None,
+    warnings: list[str] | None = None,
 ) -> SceneJob | None:
     """Resolve one scene on one model (values, support checks, files), without the inputs hash.
 
@@ -248,31 +305,70 @@ def plan_job(
                 )
             )
         )
-    parts: dict = {"lora": {}, "control": None, "ip": None}
+    parts = plan_parts(scene, board, model, chars, characters, options, err, own, (width, height))
+    if own.items:
+        if problems is None:
+            own.raise_any()
+        problems.extend(own)  # with their types: an optional scene skips only what is missing
+        return None
+    negative = negative_prompt(scene, board, chars, characters)
+    if model.spec.can("true_cfg") and (parts["true_cfg"] or 1.0) <= 1.0 and negative and warnings is not None:
+        warnings.append(
+            f"{board.label}: scene {scene.id!r}: {model.family} applies a negative prompt only with true_cfg > 1; "
+            f"rendering without it (set true_cfg, e.g. 4, to apply {_short(negative)!r})"
+        )
+    if model.spec.can("true_cfg") and (parts["true_cfg"] or 1.0) <= 1.0:
+        negative = ""  # what the model applies is what the manifest and PNG record
+    return SceneJob(
+        scene=scene,
+        model=model,
+        file=f"{scene.id}__{model.label}.png" if matrix else f"{scene.id}.png",
+        prompt=expand_prompt(scene.prompt, {n: characters[n].trigger_text for n in characters}),
+        negative_prompt=negative,
+        characters=chars,
+        seed=scene.seed if scene.seed is not None else default_seed(d.seed, scene.id),
+        width=width,
+        height=height,
+        preset=scene.preset or d.preset,
+        candidates=candidates,
+        **parts,
+    )
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def plan_parts(
+    scene: Scene,
+    board: Storyboard,
+    model: ModelPlan,
+    chars: list[str],
+    characters: dict[str, Character],
+    options: RenderOptions,
+    err: FieldError,
+    own: Problems,
+    size: tuple[int, int],
+) -> dict:
+    """Every SceneJob field a step resolves (LoRA, control, IP-Adapter, sampler, text options, hires), each step's
+    problem collected in ``own``."""
+    d = board.defaults
+    steps = scene.steps or d.steps or model.spec.steps
+    parts: dict = {"lora": {}, "control": None, "ip": None, "scheduler": None, "clip_skip": 1, "true_cfg": None}
+    parts.update(
+        steps=steps, guidance=next(g for g in (scene.guidance, d.guidance, model.spec.guidance) if g is not None)
+    )
+    parts["hires"] = None
     with own.check():
         parts["lora"] = plan_lora(scene, board, model, chars, characters, options, err)
     with own.check():
         parts["control"] = plan_control(scene, board, model, options, err)
     with own.check():
         parts["ip"] = plan_ip(scene, board, model, chars, characters, err)
-    if own.items:
-        if problems is None:
-            own.raise_any()
-        problems.extend(own)  # with their types: an optional scene skips only what is missing
-        return None
-    return SceneJob(
-        scene=scene,
-        model=model,
-        file=f"{scene.id}__{model.label}.png" if matrix else f"{scene.id}.png",
-        prompt=expand_prompt(scene.prompt, {n: characters[n].trigger_text for n in characters}),
-        negative_prompt=negative_prompt(scene, board, chars, characters),
-        characters=chars,
-        seed=scene.seed if scene.seed is not None else default_seed(d.seed, scene.id),
-        width=width,
-        height=height,
-        steps=scene.steps or d.steps or model.spec.steps,
-        guidance=next(g for g in (scene.guidance, d.guidance, model.spec.guidance) if g is not None),
-        preset=scene.preset or d.preset,
-        candidates=candidates,
-        **parts,
-    )
+    with own.check():
+        parts["scheduler"] = scene_scheduler(scene, board, model, err)
+    with own.check():
+        parts["clip_skip"], parts["true_cfg"] = scene_text(scene, board, model, err)
+    with own.check():
+        parts["hires"] = scene_hires(scene, board, model, size, steps, err)
+    return parts

@@ -4,11 +4,13 @@ Reads like diffusers' ``__call__``; every step is a public function you can call
 
     check_inputs                      storyboard -> RenderPlan (or a one-line error; nothing written)
     pending_jobs                      skip scenes whose inputs_hash and PNG are unchanged (resume)
-    load                              each model's pipeline once, with every character's LoRA
-    for each scene:
+    load                              each model's pipeline once, with every character's LoRA (load_lora:
+                                      any layout, verified to attach)
+    for each scene batch (scenes that share everything but prompt and seed; best-of-N: one scene):
         condition                     control map, IP-Adapter image / FaceID embedding, pipeline variant
-        with scene_scales(...):       LoRA + IP-Adapter scales, restored after the scene
-            denoise                   seeded generators, best-of-N candidates in batches
+        with scene_scales(...):       LoRA (+ FaceID's own LoRA) + IP-Adapter scales, restored after the scene
+            denoise                   A1111 prompts, the scene's sampler, seeded generators, one call per batch
+            hires                     upscale + img2img second pass (A1111's hires fix)
         postprocess                   preset (lifelike: film grain seeded by the image seed)
         score_candidates / select     identity score of each candidate, keep the best
         record                        PNG (atomic, A1111 + charkit metadata), other candidates under
@@ -23,7 +25,6 @@ Reads like diffusers' ``__call__``; every step is a public function you can call
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,12 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from .. import __version__
 from ..distributed import SingleProcess, device_for, my_share, process_state
 from ..environment import removed_on_failure
-from ..errors import CharkitError
 from ..interrupts import Interrupted, guard, raise_if_stopped, stopped
 from ..paths import under_root
 from .candidates import Candidate, Selection, batches, candidate_seeds, select_best
@@ -52,9 +49,21 @@ from .manifest import (
     write_partial,
 )
 from .outputs import a1111_parameters, encode_png, write_png
-from .plan import ModelPlan, RenderOptions, RenderPlan, SceneJob, check_inputs, manifest_header
+from .plan import ModelPlan, RenderOptions, RenderPlan, SceneJob, check_inputs, manifest_header, shard_batches
 from .presets import postprocess
-from .scales import denoiser, lora_layers, scene_scales
+from .records import applied_settings, extra_fields, image_record, png_fields
+from .scales import denoiser, scene_scales
+from .steps import (
+    Conditioning,
+    LoadedModel,
+    adapter_name,
+    arm_offload,
+    condition,
+    denoise,
+    hires,
+    load,
+    release,
+)
 from .storyboard import ModelSpec, Storyboard, load_storyboard
 
 __all__ = [
@@ -63,16 +72,22 @@ __all__ = [
     "RenderContext",
     "RenderResult",
     "SceneResult",
+    "WorkUnit",
     "adapter_name",
+    "arm_offload",
     "check_inputs",
     "condition",
     "denoise",
+    "hires",
     "load",
     "pending_jobs",
     "record",
+    "release",
+    "render_batch",
     "render_candidates",
     "render_storyboard",
     "score_candidates",
+    "work_units",
 ]
 
 
@@ -101,32 +116,7 @@ class RenderResult:
     skipped: list[tuple[str, str]]  # unchanged scenes kept from an earlier run
     verify_report: Any = None
     left_out: list[str] = field(default_factory=list)  # `optional: true` scenes not rendered, with why
-
-
-@dataclass
-class LoadedModel:
-    """A loaded pipeline and the adapter state charkit tracks on it."""
-
-    plan: ModelPlan
-    pipe: Any
-    adapters: dict[str, str]  # character -> peft adapter name
-    plain_processors: dict  # attention processors before any IP-Adapter was loaded
-    ip_mode: str | None = None  # IP-Adapter loaded now: "image" | "face" | None
-    variants: dict = field(default_factory=dict)  # control type -> ControlNet pipeline sharing the components
-    offloaded: Any = None  # the pipeline whose cpu-offload hooks are active
-    lora_layers: list = field(default_factory=list)  # peft layers (looked up once, not per scene)
-
-
-@dataclass
-class Conditioning:
-    """What one scene feeds the pipeline besides the prompt."""
-
-    pipe: Any
-    control_image: Image.Image | None = None
-    control_scale: float = 1.0
-    ip_image: Image.Image | None = None
-    ip_embeds: list | None = None
-    ip_scale: float | None = None  # None: no IP-Adapter in this scene
+    warnings: list[str] = field(default_factory=list)  # what check_inputs warned about (one line each)
 
 
 @dataclass
@@ -138,6 +128,7 @@ class RenderContext:
     conditioner: Conditioner
     face_cache: Any = None
     state: Any = field(default_factory=SingleProcess)  # accelerate's PartialState under `accelerate launch`
+    step_callback: Any = None  # diffusers callback_on_step_end for every pipeline call (e.g. to stop a render)
     _profiles: dict = field(default_factory=dict)
 
     @property
@@ -153,11 +144,6 @@ class RenderContext:
                 self.plan.characters[name], self.plan.scoring_backend, cache=self.face_cache
             )
         return self._profiles[name]
-
-
-def adapter_name(character: str) -> str:
-    """peft adapter name of a character's LoRA (module dict keys cannot hold '.')."""
-    return character.replace(".", "_")
 
 
 # -- steps -----------------------------------------------------------------------------------
@@ -186,151 +172,6 @@ def pending_jobs(plan: RenderPlan) -> tuple[list[SceneJob], list[ImageRecord]]:
     return pending, kept
 
 
-def load(model: ModelPlan, plan: RenderPlan, *, device: str, jobs: list[SceneJob] | None = None) -> LoadedModel:
-    """Load ``model`` once, with the LoRA of every character its jobs use (disabled until a scene enables it).
-
-    >>> loaded = load(plan.models[0], plan, device="cuda")  # doctest: +SKIP
-    """
-    opts = plan.options
-    fam = model.module
-    pipe = fam.load_pipeline(
-        model.path,
-        device="cpu" if opts.cpu_offload else device,
-        dtype=opts.torch_dtype,
-        allow_pickle_weights=opts.allow_pickle_weights,
-        config=model.config,
-        scheduler=model.scheduler,
-    )
-    jobs = [j for j in (jobs if jobs is not None else plan.jobs) if j.model is model]
-    adapters: dict[str, str] = {}
-    for name in sorted({n for j in jobs for n in j.lora}):
-        path = plan.characters[name].lora_path(model.family)
-        try:
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name(name))
-        except Exception as e:  # a size mismatch (another family or model size), a broken or foreign file
-            raise CharkitError(
-                f"LoRA of {name} ({path}) does not load into model {model.label} ({model.family}): "
-                f"{' '.join(str(e).split())[:200]}; train a LoRA for this model or fix [lora] {model.family} in "
-                f"{plan.characters[name].dir / 'character.toml'}"
-            ) from None
-        adapters[name] = adapter_name(name)
-    if adapters:
-        pipe.disable_lora()  # the resting state: no LoRA active outside a scene
-    loaded = LoadedModel(
-        plan=model,
-        pipe=pipe,
-        adapters=adapters,
-        plain_processors=dict(denoiser(pipe).attn_processors),
-        lora_layers=lora_layers(pipe),
-    )
-    if opts.vae_tiling:
-        pipe.vae.enable_tiling()
-    if opts.compile:
-        denoiser(pipe).compile()
-    return loaded
-
-
-def release(loaded: LoadedModel) -> None:
-    """Free a model's memory before the next one loads."""
-    import torch
-
-    loaded.variants.clear()
-    loaded.pipe = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _ensure_ip_adapter(loaded: LoadedModel, mode: str, ctx: RenderContext) -> None:
-    if loaded.ip_mode == mode:
-        return
-    m = loaded.plan
-    m.module.load_ip_adapter(
-        loaded.pipe,
-        m.faceid if mode == "face" else m.ip_adapter,
-        mode=mode,
-        image_encoder=m.image_encoder,
-        allow_pickle_weights=ctx.options.allow_pickle_weights,
-    )
-    loaded.ip_mode = mode
-    loaded.variants.clear()  # ControlNet variants must pick up the new image encoder
-
-
-def _controlnet_variant(loaded: LoadedModel, control_type: str, ctx: RenderContext):
-    if control_type not in loaded.variants:
-        m = loaded.plan
-        loaded.variants[control_type] = m.module.with_controlnet(
-            loaded.pipe, m.controlnet[control_type], allow_pickle_weights=ctx.options.allow_pickle_weights
-        )
-    return loaded.variants[control_type]
-
-
-def condition(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) -> Conditioning:
-    """Control map, IP-Adapter image or FaceID embedding of ``job``, and the pipeline that takes them."""
-
-    cond = Conditioning(pipe=loaded.pipe)
-    if job.ip is not None:
-        _ensure_ip_adapter(loaded, job.ip.mode, ctx)
-        cond.ip_scale = job.ip.scale
-        if job.ip.mode == "image":
-            cond.ip_image = ctx.conditioner.ip_image(job.ip.image)
-        else:
-            emb = ctx.conditioner.faceid_embedding(
-                ctx.plan.characters[job.ip.character], ctx.plan.faceid_backend, cache=ctx.face_cache
-            )
-            cond.ip_embeds = loaded.plan.module.faceid_embeds(
-                emb, guidance=job.guidance, device=ctx.device, dtype=ctx.options.torch_dtype
-            )
-    if job.control is not None:
-        c = job.control
-        cond.control_image = ctx.conditioner.control_map(
-            c.type,
-            c.image,
-            job.width,
-            job.height,
-            preprocess=c.preprocess,
-            low=c.low,
-            high=c.high,
-            where=f"scene {job.scene.id!r}: control",
-        )
-        cond.control_scale = c.scale
-        cond.pipe = _controlnet_variant(loaded, c.type, ctx)
-    if ctx.options.cpu_offload and loaded.offloaded is not cond.pipe:
-        # Offload hooks live on the shared components: re-arm them for the pipeline about to run.
-        cond.pipe.enable_model_cpu_offload(device=ctx.device)
-        loaded.offloaded = cond.pipe
-    return cond
-
-
-def denoise(
-    loaded: LoadedModel, cond: Conditioning, job: SceneJob, seeds: list[int], ctx: RenderContext
-) -> list[Image.Image]:
-    """One pipeline call rendering one image per seed (a CPU ``torch.Generator`` each: same noise on any device)."""
-    import torch
-
-    cond.pipe.set_progress_bar_config(
-        disable=not (ctx.options.progress and ctx.state.is_main_process),
-        leave=False,
-        desc=f"{job.scene.id} ({job.model.label})",
-    )
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    return loaded.plan.module.generate(
-        cond.pipe,
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt or None,
-        width=job.width,
-        height=job.height,
-        steps=job.steps,
-        guidance=job.guidance,
-        generator=generators,
-        num_images=len(seeds),
-        control_image=cond.control_image,
-        control_scale=cond.control_scale,
-        ip_adapter_image=cond.ip_image,
-        ip_adapter_embeds=cond.ip_embeds,
-    )
-
-
 def score_candidates(candidates: list[Candidate], job: SceneJob, ctx: RenderContext) -> bool:
     """Score each candidate against the scene's characters (faces matched left to right); False when not scored."""
     from ..identity import score_image
@@ -346,101 +187,6 @@ def score_candidates(candidates: list[Candidate], job: SceneJob, ctx: RenderCont
     return True
 
 
-def record(rendered: Rendered, ctx: RenderContext) -> ImageRecord:
-    """Write the kept candidate as ``DIR/<file>`` and the others as ``DIR/candidates/<scene>__<model>/<seed>.png``
-    (atomic, with metadata); return the manifest record."""
-    job, candidates, selection, scored = rendered.job, rendered.candidates, rendered.selection, rendered.scored
-    kept = candidates[selection.index]
-    plan = ctx.plan
-    m = job.model
-    backend = plan.scoring_backend
-    files = [
-        job.file if i == selection.index else f"candidates/{job.scene.id}__{m.label}/{c.seed}.png"
-        for i, c in enumerate(candidates)
-    ]
-    rec = ImageRecord(
-        scene=job.scene.id,
-        model=m.label,
-        family=m.family,
-        model_source=m.source,
-        seed=kept.seed,
-        file=job.file,
-        sha256="",
-        characters=list(job.characters),
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        width=job.width,
-        height=job.height,
-        steps=job.steps,
-        guidance=job.guidance,
-        scheduler=m.scheduler,
-        preset=job.preset,
-        lora=dict(job.lora),
-        control=None
-        if job.control is None
-        else {
-            "type": job.control.type,
-            "image": job.control.image_text,
-            "scale": job.control.scale,
-            "preprocess": job.control.preprocess,
-        },
-        ip_adapter=None
-        if job.ip is None
-        else {"mode": job.ip.mode, "scale": job.ip.scale, "character": job.ip.character},
-        identity={"similarity": kept.similarity, "status": kept.status, "backend": backend.info.name}
-        if scored
-        else None,
-        candidates=[c.score(f) for c, f in zip(candidates, files)],
-        selection=selection.reason,
-        inputs_hash=job.inputs_hash,
-        dtype=plan.options.dtype_name,
-        device=str(plan.options.device).split(":")[0],
-    )
-    loras = {n: (_sha(plan.characters[n].lora_path(m.family)), s) for n, s in job.lora.items() if s != 0}
-    extra: dict[str, Any] = {}
-    if job.ip is not None:
-        extra["IP-Adapter"] = f"{job.ip.mode}, Weight: {job.ip.scale}"
-    if job.preset != "none":
-        extra["Preset"] = job.preset
-    if scored and kept.similarity is not None:
-        extra["Identity"] = f"{kept.similarity:.4f} ({kept.status}, {backend.info.name})"
-    extra["Version"] = f"charkit {__version__}"
-    common = dict(
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        steps=job.steps,
-        scheduler=m.scheduler,
-        guidance=job.guidance,
-        width=job.width,
-        height=job.height,
-        model=m.label,
-        model_hash=m.fingerprint if len(m.fingerprint) == 64 else None,
-        loras=loras,
-        control=None
-        if job.control is None
-        else {"type": job.control.type, "model": Path(m.controlnet[job.control.type]).name, "scale": job.control.scale},
-    )
-    for i, (c, f) in enumerate(zip(candidates, files)):
-        if i == selection.index:
-            continue
-        own = {k: v for k, v in extra.items() if k != "Identity"}  # a candidate carries its own score
-        if c.similarity is not None:
-            own["Identity"] = f"{c.similarity:.4f} ({c.status}, {backend.info.name})"
-        meta = {"scene": job.scene.id, "model": m.label, "seed": c.seed, "candidate_of": job.file, "status": c.status}
-        params_c = a1111_parameters(**common, seed=c.seed, extra=own)
-        write_png(under_root(plan.out_dir, f), encode_png(c.image, parameters=params_c, meta=meta))
-    params = a1111_parameters(**common, seed=kept.seed, extra=extra)
-    data = encode_png(kept.image, parameters=params, meta=rec.png_meta())
-    rec.sha256 = write_png(under_root(plan.out_dir, job.file), data)
-    return rec
-
-
-def _sha(path: Path) -> str:
-    from .fingerprint import file_sha256
-
-    return file_sha256(path)
-
-
 @dataclass
 class Rendered:
     """A scene's candidates after denoising, post-processing and scoring, before anything is written."""
@@ -450,42 +196,116 @@ class Rendered:
     selection: Selection
     scored: bool
     seconds: float
+    settings: dict = field(default_factory=dict)  # what was applied (the record's ``settings``)
+
+    def files(self) -> list[str]:
+        """Where each candidate is written: the kept one as the scene's file, the others under candidates/."""
+        job = self.job
+        return [
+            job.file if i == self.selection.index else f"candidates/{job.scene.id}__{job.model.label}/{c.seed}.png"
+            for i, c in enumerate(self.candidates)
+        ]
 
 
-def render_candidates(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) -> Rendered:
-    """condition -> (scales) denoise -> postprocess -> score -> select, for one scene on one model."""
-    t0 = time.perf_counter()
-    cond = condition(loaded, job, ctx)
-    lora = {loaded.adapters[n]: s for n, s in job.lora.items()}
-    candidates: list[Candidate] = []
-    with scene_scales(
+def record(rendered: Rendered, ctx: RenderContext) -> ImageRecord:
+    """Write the kept candidate as ``DIR/<file>`` and the others as ``DIR/candidates/<scene>__<model>/<seed>.png``
+    (atomic, with metadata); return the manifest record."""
+    job, candidates, selection = rendered.job, rendered.candidates, rendered.selection
+    plan = ctx.plan
+    kept = candidates[selection.index]
+    backend = plan.scoring_backend
+    rec = image_record(job, plan, kept, rendered)
+    extra = extra_fields(job, plan, rendered.settings)
+    common = png_fields(job, plan, rendered.settings, extra)
+    for i, (c, f) in enumerate(zip(candidates, rendered.files())):
+        own = dict(extra)
+        if c.similarity is not None:  # a candidate carries its own score
+            own = {**extra, "Identity": f"{c.similarity:.4f} ({c.status}, {backend.info.name})"}
+            own["Version"] = own.pop("Version")
+        params = a1111_parameters(**{**common, "extra": own}, seed=c.seed)
+        if i == selection.index:
+            rec.sha256 = write_png(
+                under_root(plan.out_dir, f), encode_png(c.image, parameters=params, meta=rec.png_meta())
+            )
+        else:
+            meta = {"scene": job.scene.id, "model": job.model.label, "seed": c.seed, "candidate_of": job.file}
+            meta["status"] = c.status
+            write_png(under_root(plan.out_dir, f), encode_png(c.image, parameters=params, meta=meta))
+    return rec
+
+
+def _select(candidates: list[Candidate], job: SceneJob, ctx: RenderContext) -> tuple[Selection, bool]:
+    scored = score_candidates(candidates, job, ctx)
+    if scored:
+        return select_best(candidates), True
+    return Selection(0, "single" if len(candidates) == 1 else "first_no_face"), False
+
+
+def _images(loaded: LoadedModel, cond: Conditioning, jobs: list[SceneJob], seeds: list[int], ctx) -> list:
+    job = jobs[0]
+    batch = jobs if len(jobs) > 1 else None
+    images = denoise(loaded, cond, job, seeds, ctx, jobs=batch)
+    if job.hires is not None:
+        images = hires(loaded, cond, job, images, seeds, ctx, jobs=batch)
+    return images
+
+
+def _scales(loaded: LoadedModel, job: SceneJob, cond: Conditioning):
+    return scene_scales(
         loaded.pipe,
-        lora=lora,
+        lora={loaded.adapters[n]: s for n, s in job.lora.items()},
         ip_scale=cond.ip_scale,
         plain_processors=loaded.plain_processors if loaded.ip_mode is not None else None,
         layers=loaded.lora_layers,
-    ):
-        for chunk in batches(candidate_seeds(job.seed, job.candidates), ctx.options.batch_size):
-            for seed, image in zip(chunk, denoise(loaded, cond, job, chunk, ctx)):
-                candidates.append(Candidate(seed=seed, image=postprocess(image, job.preset, seed=seed)))
-    scored = score_candidates(candidates, job, ctx)
-    selection = (
-        select_best(candidates) if scored else Selection(0, "single" if len(candidates) == 1 else "first_no_face")
     )
-    return Rendered(job, candidates, selection, scored, time.perf_counter() - t0)
+
+
+def render_candidates(loaded: LoadedModel, job: SceneJob, ctx: RenderContext) -> Rendered:
+    """condition -> (scales) denoise [-> hires] -> postprocess -> score -> select, for one scene on one model."""
+    t0 = time.perf_counter()
+    cond = condition(loaded, job, ctx)
+    candidates: list[Candidate] = []
+    with _scales(loaded, job, cond):
+        for chunk in batches(candidate_seeds(job.seed, job.candidates), ctx.options.batch_size):
+            for seed, image in zip(chunk, _images(loaded, cond, [job], chunk, ctx)):
+                candidates.append(Candidate(seed=seed, image=postprocess(image, job.preset, seed=seed)))
+    selection, scored = _select(candidates, job, ctx)
+    settings = applied_settings(loaded, job, cond, [job])
+    return Rendered(job, candidates, selection, scored, time.perf_counter() - t0, settings)
+
+
+def render_batch(loaded: LoadedModel, jobs: list[SceneJob], ctx: RenderContext) -> list[Rendered]:
+    """A scene batch (:func:`~charkit.render.plan.plan_batches`: same everything but prompt and seed) in one
+    pipeline call with per-image prompts and generators; one :class:`Rendered` per scene."""
+    if len(jobs) == 1:
+        return [render_candidates(loaded, jobs[0], ctx)]
+    t0 = time.perf_counter()
+    cond = condition(loaded, jobs[0], ctx)
+    with _scales(loaded, jobs[0], cond):
+        images = _images(loaded, cond, jobs, [j.seed for j in jobs], ctx)
+    out = []
+    seconds = (time.perf_counter() - t0) / len(jobs)
+    for job, image in zip(jobs, images):
+        candidates = [Candidate(seed=job.seed, image=postprocess(image, job.preset, seed=job.seed))]
+        selection, scored = _select(candidates, job, ctx)
+        out.append(Rendered(job, candidates, selection, scored, seconds, applied_settings(loaded, job, cond, jobs)))
+    return out
 
 
 # -- manifest bookkeeping --------------------------------------------------------------------
 
 
 class ManifestWriter:
-    """Rewrites manifest.json (single process) or this rank's partial manifest after every scene.
+    """Rewrites manifest.json (single process, or one ``--shard``) or this rank's partial manifest after every scene.
 
     manifest.json is updated under its file lock (:func:`update_manifest`): the kept records are
-    re-read from the file, so what another writer (the studio) changed meanwhile survives.
+    re-read from the file, so what another writer (the studio, another shard) changed meanwhile survives.
+    ``others``: keys other shards render; their records in the file are kept whatever this one does.
     """
 
-    def __init__(self, plan: RenderPlan, state, kept: list[ImageRecord], previous: set | None = None):
+    def __init__(
+        self, plan: RenderPlan, state, kept: list[ImageRecord], previous: set | None = None, others: set | None = None
+    ):
         self.plan = plan
         self.state = state
         self.header = manifest_header(plan)
@@ -493,13 +313,15 @@ class ManifestWriter:
         # complete images of scenes about to render again (--force, changed inputs): listed until replaced,
         # so an interrupted run loses no finished image from the manifest
         self.previous = previous or set()
+        self.others = others or set()
         self.new: list[ImageRecord] = []
         self.partial = None if state.num_processes <= 1 else partial_path(plan.out_dir, state.process_index)
 
     def _update(self) -> Manifest:
-        # The kept, the previous and the newly rendered keys, in scene order: scenes never finished drop out.
+        # The kept, the previous and the newly rendered keys, in scene order: scenes never finished drop out;
+        # the records of other shards' scenes are theirs.
         done = {r.key for r in self.kept} | {r.key for r in self.new} | self.previous
-        order = [k for k in self.plan.order if k in done]
+        order = [k for k in self.plan.order if k in done or k in self.others]
         return update_manifest(self.plan.out_dir / MANIFEST, self.header, order, self.new)
 
     def add(self, rec: ImageRecord) -> None:
@@ -536,11 +358,42 @@ def _raise_failed(futures: list[Future]) -> None:
             raise f.exception()
 
 
-def _group_by_model(jobs: list[SceneJob]) -> list[tuple[ModelPlan, list[SceneJob]]]:
-    # Render model by model (one pipeline in memory at a time), scenes in order within each.
-    groups: dict[int, tuple[ModelPlan, list[SceneJob]]] = {}
-    for j in jobs:
-        groups.setdefault(id(j.model), (j.model, []))[1].append(j)
+@dataclass
+class WorkUnit:
+    """One scene batch to render: every job of the batch (rendered together) and those among them to record."""
+
+    jobs: list[SceneJob]
+    record: list[SceneJob]
+
+    @property
+    def model(self) -> ModelPlan:
+        return self.jobs[0].model
+
+
+def work_units(plan: RenderPlan, pending: list[SceneJob]) -> list[WorkUnit]:
+    """The batches with a pending scene, whole (a batch always renders as in a full run), in plan order, of this
+    ``--shard`` only."""
+    wanted = {id(j) for j in pending}
+    mine = shard_batches(plan.batches, plan.options.shard)
+    units = []
+    for i, group in enumerate(plan.batches):
+        todo = [j for j in group if id(j) in wanted]
+        if todo and i in mine:
+            units.append(WorkUnit(list(group), todo))
+    return units
+
+
+def other_shards(plan: RenderPlan) -> set:
+    """Keys rendered by the other shards of a ``--shard`` run (their records in manifest.json are theirs)."""
+    mine = shard_batches(plan.batches, plan.options.shard)
+    return {j.key for i, group in enumerate(plan.batches) if i not in mine for j in group}
+
+
+def _group_by_model(units: list[WorkUnit]) -> list[tuple[ModelPlan, list[WorkUnit]]]:
+    # Render model by model (one pipeline in memory at a time), batches in order within each.
+    groups: dict[int, tuple[ModelPlan, list[WorkUnit]]] = {}
+    for u in units:
+        groups.setdefault(id(u.model), (u.model, []))[1].append(u)
     return list(groups.values())
 
 
@@ -599,33 +452,36 @@ def make_context(plan: RenderPlan, state) -> RenderContext:
     )
 
 
-def render_jobs(jobs: list[SceneJob], ctx: RenderContext, writer: ManifestWriter) -> list[SceneResult]:
-    """Render ``jobs`` model by model; each scene is recorded on a writer thread while the next one denoises.
+def render_jobs(units: list[WorkUnit], ctx: RenderContext, writer: ManifestWriter) -> list[SceneResult]:
+    """Render ``units`` model by model; each scene is recorded on a writer thread while the next batch denoises.
 
     One writer thread keeps "PNG complete, then manifest" in order; a failed write stops the run at the
-    next scene instead of at the end.
+    next scene instead of at the end. (A list of SceneJobs is taken too: each then renders alone.)
     """
     from tqdm.auto import tqdm
 
+    units = [u if isinstance(u, WorkUnit) else WorkUnit([u], [u]) for u in units]
     futures: list[Future] = []
     show = ctx.options.progress and ctx.state.is_main_process
-    bar = tqdm(total=len(jobs), desc="render", unit="scene", disable=not show)
+    bar = tqdm(total=sum(len(u.record) for u in units), desc="render", unit="scene", disable=not show)
     try:
         # After Ctrl-C (charkit.interrupts) the scene being denoised stops within one step; leaving the pool
         # waits for the scenes already denoised to be written, so every finished image is on disk and listed.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="charkit-record") as pool:
-            for model, group in _group_by_model(jobs):
+            for model, group in _group_by_model(units):
                 raise_if_stopped()
-                loaded = load(model, ctx.plan, device=ctx.device, jobs=group)
+                loaded = load(model, ctx.plan, device=ctx.device, jobs=[j for u in group for j in u.jobs])
                 try:
                     with guard(denoiser(loaded.pipe), getattr(loaded.pipe, "vae", None)):
-                        for job in group:
+                        for unit in group:
                             raise_if_stopped()
-                            bar.set_postfix_str(f"{job.scene.id} ({model.label})")
-                            rendered = render_candidates(loaded, job, ctx)
-                            futures.append(pool.submit(_record_and_add, rendered, ctx, writer))
+                            bar.set_postfix_str(f"{unit.jobs[0].scene.id} ({model.label})")
+                            keep = {id(j) for j in unit.record}
+                            for rendered in render_batch(loaded, unit.jobs, ctx):
+                                if id(rendered.job) in keep:
+                                    futures.append(pool.submit(_record_and_add, rendered, ctx, writer))
+                                    bar.update()
                             _raise_failed(futures)
-                            bar.update()
                 finally:
                     release(loaded)
     finally:
@@ -645,7 +501,7 @@ def render_storyboard(
     """Render every scene of a storyboard (skipping unchanged ones) and write the manifest.
 
     How to run comes as ``options`` (a :class:`RenderOptions`) or as its fields by name
-    (``device="cuda"``, ``dtype="fp16"``, ``verify=True``, ``scenes=["s01"]``, ...).
+    (``device="cuda"``, ``dtype="fp16"``, ``verify=True``, ``scenes=["s01"]``, ``shard=(0, 4)``, ...).
 
     >>> result = render_storyboard("examples/episode.yaml", out="renders/ep1", device="cpu")  # doctest: +SKIP
     >>> result.manifest_path.name  # doctest: +SKIP
@@ -662,9 +518,11 @@ def render_storyboard(
         prepare_output(plan, state)
         pending, kept = pending_jobs(plan)
         state.wait_for_everyone()  # every process planned from the same files before anyone writes
-        writer = ManifestWriter(plan, state, kept, previous=complete_keys(plan, pending))
+        others = other_shards(plan) if plan.options.shard else None
+        writer = ManifestWriter(plan, state, kept, previous=complete_keys(plan, pending), others=others)
+        units = my_share(state, work_units(plan, pending))  # whole batches per process: the same bytes as one
         try:
-            rendered = render_jobs(my_share(state, pending), make_context(plan, state), writer)
+            rendered = render_jobs(units, make_context(plan, state), writer)
         except Interrupted as e:
             raise stopped(
                 f"{len(writer.new)} of {len(pending)} scenes rendered, {len(kept)} kept from before; "
@@ -682,4 +540,5 @@ def render_storyboard(
         skipped=[r.key for r in kept],
         verify_report=report,
         left_out=list(plan.skipped),
+        warnings=list(plan.warnings),
     )

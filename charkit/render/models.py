@@ -111,7 +111,6 @@ def resolve_model(
     """
     from ..families import get_spec
     from ..families.sources import resolve_source
-    from ..families.spec import SCHEDULERS
 
     problems = Problems()
     src = family = None
@@ -129,18 +128,17 @@ def resolve_model(
     parts: dict = {"image_encoder": None, "weights": {"ip_adapter": None, "faceid": None}, "controlnet": {}}
     with problems.check():
         if spec.image_encoder is not None:
-            parts["image_encoder"] = resolve_source(
-                _local_or_text(board, spec.image_encoder),
-                what="image_encoder",
-                allow_pickle_weights=options.allow_pickle_weights,
-            ).ref
-    sched = scheduler or fspec.scheduler
-    if sched not in SCHEDULERS:
-        problems.add(
-            CharkitError(f"scheduler {sched!r} is not supported: choose one of {', '.join(sorted(SCHEDULERS))}")
-        )
+            parts["image_encoder"] = image_encoder_source(board, spec.image_encoder)
     parts["weights"] = adapter_weights(spec, board, fspec, options, problems)
     parts["controlnet"] = model_controlnets(spec, board, fspec, options, problems)
+    with problems.check():
+        parts["vae"] = model_vae(spec, board, options)
+    with problems.check():
+        if not spec.t5:
+            fspec.require("without_t5")
+    with problems.check():
+        if spec.variant is not None and src is not None and src.kind == "file":
+            raise CharkitError(f"variant {spec.variant!r}: a single file has no variants; drop variant for this model")
     config = None
     with problems.check():
         config = model_config(spec, board, src, family) if src else None
@@ -151,12 +149,42 @@ def resolve_model(
         source=spec.source,
         path=src.ref,
         config=config,
-        scheduler=sched,
+        scheduler=scheduler or fspec.scheduler,
         controlnet=parts["controlnet"],
         ip_adapter=parts["weights"]["ip_adapter"],
         image_encoder=parts["image_encoder"],
         faceid=parts["weights"]["faceid"],
+        vae=parts.get("vae"),
+        variant=spec.variant,
+        t5=spec.t5,
     )
+
+
+def model_vae(spec: ModelSpec, board: Storyboard, options: RenderOptions) -> str | None:
+    """The VAE override's source (a hub id must be cached offline), None when the model's own VAE is used."""
+    from ..families.sources import resolve_source
+
+    if spec.vae is None:
+        return None
+    vae = resolve_source(_local_or_text(board, spec.vae), what="vae", allow_pickle_weights=options.allow_pickle_weights)
+    if vae.kind == "hub":
+        require_cached(vae.ref, "vae")
+    return vae.ref
+
+
+def image_encoder_source(board: Storyboard, text: str) -> str:
+    """A CLIP image encoder: a local folder (absolute), a hub id, or ``org/repo/subfolder`` of a hub repo."""
+    local = board.resolve(text)
+    if local.is_dir():
+        return str(local.resolve())
+    parts = text.split("/")
+    if text.startswith((".", "/", "~")) or len(parts) < 2 or not all(parts):
+        raise CharkitError(
+            f"image_encoder {text}: no such folder; give a CLIP vision folder, a hub id or org/repo/subfolder "
+            "(e.g. h94/IP-Adapter/models/image_encoder)"
+        )
+    require_cached("/".join(parts[:2]), "image_encoder")
+    return text
 
 
 def _raise(problems: Problems, board: Storyboard, where: str) -> None:
@@ -225,7 +253,7 @@ def override_models(board: Storyboard, models: list[ModelSpec]) -> Storyboard:
         base = same[0] if same else None
         extra = {}
         if base is not None:
-            for name in ("controlnet", "ip_adapter", "image_encoder", "faceid"):
+            for name in ("controlnet", "ip_adapter", "image_encoder", "faceid", "vae"):
                 if getattr(spec, name) in (None, {}) and getattr(base, name) not in (None, {}):
                     extra[name] = getattr(base, name)
         merged.append(spec.model_copy(update=extra))

@@ -62,34 +62,53 @@ def a1111_parameters(
     loras: dict[str, tuple[str, float]] | None = None,
     control: dict | None = None,
     extra: dict[str, Any] | None = None,
+    schedule_type: str | None = None,
+    distilled_guidance: float | None = None,
+    clip_skip: int = 1,
+    hires: dict | None = None,
+    vae: tuple[str, str] | None = None,
 ) -> str:
-    """The ``parameters`` text A1111 writes.
+    """The ``parameters`` text A1111 writes, with A1111's own field names so its PNG Info and Civitai read it.
 
-    ``loras`` maps adapter name -> (file sha256, scale); ``model_hash`` is a sha256 (A1111 shows
-    its first 10 hex digits, its "AutoV2" hash).
+    ``scheduler``: the A1111 sampler label (``choice.sampler``) or a diffusers class name (mapped to its label);
+    ``schedule_type``: A1111's "Schedule type"; ``distilled_guidance``: Flux's guidance, which Forge writes as
+    "Distilled CFG Scale" next to "CFG scale" (the true CFG scale, 1 when off); ``clip_skip`` is written when 2 or
+    more (A1111 omits the default); ``hires``: ``{scale, steps, upscaler, strength}`` ("Hires upscale",
+    "Hires steps", "Hires upscaler", "Denoising strength"); ``vae``: (file name, sha256); ``loras`` maps adapter
+    name -> (file sha256, scale); ``model_hash`` is a sha256 (A1111 shows its first 10 hex digits, "AutoV2").
 
     >>> print(a1111_parameters(prompt="a cat", negative_prompt="", steps=20, scheduler="EulerDiscreteScheduler",
     ...       guidance=7.0, seed=1, width=512, height=512, model="sd15"))
     a cat
     Steps: 20, Sampler: Euler, CFG scale: 7.0, Seed: 1, Size: 512x512, Model: sd15
     """
-    fields: list[tuple[str, Any]] = [
-        ("Steps", steps),
-        ("Sampler", SAMPLER_NAMES.get(scheduler, scheduler)),
-        ("CFG scale", guidance),
-        ("Seed", seed),
-        ("Size", f"{width}x{height}"),
-    ]
+    fields: list[tuple[str, Any]] = [("Steps", steps), ("Sampler", SAMPLER_NAMES.get(scheduler, scheduler))]
+    if schedule_type:
+        fields.append(("Schedule type", schedule_type))
+    fields.append(("CFG scale", guidance))
+    if distilled_guidance is not None:
+        fields.append(("Distilled CFG Scale", distilled_guidance))
+    fields += [("Seed", seed), ("Size", f"{width}x{height}")]
     if model_hash:
         fields.append(("Model hash", model_hash[:10]))
     fields.append(("Model", model))
+    if vae:
+        fields += [("VAE hash", vae[1][:10]), ("VAE", vae[0])]
+    if hires:
+        fields.append(("Denoising strength", hires["strength"]))
+    if clip_skip >= 2:
+        fields.append(("Clip skip", clip_skip))
+    if hires:
+        fields += [
+            ("Hires upscale", hires["scale"]),
+            ("Hires steps", hires["steps"]),
+            ("Hires upscaler", hires["upscaler"]),
+        ]
     if control:
-        fields.append(
-            (
-                "ControlNet 0",
-                f"Module: {control['type']}, Model: {control.get('model', '')}, Weight: {control['scale']}",
-            )
-        )
+        text = f"Module: {control['type']}, Model: {control.get('model', '')}, Weight: {control['scale']}"
+        if "start" in control:  # sd-webui-controlnet's names for the step window
+            text += f", Guidance Start: {control['start']}, Guidance End: {control['end']}"
+        fields.append(("ControlNet 0", text))
     if loras:
         fields.append(("Lora hashes", ", ".join(f"{name}: {sha[:12]}" for name, (sha, _) in loras.items())))
         fields.append(("Lora weights", ", ".join(f"{name}: {scale:g}" for name, (_, scale) in loras.items())))

@@ -24,7 +24,7 @@ from .fingerprint import file_sha256, source_fingerprint, stable_hash
 from .storyboard import ModelSpec, Scene, Storyboard
 
 #: Bump when charkit changes how the same inputs turn into pixels: every scene renders again.
-RENDER_VERSION = 1
+RENDER_VERSION = 2  # 2: A1111 prompt syntax, samplers from the model config, FaceID LoRA per scene
 
 
 @dataclass
@@ -48,6 +48,8 @@ class RenderOptions:
     scenes: tuple[str, ...] | None = None  # render only these scene ids (others keep their images)
     full_size: bool = False  # tiny models too render at the storyboard's sizes and steps (else scaled down)
     overwrite_other_project: bool = False  # render into a folder that holds another project's manifest
+    scene_batch: int | None = None  # scenes per pipeline call when they share everything but prompt and seed
+    shard: tuple[int, int] | None = None  # (K, N): render only shard K of N (0-based; batch schedulers)
 
     def __post_init__(self):
         # paths arrive as Path objects from the CLI and as strings from code: keep one form
@@ -56,6 +58,14 @@ class RenderOptions:
             if value is not None:
                 setattr(self, name, str(value))
         self.scenes = tuple(self.scenes) if self.scenes else None
+        self.shard = tuple(self.shard) if self.shard is not None else None
+
+    @property
+    def scenes_per_call(self) -> int:
+        """``scene_batch``, or its default: 4 on a GPU (where batching pays), 1 on a CPU."""
+        if self.scene_batch is not None:
+            return self.scene_batch
+        return 1 if str(self.device).startswith("cpu") else 4
 
     @property
     def torch_dtype(self):
@@ -86,6 +96,9 @@ class ModelPlan:
     image_encoder: str | None = None
     faceid: str | None = None
     fingerprint: str = ""
+    vae: str | None = None  # resolved VAE override (folder, hub id or file)
+    variant: str | None = None
+    t5: bool = True
 
     @property
     def module(self):
@@ -110,6 +123,20 @@ class ControlPlan:
     preprocess: bool
     low: int
     high: int
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass
+class HiresPlan:
+    """The hires pass of a scene: upscale to ``width`` x ``height``, then img2img at ``strength``."""
+
+    scale: float
+    strength: float
+    steps: int
+    upscaler: str
+    width: int
+    height: int
 
 
 @dataclass
@@ -140,6 +167,11 @@ class SceneJob:
     lora: dict[str, float]  # character -> scale (characters with a LoRA for this family)
     control: ControlPlan | None = None
     ip: IPPlan | None = None
+    scheduler: object = None  # charkit.families.schedulers.SchedulerChoice
+    clip_skip: int = 1
+    true_cfg: float | None = None  # Flux real CFG (None: off)
+    hires: HiresPlan | None = None
+    batch: int = -1  # index of its scene batch in RenderPlan.batches
     inputs_hash: str = ""
 
     @property
@@ -164,6 +196,8 @@ class RenderPlan:
     scoring_backend: object | None = None  # FaceBackend for best-of-N and --verify
     faceid_backend: object | None = None  # insightface FaceBackend for FaceID conditioning
     skipped: list[str] = field(default_factory=list)  # `optional: true` scenes left out, with why
+    batches: list[list[SceneJob]] = field(default_factory=list)  # jobs rendered in one pipeline call, plan order
+    warnings: list[str] = field(default_factory=list)  # one line each: what renders other than asked
 
     @property
     def order(self) -> list[tuple[str, str]]:
@@ -191,7 +225,13 @@ def inputs_hash(job: SceneJob, plan: RenderPlan) -> str:
         "family": m.family,
         "model": m.fingerprint,
         "config": source_fingerprint(m.config),
-        "scheduler": m.scheduler,
+        "scheduler": [job.scheduler.class_name, job.scheduler.overrides],
+        "clip_skip": job.clip_skip,
+        "true_cfg": job.true_cfg,
+        "hires": dataclasses.asdict(job.hires) if job.hires else None,
+        "vae": source_fingerprint(m.vae),
+        "variant": m.variant,
+        "t5": m.t5,
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
@@ -215,6 +255,7 @@ def inputs_hash(job: SceneJob, plan: RenderPlan) -> str:
             "scale": c.scale,
             "preprocess": c.preprocess,
             "thresholds": [c.low, c.high] if c.type == "canny" else None,
+            "window": [c.start, c.end],
             "controlnet": source_fingerprint(m.controlnet[c.type]),
         }
     if job.ip:
@@ -251,7 +292,71 @@ def check_options(options: RenderOptions) -> RenderOptions:
         )
     if options.batch_size is not None and options.batch_size < 1:
         raise CharkitError(f"--batch-size {options.batch_size}: must be at least 1")
+    if options.scene_batch is not None and options.scene_batch < 1:
+        raise CharkitError(f"--scene-batch {options.scene_batch}: must be at least 1")
+    if options.shard is not None:
+        k, n = options.shard
+        if not (isinstance(k, int) and isinstance(n, int) and 0 <= k < n):
+            raise CharkitError(f"--shard {k}/{n}: K must be 0 .. N-1 (e.g. --shard 0/4 .. --shard 3/4)")
+        if options.verify:
+            raise CharkitError(
+                "--verify with --shard: a shard sees only its own scenes; run `charkit verify DIR` after every shard"
+            )
     return options
+
+
+def batch_key(job: SceneJob) -> str | None:
+    """What scenes must share to render in one pipeline call (None: the scene renders alone).
+
+    Everything but the prompts and seeds: model, size, steps, guidance, sampler, LoRAs and their scales, the same
+    control map and IP-Adapter input, clip skip, true CFG and hires. Best-of-N scenes batch their own candidates.
+    """
+    if job.candidates != 1:
+        return None
+    c, ip = job.control, job.ip
+    return stable_hash(
+        [
+            job.model.label,
+            [job.width, job.height, job.steps, job.guidance, job.clip_skip, job.true_cfg, job.preset],
+            [job.scheduler.class_name, job.scheduler.overrides],
+            sorted(job.lora.items()),
+            None if c is None else [c.type, str(c.image), c.scale, c.preprocess, c.low, c.high, c.start, c.end],
+            None if ip is None else [ip.mode, ip.scale, ip.character, str(ip.image)],
+            None if job.hires is None else dataclasses.asdict(job.hires),
+        ]
+    )
+
+
+def plan_batches(jobs: list[SceneJob], size: int) -> list[list[SceneJob]]:
+    """Scene batches of at most ``size`` jobs, formed from the whole storyboard in plan order (never from what is
+    pending), so a resumed or partly re-rendered run renders every batch exactly as a full run does."""
+    out: list[list[SceneJob]] = []
+    filling: dict[str, list[SceneJob]] = {}
+    for job in jobs:
+        key = batch_key(job) if size > 1 else None
+        group = filling.get(key) if key is not None else None
+        if group is None or len(group) >= size:
+            group = []
+            out.append(group)
+            if key is not None:
+                filling[key] = group
+        group.append(job)
+    for i, group in enumerate(out):
+        for job in group:
+            job.batch = i
+    return out
+
+
+def shard_batches(batches: list[list[SceneJob]], shard: tuple[int, int] | None) -> set[int]:
+    """Indices of the batches shard ``K/N`` renders: a contiguous share of the plan's batches (all without shard).
+
+    >>> sorted(shard_batches([[1], [2], [3], [4], [5]], (1, 2)))
+    [2, 3, 4]
+    """
+    if shard is None:
+        return set(range(len(batches)))
+    k, n = shard
+    return set(range(k * len(batches) // n, (k + 1) * len(batches) // n))
 
 
 def _model_key(mp: ModelPlan) -> str:
@@ -302,6 +407,8 @@ def plan_backends(plan: RenderPlan) -> None:
     )
     face_jobs = [j for j in plan.jobs if j.ip and j.ip.mode == "face"]
     if face_jobs:
+        from .conditioning import faceid_pack_warning
+
         try:
             plan.faceid_backend = get_backend("insightface", face_models=face_models)
         except CharkitError as e:
@@ -316,6 +423,9 @@ def plan_backends(plan: RenderPlan) -> None:
             if not isinstance(e, MissingModelError) or not all(j.scene.optional for j in face_jobs):
                 raise type(e)(message) from None
             skip_scenes(plan, scenes, f"field 'ip_adapter.mode': FaceID needs an insightface pack ({why})")
+        warning = faceid_pack_warning(plan.faceid_backend) if plan.faceid_backend is not None else None
+        if warning:
+            plan.warnings.append(f"{plan.storyboard.label}: {warning}")
     if options.verify or any(j.scored for j in plan.jobs):
         from ..identity import FACEID_MODEL, get_scorer, independent_scorer
 
@@ -339,7 +449,7 @@ def check_inputs(
     >>> [j.file for j in plan.jobs][:2]  # doctest: +SKIP
     ['s01-arrival.png', 's02-cafe.png']
     """
-    from .jobs import load_characters, plan_job
+    from .jobs import load_characters
     from .models import override_models
 
     options = check_options(options or RenderOptions())
@@ -360,22 +470,7 @@ def check_inputs(
         storyboard=board, out_dir=out_dir, characters=characters, models=model_plans, jobs=[], options=options
     )
     for scene, mps in zip(board.scenes, per_scene):
-        own = Problems() if scene.optional else problems
-        jobs = [
-            job
-            for mp in mps
-            if (job := plan_job(board, scene, mp, characters, options, matrix=plan.matrix, problems=own)) is not None
-        ]
-        if own is not problems and own.items:
-            if not own.only_missing():
-                problems.extend(own)  # a mistake, not something missing: reported like any other
-            else:
-                plan.skipped.append(own.items[0].removeprefix(f"{board.label}: "))
-            continue
-        for job in jobs:
-            with problems.check():
-                under_root(plan.out_dir, job.file)
-            plan.jobs.append(job)
+        plan_scene_jobs(plan, scene, mps, problems)
     check_job_files(plan, problems)
     problems.raise_any()
     plan_backends(plan)  # after the cheap checks: loading a face model takes a moment
@@ -384,9 +479,54 @@ def check_inputs(
         warn(f"skipped optional {note}")
     for mp in plan.models:
         mp.fingerprint = source_fingerprint(mp.path) or ""
-    for job in plan.jobs:
-        job.inputs_hash = inputs_hash(job, plan)
+    plan_batch_hashes(plan)
     return plan
+
+
+def plan_scene_jobs(plan: RenderPlan, scene, model_plans: list[ModelPlan], problems: Problems) -> None:
+    """The scene's jobs (one per model) into the plan; an ``optional: true`` scene missing something is skipped."""
+    from .jobs import plan_job
+
+    board = plan.storyboard
+    own = Problems() if scene.optional else problems
+    jobs = [
+        job
+        for mp in model_plans
+        if (
+            job := plan_job(
+                board,
+                scene,
+                mp,
+                plan.characters,
+                plan.options,
+                matrix=plan.matrix,
+                problems=own,
+                warnings=plan.warnings,
+            )
+        )
+        is not None
+    ]
+    if own is not problems and own.items:
+        if not own.only_missing():
+            problems.extend(own)  # a mistake, not something missing: reported like any other
+        else:
+            plan.skipped.append(own.items[0].removeprefix(f"{board.label}: "))
+        return
+    for job in jobs:
+        with problems.check():
+            under_root(plan.out_dir, job.file)
+        plan.jobs.append(job)
+
+
+def plan_batch_hashes(plan: RenderPlan) -> None:
+    """Scene batches (deterministic from the storyboard) and each job's inputs hash, which names its batch."""
+    plan.batches = plan_batches(plan.jobs, plan.options.scenes_per_call)
+    base = {id(job): inputs_hash(job, plan) for job in plan.jobs}
+    for group in plan.batches:
+        for job in group:
+            # batched kernels may round differently: a scene's pixels depend on its batch, so its hash does too
+            peers = [base[id(j)] for j in group]
+            job.inputs_hash = base[id(job)] if len(group) == 1 else stable_hash([base[id(job)], peers])
 
 
 def skip_scenes(plan: RenderPlan, scene_ids: list[str], why: str) -> None:

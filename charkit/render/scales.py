@@ -10,6 +10,10 @@ the exact state it changes and puts it back on exit, even when the scene fails:
 * :func:`ip_adapter_off`: a scene without IP-Adapter on a pipeline that has one loaded
   renders exactly as the plain pipeline (plain processors, no image projection);
 * :func:`scene_scales`: all of them for one scene.
+
+An IP-Adapter FaceID file carries its own LoRA (diffusers' adapter ``faceid_0``): it is part of the adapter, so
+it is active exactly in the scenes that use FaceID, next to the characters' LoRAs, and off in every other scene
+(diffusers' own ``set_adapters`` / ``load_lora_weights`` switch it off, and ``unload_ip_adapter`` leaves it on).
 """
 
 from __future__ import annotations
@@ -140,11 +144,19 @@ def scene_scales(
 ) -> Iterator[None]:
     """LoRA scales and IP-Adapter state of one scene; ``ip_scale=None`` means no IP-Adapter for it.
 
+    A loaded FaceID adapter's own LoRA is active (at 1.0, as diffusers loads it) exactly when the scene uses the
+    IP-Adapter. ``layers`` must be looked up after the IP-Adapter was loaded (it may add LoRA layers).
+
     >>> with scene_scales(pipe, lora={"alice": 1.0}, ip_scale=0.6):  # doctest: +SKIP
     ...     images = generate(pipe, ...)
     """
+    from ..families.ip_adapter import faceid_adapters
+
+    scales = dict(lora or {})
+    if ip_scale is not None and getattr(pipe, "unet", None) is not None:
+        scales.update({name: 1.0 for name in faceid_adapters(pipe)})
     with contextlib.ExitStack() as stack:
-        stack.enter_context(lora_scales(pipe, lora or {}, layers=layers))
+        stack.enter_context(lora_scales(pipe, scales, layers=layers))
         if ip_scale is None:
             if plain_processors is not None:
                 stack.enter_context(ip_adapter_off(pipe, plain_processors))

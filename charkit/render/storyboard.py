@@ -107,13 +107,29 @@ class ModelSpec(_Model):
     )
     image_encoder: str | None = Field(
         default=None,
-        description="CLIP vision encoder (folder or hub id) for the plain IP-Adapter (default: `image_encoder/` beside "
-        "the weights).",
+        description="CLIP vision encoder (folder, hub id or org/repo/subfolder such as h94/IP-Adapter/models/"
+        "image_encoder) for `ip_adapter` and FaceID plus (default: the one beside the weights that fits them; "
+        "SDXL *_vit-h adapters get models/image_encoder).",
     )
     faceid: str | None = Field(
         default=None,
-        description="IP-Adapter FaceID weights (.safetensors) for `ip_adapter.mode: face`; conditioned on insightface "
-        "ArcFace embeddings of the character's references.",
+        description="IP-Adapter FaceID weights (.safetensors; h94's .bin with --allow-pickle-weights) for "
+        "`ip_adapter.mode: face`: FaceID, FaceID plus or plus-v2, conditioned on insightface ArcFace embeddings of "
+        "the character's references (plus also on its face crop, through `image_encoder`).",
+    )
+    vae: str | None = Field(
+        default=None,
+        description="A VAE to use instead of the model's own: a diffusers VAE folder, hub id (e.g. "
+        "madebyollin/sdxl-vae-fp16-fix) or single .safetensors file.",
+    )
+    variant: str | None = Field(
+        default=None,
+        description="Weight files variant of a folder / hub model, e.g. fp16 (loads *.fp16.safetensors: half the "
+        "download); the render precision is --dtype.",
+    )
+    t5: bool = Field(
+        default=True,
+        description="false: render without the T5 text encoder (SD3: from its two CLIP encoders, ~9 GB less memory).",
     )
 
     @model_validator(mode="before")
@@ -140,8 +156,27 @@ class ControlSpec(_Model):
         description="Run the detector (canny / openpose / depth) on `image`. false: `image` already is the control map "
         "(e.g. a pose skeleton rendered elsewhere); needed for openpose/depth without annotator weights.",
     )
+    start: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Fraction of the steps after which the ControlNet starts acting."
+    )
+    end: float = Field(default=1.0, gt=0.0, le=1.0, description="Fraction of the steps after which it stops.")
     low_threshold: int = Field(default=100, ge=0, le=255, description="Canny low threshold.")
     high_threshold: int = Field(default=200, ge=0, le=255, description="Canny high threshold.")
+
+
+class HiresSpec(_Model):
+    """A1111's hires fix: render at the scene size, upscale, then denoise again at the larger size."""
+
+    scale: float = Field(default=2.0, gt=1.0, le=4.0, description="Upscale factor (A1111 'Hires upscale').")
+    strength: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Denoising strength of the second pass (A1111 'Denoising strength')."
+    )
+    steps: int | None = Field(
+        default=None, ge=1, le=500, description="Steps of the second pass (A1111 'Hires steps'; default: the scene's)."
+    )
+    upscaler: Literal["Lanczos", "Nearest"] = Field(
+        default="Lanczos", description="How the first pass is upscaled before the second (A1111 'Hires upscaler')."
+    )
 
 
 class IPAdapterSpec(_Model):
@@ -173,7 +208,27 @@ class Defaults(_Model):
     size: Size | None = Field(default=None, description="Image size WIDTHxHEIGHT (family default when unset).")
     scheduler: str | None = Field(
         default=None,
-        description="diffusers scheduler class, e.g. DPMSolverMultistepScheduler (family default when unset).",
+        description="Sampler as A1111 / ComfyUI / diffusers name it: 'DPM++ 2M Karras', 'DPM++ SDE Karras', 'Euler a', "
+        "'Euler', 'DDIM', 'UniPC', 'LCM', dpmpp_2m, DPMSolverMultistepScheduler (family default when unset; "
+        "docs/prompts.md lists them).",
+    )
+    schedule: str | None = Field(
+        default=None,
+        description="A1111 'Schedule type' / ComfyUI scheduler apart from the sampler: Karras, Exponential, Beta, "
+        "SGM Uniform, Simple, Automatic.",
+    )
+    clip_skip: int | None = Field(
+        default=None, ge=1, le=12, description="A1111 'Clip skip': 1 = the model's normal CLIP layer, 2 = one earlier."
+    )
+    true_cfg: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=20.0,
+        description="Flux: real classifier-free guidance scale (> 1 applies the negative prompt; twice the compute). "
+        "Without it Flux ignores negative prompts, and the manifest records none.",
+    )
+    hires: HiresSpec | bool | None = Field(
+        default=None, description="Hires fix (upscale + second denoise); true for its defaults, false for none."
     )
     negative_prompt: str = Field(
         default="", description="Negative prompt; each character's own negative prompt is appended."
@@ -230,6 +285,27 @@ class Scene(_Model):
         default=False,
         description="Skip this scene, with one warning line, when something it needs is not installed yet (a LoRA "
         "not trained yet, an insightface pack for FaceID, annotator weights) instead of failing the whole render.",
+    )
+    scheduler: str | None = Field(
+        default=None,
+        description="Sampler as A1111 / ComfyUI / diffusers name it: 'DPM++ 2M Karras', 'DPM++ SDE Karras', 'Euler a', "
+        "'Euler', 'DDIM', 'UniPC', 'LCM', dpmpp_2m, DPMSolverMultistepScheduler (default: defaults.scheduler).",
+    )
+    schedule: str | None = Field(
+        default=None,
+        description="A1111 'Schedule type' for this scene (default: defaults.schedule).",
+    )
+    clip_skip: int | None = Field(
+        default=None, ge=1, le=12, description="A1111 'Clip skip' for this scene (default: defaults.clip_skip, else 1)."
+    )
+    true_cfg: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=20.0,
+        description="Flux true CFG scale for this scene (default: defaults.true_cfg).",
+    )
+    hires: HiresSpec | bool | None = Field(
+        default=None, description="Hires fix for this scene (default: defaults.hires); false turns it off."
     )
 
     @field_validator("id")
@@ -401,7 +477,7 @@ def _scene_label(data: Any, loc: tuple) -> str:
 def _field_names() -> set[str]:
     return {
         f
-        for m in (Size, ModelSpec, ControlSpec, IPAdapterSpec, Defaults, Scene, IdentitySpec, Storyboard)
+        for m in (Size, ModelSpec, ControlSpec, HiresSpec, IPAdapterSpec, Defaults, Scene, IdentitySpec, Storyboard)
         for f in m.model_fields
     }
 

@@ -7,6 +7,7 @@ download, so a loader tested on these fixtures is tested on the real layout (STY
 - :func:`write_h94_ip_adapter`: the h94/IP-Adapter repository (``models/``, ``sdxl_models/``, both image encoders);
 - :func:`write_h94_faceid`: h94/IP-Adapter-FaceID files, LoRA tensors included;
 - :func:`write_kohya_lora`: kohya-ss/sd-scripts (Civitai) LoRAs for SD1.5 and SDXL;
+- :func:`write_transformer_lora`: Flux / SD3 LoRAs in kohya's original names, OneTrainer's and diffusers' layouts;
 - :func:`write_sdxl_union_controlnet` / :func:`write_flux_union_controlnet`: xinsir's and InstantX's union ControlNets.
 
 Only sizes are tiny. Where a real size cannot be kept (diffusers infers Resampler heads as ``to_q rows // 64``,
@@ -52,11 +53,13 @@ __all__ = [
     "h94_plain_state_dict",
     "h94_plus_state_dict",
     "kohya_lora_state_dict",
+    "transformer_lora_layers",
     "write_flux_union_controlnet",
     "write_h94_faceid",
     "write_h94_ip_adapter",
     "write_kohya_lora",
     "write_sdxl_union_controlnet",
+    "write_transformer_lora",
 ]
 
 # ip-adapter-plus*/plus-face*: Resampler num_queries (IPAdapterPlus(..., num_tokens=16) in the IP-Adapter demos)
@@ -653,3 +656,71 @@ def write_flux_union_controlnet(
     perturb_zero_params(cn, seed)
     cn.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Flux / SD3 LoRAs as Civitai ships them: kohya sd-scripts (BFL / Stability module names, fused qkv), OneTrainer
+# (lora_transformer_<diffusers module>) and diffusers' own layout
+
+TRANSFORMER_LORA_LAYOUTS = ("kohya", "onetrainer", "diffusers")
+
+
+def transformer_lora_layers(pipe, family: str, *, rank: int = 4, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"transformer": peft state dict}``: a LoRA on the family's default targets (``SPEC.lora_targets``) of
+    ``pipe.transformer``, nonzero ``lora_B`` (a trained file), float32."""
+    targets = get_spec(family).lora_targets
+    layers: dict[str, torch.Tensor] = {}
+    g = torch.Generator().manual_seed(seed)
+    for name, module in sorted(pipe.transformer.named_modules()):
+        if isinstance(module, nn.Linear) and name.endswith(tuple("." + t for t in targets)):
+            layers[f"{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.1
+            layers[f"{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.1
+    return {"transformer": layers}
+
+
+def write_transformer_lora(
+    path: str | os.PathLike,
+    pipe,
+    family: str,
+    *,
+    layout: str = "kohya",
+    rank: int = 4,
+    alpha: float = 2.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """A Flux / SD3 LoRA for ``pipe`` in a released layout (same weights for the same seed, whatever the layout).
+
+    ``kohya``: sd-scripts' ``networks/lora_flux.py`` / ``lora_sd3.py`` keys (``lora_unet_double_blocks_0_img_attn_qkv``,
+    ``lora_unet_joint_blocks_0_x_block_attn_qkv``; fused modules block-diagonal, as ``convert_flux_lora.py`` writes);
+    ``onetrainer``: ``lora_transformer_transformer_blocks_0_attn_to_q`` (OneTrainer; charkit's own kohya export of
+    Flux/SD3 before it wrote original names); ``diffusers``: ``transformer.<module>.lora_A.weight`` with alpha folded
+    into ``lora_A``. kohya metadata as sd-scripts writes it (``ss_network_module`` "networks.lora_flux"/"_sd3").
+    """
+    from ..families.loraformats import to_kohya, to_onetrainer
+
+    if layout not in TRANSFORMER_LORA_LAYOUTS:
+        raise CharkitError(f"LoRA layout {layout!r}: choose one of {', '.join(TRANSFORMER_LORA_LAYOUTS)}")
+    layers = transformer_lora_layers(pipe, family, rank=rank, seed=seed)
+    if layout == "kohya":
+        sd = to_kohya(family, layers, alpha=alpha)
+    elif layout == "onetrainer":
+        sd = to_onetrainer(family, layers, alpha=alpha)
+    else:
+        scale = alpha / rank
+        sd = {
+            f"transformer.{k}": (v * scale if k.endswith("lora_A.weight") else v)
+            for k, v in layers["transformer"].items()
+        }
+    spec = get_spec(family)
+    metadata = {
+        "ss_network_module": f"networks.lora_{family}",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_base_model_version": spec.kohya_base,
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": spec.modelspec_architecture + "/lora",
+        "modelspec.implementation": spec.modelspec_implementation,
+    }
+    save_safetensors(Path(path), _cast(sd, dtype), metadata=None if layout == "diffusers" else metadata)
+    return Path(path)

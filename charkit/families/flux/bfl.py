@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..namemap import NameMap, Rule, build, to_original_state_dict
+from ..namemap import NameMap, Rule, build, from_original_state_dict, to_original_state_dict
 
 _D = "transformer_blocks.{i}"
 _S = "single_transformer_blocks.{i}"
@@ -74,3 +74,11 @@ def module_map(shapes: Mapping[str, tuple[int, ...]]) -> NameMap:
 def to_bfl(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A FluxTransformer2DModel state dict in BFL names (no prefix), as ``flux1-dev.safetensors`` holds it."""
     return to_original_state_dict(state_dict, RULES, PARAMS)
+
+
+def from_original(
+    state_dict: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """A BFL-named transformer state dict (no prefix) as the diffusers FluxTransformer2DModel with these module
+    ``shapes`` names it; unlike diffusers' own converter it takes the row sizes from the model, so any width reads."""
+    return from_original_state_dict(state_dict, RULES, PARAMS, shapes)

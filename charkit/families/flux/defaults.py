@@ -19,7 +19,7 @@ SPEC = FamilySpec(
     size_multiple=16,
     example_model="black-forest-labs/FLUX.1-dev",
     # Plain IP-Adapter in the XLabs layout (diffusers' FluxIPAdapterMixin); there is no Flux FaceID adapter.
-    supports=frozenset({"lora", "controlnet", "ip_adapter"}),
+    supports=frozenset({"lora", "controlnet", "ip_adapter", "true_cfg", "hires"}),
     controls=frozenset({"canny", "depth"}),
     prediction="flow",
     denoiser="transformer",
@@ -35,6 +35,15 @@ SPEC = FamilySpec(
     modelspec_implementation="https://github.com/black-forest-labs/flux",
     kohya_base="flux1",
     single_file_keys=("double_blocks.", "single_blocks.0.linear1"),
+    single_file_parts=(
+        ("text_encoders.clip_l.transformer.", "text_encoder"),
+        ("text_encoders.t5xxl.transformer.", "text_encoder_2"),
+        ("vae.", "vae"),
+    ),
+    img2img_pipeline_class="FluxImg2ImgPipeline",
+    controlnet_img2img_pipeline_class="FluxControlNetImg2ImgPipeline",
+    # InstantX/FLUX.1-dev-Controlnet-Union (Shakker-Labs' Union-Pro): FluxControlNetModel with num_mode
+    union_control_modes=(("canny", 0), ("depth", 2), ("openpose", 4)),
     detect_priority=0,
     # Any Flux transformer inpaints (latents blended each step); a Fill model (FLUX.1-Fill-dev: more input channels
     # than output channels, the masked image and mask packed beside the latents) uses its own pipeline.

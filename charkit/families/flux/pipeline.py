@@ -18,7 +18,7 @@ import torch
 from ...errors import CharkitError
 from .. import loading
 from ..detect import safetensors_keys
-from ..generation import check_generate
+from ..generation import call_kwargs, check_generate, prompts_of
 from ..ip_adapter import ip_location
 from ..sources import hub_offline, pretrained_kwargs, resolve_source
 from ..sources import loading as loading_errors
@@ -42,7 +42,7 @@ PIPELINE_KWARGS: dict = {}
 def load_controlnet(
     source: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle_weights: bool = False
 ):
-    """The family's ControlNet model from a hub id or a diffusers folder."""
+    """The family's ControlNet model from a hub id or a diffusers folder (union ControlNets included)."""
     return loading.load_controlnet(SPEC, source, dtype=dtype, allow_pickle_weights=allow_pickle_weights)
 
 
@@ -62,16 +62,32 @@ def load_pipeline(
     allow_pickle_weights: bool = False,
     config: str | os.PathLike | None = None,
     scheduler: str | None = None,
+    variant: str | None = None,
+    vae=None,
+    t5: bool = True,
 ):
     """The family's text-to-image pipeline (``SPEC.pipeline_class``), or its ControlNet variant when ``controlnet`` is given.
 
     ``source``: hub id, diffusers folder, or single-file checkpoint (``.safetensors``; pickle formats only
     with ``allow_pickle_weights``). A single file needs ``config=`` (a diffusers folder or hub id of the
     family that supplies the component configs and tokenizer) when offline. ``scheduler`` swaps in a
-    diffusers scheduler class by name. The progress bar is off (``pipe.set_progress_bar_config``).
+    sampler by A1111 or diffusers name; ``variant`` ("fp16") picks half-precision files; ``vae`` replaces the
+    VAE (a folder, hub id or single file); ``t5=False`` leaves the T5 encoder out (where the family can).
+    The progress bar is off (``pipe.set_progress_bar_config``).
     """
+    cfg = os.fspath(config) if config is not None else (os.fspath(source) if os.path.isdir(source) else None)
+    components = loading.extra_components(
+        SPEC, dtype=dtype, vae=vae, t5=t5, config=cfg, allow_pickle_weights=allow_pickle_weights
+    )
     pipe = loading.load_pretrained(
-        SPEC, source, dtype=dtype, allow_pickle_weights=allow_pickle_weights, config=config, **PIPELINE_KWARGS
+        SPEC,
+        source,
+        dtype=dtype,
+        allow_pickle_weights=allow_pickle_weights,
+        config=config,
+        variant=variant,
+        components=components,
+        **PIPELINE_KWARGS,
     )
     if controlnet is not None:
         pipe = with_controlnet(pipe, controlnet, allow_pickle_weights=allow_pickle_weights)
@@ -139,11 +155,24 @@ def unload_ip_adapter(pipe) -> None:
         pipe.unload_ip_adapter()
 
 
+def _true_cfg_negatives(prompts: list[str], negatives: list[str] | None, true_cfg_scale: float):
+    """The negative prompts Flux applies: with true CFG one per prompt ("" when none, as Forge does), else none
+    (a non-empty one then is an error: it would do nothing)."""
+    if true_cfg_scale > 1:
+        return prompts, negatives or [""] * len(prompts)
+    if negatives is not None and any(negatives):
+        raise CharkitError(
+            "Flux applies a negative prompt only with true CFG: pass true_cfg_scale > 1 (e.g. 4; twice the compute) "
+            "or drop the negative prompt"
+        )
+    return prompts, None
+
+
 def generate(
     pipe,
     *,
-    prompt: str,
-    negative_prompt: str | None = None,
+    prompt: str | list[str],
+    negative_prompt: str | list[str] | None = None,
     width: int,
     height: int,
     steps: int,
@@ -152,14 +181,24 @@ def generate(
     num_images: int = 1,
     control_image=None,
     control_scale: float = 1.0,
+    control_start: float = 0.0,
+    control_end: float = 1.0,
+    control_mode: int | str | None = None,
     ip_adapter_image=None,
     ip_adapter_embeds=None,
+    clip_skip: int = 1,
+    init_image=None,
+    strength: float | None = None,
+    callback_on_step_end=None,
     true_cfg_scale: float = 1.0,
     max_sequence_length: int = 512,
 ) -> list:
-    """Render ``num_images`` PIL images. ``guidance`` is Flux's distilled guidance; ``negative_prompt`` only
-    acts with ``true_cfg_scale > 1`` (real classifier-free guidance, twice the compute)."""
-    kwargs = check_generate(
+    """Render ``num_images`` PIL images per prompt. ``guidance`` is Flux's distilled guidance; a negative prompt
+    acts only with ``true_cfg_scale > 1`` (real classifier-free guidance, twice the compute), so one given
+    without it is an error instead of being silently ignored. A1111 weights act on T5; ``clip_skip`` does not
+    apply (Flux reads CLIP's pooled output only). The other arguments as in SD1.5's ``generate``."""
+    prompts, negatives = _true_cfg_negatives(*prompts_of(prompt, negative_prompt), true_cfg_scale)
+    ip_kwargs = check_generate(
         SPEC,
         is_controlnet=loading.is_controlnet_pipeline(SPEC, pipe),
         has_ip_adapter=has_ip_adapter(pipe),
@@ -167,27 +206,37 @@ def generate(
         height=height,
         steps=steps,
         generator=generator,
-        num_images=num_images,
+        num_images=len(prompts) * num_images,
         control_image=control_image,
         ip_adapter_image=ip_adapter_image,
         ip_adapter_embeds=ip_adapter_embeds,
         image_encoder=getattr(pipe, "image_encoder", None),
     )
-    if control_image is not None:
-        kwargs.update(control_image=control_image, controlnet_conditioning_scale=float(control_scale))
-    if negative_prompt:
-        kwargs.update(negative_prompt=negative_prompt, true_cfg_scale=float(true_cfg_scale))
     with torch.inference_mode():
-        out = pipe(
-            prompt=prompt,
+        kwargs = call_kwargs(
+            SPEC,
+            pipe,
+            prompt=prompts,
+            negative_prompt=negatives,
             width=width,
             height=height,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
+            steps=steps,
+            guidance=guidance,
             generator=generator,
-            num_images_per_prompt=num_images,
-            max_sequence_length=max_sequence_length,
-            output_type="pil",
-            **kwargs,
+            num_images=num_images,
+            ip_kwargs=ip_kwargs,
+            control_image=control_image,
+            control_scale=control_scale,
+            control_start=control_start,
+            control_end=control_end,
+            control_mode=control_mode,
+            clip_skip=clip_skip,
+            init_image=init_image,
+            strength=strength,
+            callback_on_step_end=callback_on_step_end,
+            text_options={"max_sequence_length": max_sequence_length},
         )
+        if negatives is not None:
+            kwargs["true_cfg_scale"] = float(true_cfg_scale)
+        out = pipe(**kwargs, max_sequence_length=max_sequence_length, output_type="pil")
     return list(out.images)

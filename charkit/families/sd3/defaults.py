@@ -19,7 +19,7 @@ SPEC = FamilySpec(
     size_multiple=16,
     example_model="stabilityai/stable-diffusion-3.5-medium",
     # Text-encoder LoRA and IP-Adapters are not wired for SD3 in charkit.
-    supports=frozenset({"lora", "controlnet"}),
+    supports=frozenset({"lora", "controlnet", "clip_skip", "without_t5", "hires"}),
     controls=frozenset({"canny", "depth"}),
     prediction="flow",
     denoiser="transformer",
@@ -38,6 +38,13 @@ SPEC = FamilySpec(
     modelspec_implementation="https://github.com/Stability-AI/generative-models",
     kohya_base="sd3",
     single_file_keys=("joint_blocks.",),
+    single_file_parts=(
+        ("text_encoders.clip_l.transformer.", "text_encoder"),
+        ("text_encoders.clip_g.transformer.", "text_encoder_2"),
+        ("text_encoders.t5xxl.transformer.", "text_encoder_3"),
+        ("first_stage_model.", "vae"),
+    ),
+    img2img_pipeline_class="StableDiffusion3Img2ImgPipeline",
     detect_priority=1,
     # diffusers' SD3 inpaint pipeline takes SD3's own 16 latent channels (blended) or a 33-channel inpainting model.
     inpaint_pipeline_class="StableDiffusion3InpaintPipeline",

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..namemap import SWAP_IF_CONTINUOUS, NameMap, Rule, build, to_original_state_dict
+from ..namemap import SWAP_IF_CONTINUOUS, NameMap, Rule, build, from_original_state_dict, to_original_state_dict
 
 _D = "transformer_blocks.{i}"
 _J = "joint_blocks.{i}"
@@ -68,3 +68,11 @@ def module_map(shapes: Mapping[str, tuple[int, ...]]) -> NameMap:
 def to_sai(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An SD3Transformer2DModel state dict in Stability's MMDiT names (no ``model.diffusion_model.`` prefix)."""
     return to_original_state_dict(state_dict, RULES, PARAMS)
+
+
+def from_original(
+    state_dict: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """A Stability-named MMDiT state dict (no prefix) as the diffusers SD3Transformer2DModel with these module
+    ``shapes`` names it."""
+    return from_original_state_dict(state_dict, RULES, PARAMS, shapes)

@@ -10,6 +10,7 @@ SPEC = FamilySpec(
     pipeline_class="StableDiffusionXLPipeline",
     controlnet_pipeline_class="StableDiffusionXLControlNetPipeline",
     controlnet_class="ControlNetModel",
+    controlnet_image_arg="image",  # text-to-image ControlNet pipelines take the control map as `image`
     pipeline_prefix="StableDiffusionXL",
     width=1024,
     height=1024,
@@ -18,7 +19,7 @@ SPEC = FamilySpec(
     scheduler="EulerDiscreteScheduler",
     size_multiple=8,
     example_model="stabilityai/stable-diffusion-xl-base-1.0",
-    supports=frozenset({"lora", "text_encoder_lora", "controlnet", "ip_adapter", "faceid"}),
+    supports=frozenset({"lora", "text_encoder_lora", "controlnet", "ip_adapter", "faceid", "clip_skip", "hires"}),
     controls=frozenset({"canny", "openpose", "depth"}),
     prediction="epsilon",
     denoiser="unet",
@@ -33,6 +34,13 @@ SPEC = FamilySpec(
     kohya_base="sdxl_base_v1-0",
     # the second (OpenCLIP) text encoder is what tells SDXL apart: its files also hold input_blocks keys
     single_file_keys=("conditioner.embedders.1.",),
+    img2img_pipeline_class="StableDiffusionXLImg2ImgPipeline",
+    controlnet_img2img_pipeline_class="StableDiffusionXLControlNetImg2ImgPipeline",
+    # xinsir/controlnet-union-sdxl-1.0 (and promax): ControlNetUnionModel, control types by index
+    union_controlnet_class="ControlNetUnionModel",
+    union_pipeline_class="StableDiffusionXLControlNetUnionPipeline",
+    union_img2img_pipeline_class="StableDiffusionXLControlNetUnionImg2ImgPipeline",
+    union_control_modes=(("openpose", 0), ("depth", 1), ("canny", 3)),
     detect_priority=2,
     # 4-channel UNets blend the kept latents back in each step; 9-channel inpainting fine-tunes see mask + masked image.
     inpaint_pipeline_class="StableDiffusionXLInpaintPipeline",

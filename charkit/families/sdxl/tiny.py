@@ -15,7 +15,6 @@ from ...testing.tinyparts import (
     TinyModel,
     clip_text_config,
     clip_tokenizer,
-    faceid_state_dict,
     image_encoder,
     ip_adapter_state_dict,
     perturb_zero_params,
@@ -100,10 +99,12 @@ def build_tiny(
 
     ``out_dir`` itself is the diffusers pipeline folder; beside the components it holds ``controlnet/``
     (ControlNet with perturbed zero convs, so it changes pixels), ``ip_adapter/`` (plain adapter + tiny CLIP
-    image encoder, and a FaceID adapter) and ``single_file/tiny-sdxl.safetensors`` (original LDM layout).
+    image encoder, and a FaceID adapter in h94's layout with its LoRA) and ``single_file/tiny-sdxl.safetensors``
+    (original LDM layout).
     """
     from diffusers import ControlNetModel
 
+    from ...testing.layouts import h94_faceid_state_dict
     from ...testing.ldm import sdxl_checkpoint
 
     final = Path(out_dir)
@@ -124,7 +125,8 @@ def build_tiny(
             tiny.ip_adapter = tmp / "ip_adapter" / "ip-adapter_tiny-sdxl.safetensors"
             save_safetensors(tiny.ip_adapter, ip_adapter_state_dict(pipe.unet, image_embed_dim=32, seed=seed + 5))
             tiny.faceid = tmp / "ip_adapter" / "ip-adapter-faceid_tiny-sdxl.safetensors"
-            save_safetensors(tiny.faceid, faceid_state_dict(pipe.unet, seed=seed + 7))
+            # h94's FaceID layout, its LoRA included (the real files carry one; a fixture without it hides bugs)
+            save_safetensors(tiny.faceid, h94_faceid_state_dict(pipe.unet, seed=seed + 7))
         if single_file:
             tiny.single_file = tmp / SINGLE_FILE
             save_safetensors(tiny.single_file, sdxl_checkpoint(pipe), metadata={"format": "pt"})
