@@ -221,6 +221,25 @@ def test_cli_records_the_attempt_and_keeps_the_original_when_the_model_cannot_do
     assert (out / MANIFEST).stat().st_mtime_ns == stamp
 
 
+def test_render_repair_redraws_the_drifted_face_then_reports(tiny_models, tiny_loras, render_env, real_portraits):
+    """`charkit render --repair --verify`: unchanged scenes kept, the drifted face tried, the report made after."""
+    from charkit.cli import cli
+
+    faces = {"s1": real_portraits("obama2.jpg"), "s2": real_portraits("biden.jpg")}
+    out = render_dir(render_env, "sd15", tiny_models("sd15"), tiny_loras("sd15"), faces)
+    pngs = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    board = render_env.root / "out.yaml"
+    r = CliRunner().invoke(cli, ["render", str(board), "--repair", "--verify", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "rendered 0, unchanged 2" in r.output and "identity: 1/2 pass" in r.output
+    assert "repaired 0 of 1 drifted face (1 kept the original)" in r.output and "passing 1" in r.output
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == pngs  # a tiny model cannot do better: kept
+    s1, s2 = json.loads((out / MANIFEST).read_text())["images"]
+    assert "repair" not in s1 and s2["repair"]["kept"] is False and s2["repair"]["evaluator"]["name"] == "dlib"
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.html").is_file() and report["runs"][0]["images"] == 2
+
+
 # -- the decision, on real photos ---------------------------------------------------------------------------
 
 

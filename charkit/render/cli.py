@@ -128,6 +128,12 @@ SHARD = ShardType()
     help="Render into an output folder that holds another project's manifest (its images are replaced or dropped "
     "from the manifest); without it such a folder is refused.",
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="After rendering, re-draw the faces that drifted (charkit repair with its defaults: a try is kept only "
+    "when the identity score rises); with --verify the report shows the repaired images.",
+)
 @quiet_option()
 def render(
     storyboard,
@@ -152,6 +158,7 @@ def render(
     allow_same_evaluator,
     full_size,
     overwrite_other_project,
+    repair,
     quiet,
 ):
     """Render a storyboard: every scene as DIR/<scene>.png plus DIR/manifest.json.
@@ -166,20 +173,23 @@ def render(
       charkit render episode.yaml --model models/x.safetensors --model-config models/sd15-diffusers
       accelerate launch -m charkit render episode.yaml --device cuda
       charkit render episode.yaml --shard 0/4      # one of 4 machines / array jobs, one shared output folder
+      charkit render episode.yaml --repair --verify   # re-draw drifted faces, then the report
     """
     from ..devices import resolve_device, resolve_precision
+    from ..distributed import process_state
     from .lifecycle import render_storyboard
     from .storyboard import load_storyboard
 
     device = resolve_device(device)
     board = load_storyboard(storyboard, model_given=bool(models))  # --model supplies a model it may lack
+    state = process_state(device)
     result = render_storyboard(
         board,
         out=out,
         models=[command_line_model(m, model_config, board) for m in models] or None,
         device=device,
         dtype=resolve_precision(dtype, device),
-        verify=verify,
+        verify=verify and not repair,  # with --repair the report comes after the repair
         force=force,
         batch_size=batch_size,
         scene_batch=scene_batch,
@@ -196,11 +206,48 @@ def render(
         progress=not quiet,
         full_size=full_size,
         overwrite_other_project=overwrite_other_project,
+        state=state,
     )
+    repaired = repair_after_render(result, state, verify=verify, backend=backend, quiet=quiet) if repair else None
     if result.manifest is None:
         return  # not the main process: it reports for everyone
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
+    click.echo(render_summary(result))
+    if repaired is not None:
+        from ..repair.cli import summary
+
+        click.echo(summary(repaired))
+
+
+def repair_after_render(result, state, *, verify: bool, backend: tuple[str, ...], quiet: bool):
+    """``--repair``: :func:`charkit.repair.repair_render_dir` on the render folder with the render's device,
+    precision and face settings (every process takes its share), then the report when asked (main process)."""
+    from ..repair.lifecycle import repair_render_dir
+    from .lifecycle import run_verify
+
+    opts = result.plan.options
+    repaired = repair_render_dir(
+        result.out_dir,
+        backend=(backend[0] if len(backend) == 1 else list(backend)) if backend else None,
+        face_models=opts.face_models,
+        device=opts.device,
+        dtype=opts.dtype,
+        allow_pickle_weights=opts.allow_pickle_weights,
+        scenes=list(opts.scenes) if opts.scenes else None,
+        progress=not quiet,
+        state=state,
+    )
+    if repaired.manifest is not None:
+        result.manifest = repaired.manifest
+    if verify and state.is_main_process and result.plan.characters:
+        result.verify_report = run_verify(result.plan)
+    state.wait_for_everyone()
+    return repaired if repaired.manifest is not None else None
+
+
+def render_summary(result) -> str:
+    """The one line a render prints: rendered, unchanged, locked, left out, identity, faces not found."""
     # Counted from the merged manifest: under accelerate, result.rendered holds this process's share only.
     locked = sum(r.locked for r in result.manifest.images)
     line = f"rendered {len(result.manifest.images) - len(result.skipped)}, unchanged {len(result.skipped)}"
@@ -213,7 +260,7 @@ def render(
         line += f"; identity: {passed}/{sum(r.images for r in runs)} pass (report.html)"
     no_face = sum(1 for r in result.manifest.images if r.identity and r.identity.get("status") == "no_face")
     line += f"; {no_face} scene(s) showed no face" if no_face else ""
-    click.echo(line)
+    return line
 
 
 def command_line_model(spec, model_config: str | None, board):

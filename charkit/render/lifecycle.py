@@ -117,6 +117,7 @@ class RenderResult:
     verify_report: Any = None
     left_out: list[str] = field(default_factory=list)  # `optional: true` scenes not rendered, with why
     warnings: list[str] = field(default_factory=list)  # what check_inputs warned about (one line each)
+    plan: Any = field(default=None, repr=False)  # the RenderPlan (a later step, e.g. verify after repair)
 
 
 @dataclass
@@ -541,4 +542,5 @@ def render_storyboard(
         verify_report=report,
         left_out=list(plan.skipped),
         warnings=list(plan.warnings),
+        plan=plan,
     )

@@ -263,23 +263,28 @@ def _resolve_inpaint_model(options: RepairOptions, model: ModelPlan, render_plan
 
 
 def choose_evaluator(options: RepairOptions, render_plan: RenderPlan, records: list[ImageRecord]):
-    """The scoring backend: ``--backend``, else the storyboard's, but never insightface for FaceID-conditioned images.
+    """The scorer: ``--backend``, else the storyboard's (one backend or a panel), never insightface alone for
+    FaceID-conditioned images.
 
-    FaceID conditions on insightface ArcFace embeddings; scoring with that model flatters the result, so
-    the default falls back to dlib (an unrelated model) when an image was conditioned that way.
+    FaceID conditions on insightface ArcFace embeddings; scoring with that model flatters the result, so by
+    default a panel drops it (:func:`~charkit.identity.independent_scorer`) and insightface alone falls back to
+    dlib (an unrelated model). A backend named with ``--backend`` is the user's choice and kept.
     """
-    from ..identity import get_backend
+    from ..identity import FACEID_MODEL, get_backend, get_scorer, independent_scorer
 
     board = render_plan.storyboard
     ident = board.identity
     face_models = options.face_models or (str(board.resolve(ident.face_models)) if ident.face_models else None)
-    name = options.backend or ident.backend
-    threshold = ident.threshold if name == ident.backend else None
-    backend = get_backend(name, face_models=face_models, threshold=threshold)
+    names = options.backend or ident.backend
+    threshold = ident.threshold if names == ident.backend else None
+    scorer = get_scorer(names, face_models=face_models, threshold=threshold)
     faceid = any((r.ip_adapter or {}).get("mode") == "face" for r in records)
-    if options.backend is None and faceid and backend.info.name == "insightface":
-        backend = get_backend("dlib")
-    return backend
+    if options.backend is not None or not faceid:
+        return scorer
+    try:
+        return independent_scorer(scorer, FACEID_MODEL)
+    except CharkitError:  # insightface alone: the storyboard did not ask for it to judge FaceID images
+        return get_backend("dlib")
 
 
 def repair_inputs_hash(
