@@ -209,8 +209,12 @@ def render(
         state=state,
     )
     repaired = repair_after_render(result, state, verify=verify, backend=backend, quiet=quiet) if repair else None
-    if result.manifest is None:
-        return  # not the main process: it reports for everyone
+    if result.manifest is not None:  # the main process reports for everyone
+        echo_outcome(result, repaired)
+
+
+def echo_outcome(result, repaired) -> None:
+    """The warnings (stderr), the render's line, and the repair's lines after ``--repair``."""
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
     click.echo(render_summary(result))

@@ -53,7 +53,9 @@ from ..cli_options import (
     help="Keep a try only when it beats the original's score by at least this much.",
 )
 @click.option(
-    "--resolution", type=int, help="Inpaint size of the crop's long side (default: the family's native resolution)."
+    "--resolution",
+    type=int,
+    help="Inpaint size of the crop's long side (default: the family's native resolution; 64 on a tiny model).",
 )
 @click.option(
     "--inpaint-model",

@@ -42,7 +42,7 @@ class RepairOptions:
     dilate: int = 4  # pixels the face box grows before feathering (ADetailer "dilate erode")
     mask_blur: int = 4  # feather width in pixels (ADetailer "mask blur")
     margin: float = 0.02  # a try is kept only when it beats the original by at least this much
-    resolution: int | None = None  # inpaint size of the crop's long side (None: the family's native width)
+    resolution: int | None = None  # inpaint size of the crop's long side (None: family's native width; tiny: 64)
     backend: str | None = None  # evaluator (None: the storyboard's, never the model that conditioned the image)
     face_models: str | None = None
     inpaint_model: str | None = None  # a model of the same family that inpaints instead (e.g. Flux Fill)
@@ -312,6 +312,13 @@ def repair_inputs_hash(
     return stable_hash(doc)
 
 
+def default_resolution(model: ModelPlan) -> int:
+    """The family's native width; on a tiny model (``charkit tiny-model``) the tiny side, as render sizes it."""
+    from ..families.tiny_limits import TINY_SIDE, is_tiny_model
+
+    return TINY_SIDE if is_tiny_model(model.path) else model.spec.width
+
+
 def job_guidance(options: RepairOptions, spec, pipeline_class: str | None, scene_guidance: float) -> float:
     """``--guidance``, else the fill model's own (Flux Fill is trained at 30), else the scene's."""
     if options.guidance is not None:
@@ -442,7 +449,7 @@ def plan_image(
         pipeline_class = check_inpaint_model(model.spec, model.path)
         steps = options.steps or rec.steps
         check_strength(options.strength, steps)
-        resolution = options.resolution or model.spec.width
+        resolution = options.resolution or default_resolution(model)
         try:
             model.spec.check_size(resolution, resolution)
         except CharkitError as e:

@@ -323,8 +323,7 @@ def _read_json(path: Path) -> Any:
 
 def _parse_storyboard(path: Path):
     """A Storyboard, None for YAML that is not a storyboard (no ``scenes:``), or raise one line."""
-    import yaml
-
+    from ..configfiles import parse_yaml
     from ..render.storyboard import load_storyboard
 
     try:
@@ -332,8 +331,8 @@ def _parse_storyboard(path: Path):
     except (OSError, UnicodeDecodeError):
         return None
     try:
-        head = yaml.safe_load(text)
-    except yaml.YAMLError:  # broken YAML that looks like a storyboard: its one-line error is worth showing
+        head = parse_yaml(text, str(path))
+    except CharkitError:  # broken YAML that looks like a storyboard: its one-line error is worth showing
         head = {"scenes": None} if re.search(r"^scenes\s*:", text, re.M) else None
     if not isinstance(head, dict) or "scenes" not in head:
         return None

@@ -4,7 +4,7 @@ The studio writes what a re-roll or an edit changes (``seed``, ``candidates``, `
 scale) back into the storyboard, so the file stays the one source of truth: ``charkit render``
 renders exactly what the studio showed. ruamel.yaml's round-trip mode keeps comments, key order,
 quoting and flow/block style; indentation is taken from the file. The edited text is validated the
-way ``charkit render`` reads it (``yaml.safe_load`` + the typed storyboard) before it atomically
+way ``charkit render`` reads it (strict ``yaml.safe_load`` + the typed storyboard) before it atomically
 replaces the file; an edit that would make the storyboard invalid is refused with one line.
 """
 
@@ -16,9 +16,9 @@ import os
 import re
 from pathlib import Path
 
-import yaml
 from filelock import FileLock
 
+from ..configfiles import parse_yaml
 from ..errors import CharkitError
 from ..paths import atomic_write_text
 from ..render.storyboard import Storyboard, parse_storyboard
@@ -121,7 +121,7 @@ def edit_scene(
         y.dump(doc, out)
         new_text = out.getvalue()
         board = parse_storyboard(
-            yaml.safe_load(new_text),
+            parse_yaml(new_text, str(p)),
             source=str(p),
             path=p.resolve(),
             sha256=hashlib.sha256(new_text.encode("utf-8")).hexdigest(),
