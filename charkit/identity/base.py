@@ -159,3 +159,36 @@ class FaceBackend(abc.ABC):
 
     def similarities(self, vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
         return np.asarray([self.similarity(v, target) for v in vectors], dtype=np.float64)
+
+
+class CosineBackend(FaceBackend):
+    """A backend whose embeddings live on the unit sphere (ArcFace, SFace): similarity is the cosine."""
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.dot(unit(np.ravel(a)), unit(np.ravel(b))))
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        return 1.0 - self.similarity(a, b)
+
+    def similarities(self, vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return unit(np.atleast_2d(vectors)) @ unit(np.ravel(target))
+
+    def centroid(self, vectors: np.ndarray) -> np.ndarray:
+        # on the unit sphere: the mean of unit vectors, renormalised
+        return unit(unit(np.atleast_2d(vectors)).mean(axis=0)).astype(np.float32)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """Rows (or one vector) scaled to length 1, float64."""
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def bgr(image: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR uint8 (what insightface and OpenCV's face models read) from charkit's RGB or grey array."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image array, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    return np.ascontiguousarray(arr[..., 2::-1])

@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import CharkitError, MissingModelError
 from ..hashing import files_sha256
 from ..paths import check_name
-from .base import BackendInfo, Face, FaceBackend, check_threshold
+from .base import BackendInfo, CosineBackend, Face, bgr, check_threshold, unit
 
 #: environment variable naming a pack folder or a root of packs
 ENV_VAR = "CHARKIT_FACE_MODELS"
@@ -206,23 +206,7 @@ def _session_options():
     return opts
 
 
-def _bgr(image: np.ndarray) -> np.ndarray:
-    """insightface wants OpenCV's BGR uint8; charkit hands over RGB."""
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image array, got {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    return np.ascontiguousarray(arr[..., 2::-1])
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    n = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.maximum(n, 1e-12)
-
-
-class InsightFaceBackend(FaceBackend):
+class InsightFaceBackend(CosineBackend):
     """SCRFD detector + ArcFace recogniser from an insightface-format pack (cosine metric).
 
     >>> backend = InsightFaceBackend("~/models/auraface")  # doctest: +SKIP
@@ -317,7 +301,7 @@ class InsightFaceBackend(FaceBackend):
 
     # -- detect / embed ------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Face]:
-        bboxes, kpss = self.detector.detect(_bgr(image), max_num=0, metric="default")
+        bboxes, kpss = self.detector.detect(bgr(image), max_num=0, metric="default")
         faces = [
             Face(
                 box=tuple(float(v) for v in bboxes[i, :4]),
@@ -337,36 +321,21 @@ class InsightFaceBackend(FaceBackend):
         from insightface.app.common import Face as IFace
 
         iface = IFace(bbox=np.asarray(face.box, np.float32), kps=np.asarray(face.landmarks, np.float32))
-        return _unit(self.recogniser.get(_bgr(image), iface)).astype(np.float32)
+        return unit(self.recogniser.get(bgr(image), iface)).astype(np.float32)
 
     def analyze(self, image: np.ndarray) -> list[Face]:
         # One FaceAnalysis.get: detection, alignment and recognition in a single pass.
         faces = []
-        for f in self.app.get(_bgr(image)):
+        for f in self.app.get(bgr(image)):
             faces.append(
                 Face(
                     box=tuple(float(v) for v in f.bbox[:4]),
                     score=float(f.det_score),
                     landmarks=[] if f.kps is None else [(float(x), float(y)) for x, y in f.kps],
-                    embedding=_unit(f.embedding).astype(np.float32),
+                    embedding=unit(f.embedding).astype(np.float32),
                 )
             )
         return _largest_first(faces)
-
-    # -- comparison: cosine ----------------------------------------------------------------
-    def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.dot(_unit(np.ravel(a)), _unit(np.ravel(b))))
-
-    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
-        return 1.0 - self.similarity(a, b)
-
-    def similarities(self, vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return _unit(np.atleast_2d(vectors)) @ _unit(np.ravel(target))
-
-    def centroid(self, vectors: np.ndarray) -> np.ndarray:
-        # ArcFace lives on the unit sphere: mean of unit vectors, renormalised.
-        mean = _unit(np.atleast_2d(vectors)).mean(axis=0)
-        return _unit(mean).astype(np.float32)
 
 
 def _largest_first(faces: list[Face]) -> list[Face]:

