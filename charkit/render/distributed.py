@@ -43,3 +43,42 @@ def final_merge(out_dir: Path, header: dict, order: list[tuple[str, str]], kept:
     for p in partials:
         p.unlink(missing_ok=True)
     return manifest
+
+
+class RecordWriter:
+    """Writes every finished record at once: manifest.json under its file lock (one process), or this rank's
+    partial manifest (several processes), which the main process merges in :meth:`finish`.
+
+    Render and repair differ only in how manifest.json is updated (:meth:`update`: which keys, in which order)
+    and what the merge keeps of the folder's earlier records (:meth:`merge`).
+    """
+
+    def __init__(self, out_dir: Path, state):
+        self.out_dir = out_dir
+        self.state = state
+        self.new: list[ImageRecord] = []
+        self.partial = None if state.num_processes <= 1 else partial_path(out_dir, state.process_index)
+
+    def update(self) -> Manifest:
+        raise NotImplementedError
+
+    def merge(self) -> Manifest:
+        raise NotImplementedError
+
+    def add(self, rec: ImageRecord) -> None:
+        from .manifest import write_partial
+
+        self.new.append(rec)
+        if self.partial is None:
+            self.update()
+        else:
+            write_partial(self.partial, self.new)
+
+    def finish(self) -> Manifest | None:
+        """Every process waits; the main one writes the final manifest.json and returns it (None elsewhere)."""
+        self.state.wait_for_everyone()
+        manifest = None
+        if self.state.is_main_process:
+            manifest = self.update() if self.partial is None else self.merge()
+        self.state.wait_for_everyone()
+        return manifest

@@ -38,7 +38,7 @@ from ..interrupts import Interrupted, guard, raise_if_stopped, stopped
 from ..paths import under_root
 from .candidates import Candidate, Selection, batches, candidate_seeds, select_best
 from .conditioning import Conditioner
-from .distributed import final_merge, partial_path, recover_partials
+from .distributed import RecordWriter, final_merge, recover_partials
 from .manifest import (
     MANIFEST,
     ImageRecord,
@@ -46,7 +46,6 @@ from .manifest import (
     is_complete,
     read_records,
     update_manifest,
-    write_partial,
 )
 from .outputs import a1111_parameters, encode_png, write_png
 from .plan import ModelPlan, RenderOptions, RenderPlan, SceneJob, check_inputs, manifest_header, shard_batches
@@ -296,7 +295,7 @@ def render_batch(loaded: LoadedModel, jobs: list[SceneJob], ctx: RenderContext) 
 # -- manifest bookkeeping --------------------------------------------------------------------
 
 
-class ManifestWriter:
+class ManifestWriter(RecordWriter):
     """Rewrites manifest.json (single process, or one ``--shard``) or this rank's partial manifest after every scene.
 
     manifest.json is updated under its file lock (:func:`update_manifest`): the kept records are
@@ -307,41 +306,24 @@ class ManifestWriter:
     def __init__(
         self, plan: RenderPlan, state, kept: list[ImageRecord], previous: set | None = None, others: set | None = None
     ):
+        super().__init__(plan.out_dir, state)
         self.plan = plan
-        self.state = state
         self.header = manifest_header(plan)
         self.kept = kept
         # complete images of scenes about to render again (--force, changed inputs): listed until replaced,
         # so an interrupted run loses no finished image from the manifest
         self.previous = previous or set()
         self.others = others or set()
-        self.new: list[ImageRecord] = []
-        self.partial = None if state.num_processes <= 1 else partial_path(plan.out_dir, state.process_index)
 
-    def _update(self) -> Manifest:
+    def update(self) -> Manifest:
         # The kept, the previous and the newly rendered keys, in scene order: scenes never finished drop out;
         # the records of other shards' scenes are theirs.
         done = {r.key for r in self.kept} | {r.key for r in self.new} | self.previous
         order = [k for k in self.plan.order if k in done or k in self.others]
         return update_manifest(self.plan.out_dir / MANIFEST, self.header, order, self.new)
 
-    def add(self, rec: ImageRecord) -> None:
-        self.new.append(rec)
-        if self.partial is None:
-            self._update()
-        else:
-            write_partial(self.partial, self.new)
-
-    def finish(self) -> Manifest | None:
-        self.state.wait_for_everyone()
-        manifest = None
-        if self.state.is_main_process:
-            if self.partial is None:
-                manifest = self._update()
-            else:
-                manifest = final_merge(self.plan.out_dir, self.header, self.plan.order, self.kept)
-        self.state.wait_for_everyone()
-        return manifest
+    def merge(self) -> Manifest:
+        return final_merge(self.plan.out_dir, self.header, self.plan.order, self.kept)
 
 
 def _record_and_add(rendered: Rendered, ctx: RenderContext, writer: ManifestWriter) -> SceneResult:

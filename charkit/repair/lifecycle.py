@@ -32,8 +32,8 @@ from PIL import Image
 
 from ..distributed import SingleProcess, device_for, my_share, process_state
 from ..paths import atomic_write_bytes, sha256_file, under_root
-from ..render.distributed import final_merge, partial_path, recover_partials
-from ..render.manifest import MANIFEST, PARTIAL_GLOB, ImageRecord, Manifest, update_manifest, write_partial
+from ..render.distributed import RecordWriter, final_merge, recover_partials
+from ..render.manifest import MANIFEST, PARTIAL_GLOB, ImageRecord, Manifest, update_manifest
 from .masks import Box, Crop, crop_inputs, paste, plan_crop
 from .plan import (
     ORIGINALS,
@@ -341,7 +341,7 @@ def record(rep: ImageRepair, ctx: RepairContext) -> ImageRecord:
 # -- manifest bookkeeping --------------------------------------------------------------------
 
 
-class RepairWriter:
+class RepairWriter(RecordWriter):
     """Updates manifest.json (single process) or this rank's partial manifest after every image.
 
     manifest.json is updated under its file lock (render's :func:`update_manifest`): records another
@@ -349,33 +349,16 @@ class RepairWriter:
     """
 
     def __init__(self, plan: RepairPlan, state):
+        super().__init__(plan.render_dir, state)
         self.plan = plan
-        self.state = state
-        self.new: list[ImageRecord] = []
-        self.partial = None if state.num_processes <= 1 else partial_path(plan.render_dir, state.process_index)
 
-    def _update(self) -> Manifest:
+    def update(self) -> Manifest:
+        if not self.new:  # nothing repaired: the folder's manifest as it is
+            return read_manifest(self.plan.render_dir)
         return update_manifest(self.plan.render_dir / MANIFEST, self.plan.header, self.plan.order, self.new)
 
-    def add(self, rec: ImageRecord) -> None:
-        self.new.append(rec)
-        if self.partial is None:
-            self._update()
-        else:
-            write_partial(self.partial, self.new)
-
-    def finish(self) -> Manifest | None:
-        self.state.wait_for_everyone()
-        manifest = None
-        if self.state.is_main_process:
-            if self.partial is None:
-                manifest = self._update() if self.new else read_manifest(self.plan.render_dir)
-            else:
-                manifest = final_merge(
-                    self.plan.render_dir, self.plan.header, self.plan.order, self.plan.manifest.images
-                )
-        self.state.wait_for_everyone()
-        return manifest
+    def merge(self) -> Manifest:
+        return final_merge(self.plan.render_dir, self.plan.header, self.plan.order, self.plan.manifest.images)
 
 
 def _fold_partials(render_dir: Path) -> None:
