@@ -109,19 +109,22 @@ def _engine():
 
 @contextlib.contextmanager
 def _cv2_threads():
-    """OpenCV's thread pool follows ``OMP_NUM_THREADS`` during a call (as onnxruntime does for insightface)."""
+    """OpenCV's thread pool follows ``OMP_NUM_THREADS`` during a call (as onnxruntime does for insightface), and
+    its log stays at errors: OpenCV 5's DNN engine warns on every new net about targets it ignores."""
     import cv2
 
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_ERROR)
     threads = os.environ.get("OMP_NUM_THREADS", "")
-    if not (threads.isdigit() and int(threads) > 0):
-        yield
-        return
     before = cv2.getNumThreads()
-    cv2.setNumThreads(int(threads))
+    if threads.isdigit() and int(threads) > 0:
+        cv2.setNumThreads(int(threads))
     try:
         yield
     finally:
         cv2.setNumThreads(before)
+        log.setLogLevel(level)
 
 
 class SFaceBackend(CosineBackend):
