@@ -240,6 +240,20 @@ def test_render_repair_redraws_the_drifted_face_then_reports(tiny_models, tiny_l
     assert (out / "report.html").is_file() and report["runs"][0]["images"] == 2
 
 
+def test_render_repair_of_a_shard_repairs_its_own_scenes_only(tiny_models, tiny_loras, render_env, real_portraits):
+    """`charkit render --shard 0/2 --repair`: the other shard may still be rendering; its scenes are left alone."""
+    from charkit.cli import cli
+
+    faces = {"s1": real_portraits("biden.jpg"), "s2": real_portraits("biden.jpg")}
+    out = render_dir(render_env, "sd15", tiny_models("sd15"), tiny_loras("sd15"), faces)
+    board = str(render_env.root / "out.yaml")
+    r = CliRunner().invoke(cli, ["render", board, "--shard", "0/2", "--repair", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "repaired 0 of 1 drifted face" in r.output
+    s1, s2 = json.loads((out / MANIFEST).read_text())["images"]
+    assert s1["repair"]["kept"] is False and "repair" not in s2
+
+
 # -- the decision, on real photos ---------------------------------------------------------------------------
 
 

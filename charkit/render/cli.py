@@ -226,11 +226,23 @@ def echo_outcome(result, repaired) -> None:
 
 def repair_after_render(result, state, *, verify: bool, backend: tuple[str, ...], quiet: bool):
     """``--repair``: :func:`charkit.repair.repair_render_dir` on the render folder with the render's device,
-    precision and face settings (every process takes its share), then the report when asked (main process)."""
+    precision and face settings (every process takes its share; a ``--shard`` repairs its own scenes only, the
+    other shards may still be rendering theirs), then the report when asked (main process)."""
     from ..repair.lifecycle import repair_render_dir
     from .lifecycle import run_verify
+    from .plan import shard_batches
 
-    opts = result.plan.options
+    plan = result.plan
+    opts = plan.options
+    scenes = list(opts.scenes) if opts.scenes else None
+    if opts.shard is not None:
+        mine = shard_batches(plan.batches, opts.shard)
+        own = {j.scene.id for i, group in enumerate(plan.batches) if i in mine for j in group}
+        scenes = [
+            s for s in dict.fromkeys(j.scene.id for j in plan.jobs) if s in own and (scenes is None or s in scenes)
+        ]
+        if not scenes:
+            return None  # an empty shard: nothing of its own to repair
     repaired = repair_render_dir(
         result.out_dir,
         backend=(backend[0] if len(backend) == 1 else list(backend)) if backend else None,
@@ -238,7 +250,7 @@ def repair_after_render(result, state, *, verify: bool, backend: tuple[str, ...]
         device=opts.device,
         dtype=opts.dtype,
         allow_pickle_weights=opts.allow_pickle_weights,
-        scenes=list(opts.scenes) if opts.scenes else None,
+        scenes=scenes,
         progress=not quiet,
         state=state,
     )
