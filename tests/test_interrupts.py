@@ -204,3 +204,35 @@ def test_sigint_stops_verify_and_prep_between_images_with_nothing_written(faces_
     assert seconds < EXIT_WITHIN_S, seconds
     assert "was left as it was" in err
     assert sorted(p.name for p in alice.iterdir()) == ["character.toml", "refs"]  # no dataset, no staging folder
+
+
+def test_sigint_during_repair_stops_in_the_face_being_redrawn_and_keeps_the_image(tiny_models, tmp_path, monkeypatch):
+    """A repair interrupted while it re-draws a face: exit 130 within seconds, the PNG and manifest as they were."""
+    from fixtures_repair import portrait, swap_scene_image
+
+    monkeypatch.setenv("CHARKIT_CACHE_DIR", str(tmp_path / "cache"))  # rows counted here are this test's own
+    make_character(tmp_path / "characters", "obama", ["obama.jpg", "obama2.jpg"])
+    board = {
+        "project": "interrupts",
+        "defaults": {"model": {"source": str(tiny_models("sd15").root)}, "size": "64x64", "steps": 2},
+        "characters": {"obama": "characters/obama"},
+        "scenes": [{"id": "s01", "prompt": "{obama} man"}, {"id": "s02", "prompt": "{obama} man, night"}],
+    }
+    (tmp_path / "ep.yaml").write_text(yaml.safe_dump(board))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["render", str(tmp_path / "ep.yaml"), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    for scene, flip in (("s01", False), ("s02", True)):
+        swap_scene_image(out, scene, portrait("biden.jpg", flip=flip))  # the wrong person: both faces drifted
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    args = ["repair", str(out), "--backend", "dlib", "--tries", "1", "--strength", "1.0", "--steps", "3000"]
+    proc = start([*args, "--resolution", "64", "--device", "cpu"], tmp_path)
+    wait_for(lambda: cached_faces() >= 2, proc)  # the faces are being scored: the model loads next
+    time.sleep(2.0)  # re-drawing the first face (3000 steps); a stop before it would do as well
+    seconds, err = stop(proc, signal.SIGINT)
+    assert proc.returncode == 130, err
+    assert seconds < EXIT_WITHIN_S, seconds
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("charkit: interrupted (SIGINT): 0 of 2 images repaired") and "run the same command" in last
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing half-done
+    assert not (out / "originals").exists() and not [p for p in out.rglob("*") if p.name.endswith(".part")]

@@ -31,9 +31,11 @@ from typing import Any
 from PIL import Image
 
 from ..distributed import SingleProcess, device_for, my_share, process_state
+from ..interrupts import Interrupted, guard, raise_if_stopped, stopped
 from ..paths import atomic_write_bytes, sha256_file, under_root
 from ..render.distributed import RecordWriter, final_merge, recover_partials
 from ..render.manifest import MANIFEST, PARTIAL_GLOB, ImageRecord, Manifest, update_manifest
+from ..render.scales import denoiser
 from .masks import Box, Crop, crop_inputs, paste, plan_crop
 from .plan import (
     ORIGINALS,
@@ -395,16 +397,20 @@ def repair_jobs(
     repaired: list[ImageRepair] = []
     try:
         for model, group in _group_by_model(jobs):
+            raise_if_stopped()
             loaded = None if candidates is not None else load(ctx.plan, model, device=ctx.device, jobs=group)
             try:
-                for job in group:
-                    if loaded is not None:  # a hub or single-file model: its inpaint class is known now
-                        job.pipeline_class = type(_inpaint_variant(loaded)).__name__
-                        job.guidance = job_guidance(o, model.spec, job.pipeline_class, job.record.guidance)
-                    rep = repair_image(loaded, job, ctx, candidates=candidates)
-                    writer.add(record(rep, ctx))
-                    repaired.append(rep)
-                    bar.update(len(job.faces))
+                # After Ctrl-C the face being re-drawn stops within one block; finished images are recorded.
+                with guard(*([denoiser(loaded.pipe), getattr(loaded.pipe, "vae", None)] if loaded else [])):
+                    for job in group:
+                        raise_if_stopped()
+                        if loaded is not None:  # a hub or single-file model: its inpaint class is known now
+                            job.pipeline_class = type(_inpaint_variant(loaded)).__name__
+                            job.guidance = job_guidance(o, model.spec, job.pipeline_class, job.record.guidance)
+                        rep = repair_image(loaded, job, ctx, candidates=candidates)
+                        writer.add(record(rep, ctx))
+                        repaired.append(rep)
+                        bar.update(len(job.faces))
             finally:
                 if loaded is not None:
                     release(loaded)
@@ -447,7 +453,14 @@ def repair_render_dir(
     state.wait_for_everyone()  # every process planned from the same files before anyone writes
     writer = RepairWriter(plan, state)
     ctx = make_context(plan, cache=cache, state=state)
-    repaired = repair_jobs(my_share(state, plan.pending), ctx, writer, candidates=candidates)
+    try:
+        repaired = repair_jobs(my_share(state, plan.pending), ctx, writer, candidates=candidates)
+    except Interrupted as e:
+        raise stopped(
+            f"{len(writer.new)} of {len(plan.pending)} images repaired; {root / MANIFEST} records every finished "
+            "repair (an unfinished one left its image as it was); run the same command again to repair the rest",
+            e.signal_name,
+        ) from None
     manifest = writer.finish()
     return RepairResult(
         render_dir=root,
