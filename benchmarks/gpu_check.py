@@ -24,6 +24,11 @@ width (3072; charkit's reader vs diffusers' own, then a render from it).
     python benchmarks/gpu_check.py --dry-run             # no GPU: build configs on the meta device, count parameters
     python benchmarks/gpu_check.py --smoke               # no GPU: the whole flow on tiny models on CPU
     python benchmarks/gpu_check.py --no-paths            # only the stock vs charkit table
+    python benchmarks/gpu_check.py --families none --train   # only the training memory check (gpu_train.py)
+
+``--train [CASES]`` adds benchmarks/gpu_train.py's training memory table (real peaks of Flux NF4, SDXL, ... next
+to ``charkit train --plan``; 6-8 minutes on one H100): with the render checks that is more than one 10-minute
+device call, so a GPU session runs it as a second call.
 
 Without CUDA (and without --dry-run/--smoke) it prints a message and exits 0.
 """
@@ -523,8 +528,16 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="run the whole flow on tiny models on CPU (checks the script)")
     ap.add_argument("--workdir", default=None, help="where to save the random-weight models (default: a temp folder)")
     ap.add_argument("--no-paths", action="store_true", help="skip the render-path checks (issue 10) after each family")
+    ap.add_argument(
+        "--train",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="CASES",
+        help="also run benchmarks/gpu_train.py (all its cases, or a comma-separated subset)",
+    )
     args = ap.parse_args(argv)
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    families = [f.strip() for f in args.families.split(",") if f.strip() and f.strip() != "none"]
     bad = [f for f in families if f not in BUILDERS]
     if bad:
         print(f"unknown family {bad[0]!r}: choose from {', '.join(BUILDERS)}", file=sys.stderr)
@@ -611,8 +624,18 @@ def main(argv=None) -> int:
         print("|---|---|---|---|")
         for r in path_rows:
             print(f"| {r.family} | {r.check} | {r.value} | {'yes' if r.ok else 'NO'} |")
-    # -- training checks: benchmarks/gpu_train.py (the training stage's GPU check) is imported and called here --
+    if args.train is not None:
+        train_check(args.train, device=device, smoke=args.smoke, card=card)
     return 0 if all(r.ok for r in path_rows) else 1
+
+
+def train_check(cases: str, *, device: str, smoke: bool, card: str) -> None:
+    """benchmarks/gpu_train.py: the training stage's real peaks next to ``charkit train --plan`` (a table)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gpu_train
+
+    chosen = None if cases == "all" else [c.strip() for c in cases.split(",") if c.strip()]
+    print("\n" + gpu_train.table(gpu_train.run(device, chosen, smoke=smoke), card))
 
 
 if __name__ == "__main__":
