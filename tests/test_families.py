@@ -479,3 +479,27 @@ def test_family_names_are_listed_only_in_the_registry():
             if len(names) >= 2:
                 offenders.append(f"{path.relative_to(root)}:{node.lineno} {sorted(names)}")
     assert offenders == [], "family lists outside charkit/families/registry.py: " + "; ".join(offenders)
+
+
+def test_misleading_diffusers_notices_are_quieted_during_charkit_loads_only():
+    """diffusers 0.42 warns "kept in float32: []" on every from_pipe and IP-Adapter load, naming no module; charkit
+    drops exactly that (and the false "image_encoder is not loaded") inside its loads; a real notice still shows."""
+    import logging
+
+    from charkit.families.sources import quiet_notices
+
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        empty = "There are modules in UNet2DConditionModel that should be kept in float32: []. Casting ..."
+        named = "There are modules in T5EncoderModel that should be kept in float32: ['wo']. Casting ..."
+        with quiet_notices():
+            logger.warning(empty)
+            logger.warning(named)
+        logger.warning(empty)
+    finally:
+        logger.removeHandler(handler)
+    assert seen == [named, empty]

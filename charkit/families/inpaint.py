@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from ..errors import CharkitError
+from . import loading
 from .spec import FamilySpec
 
 __all__ = [
@@ -114,7 +115,7 @@ def inpaint_pipeline(spec: FamilySpec, pipe):
     name = inpaint_class(spec, int(cfg.in_channels), getattr(cfg, "out_channels", None))
     if type(pipe).__name__ == name:
         return pipe
-    variant = getattr(diffusers, name).from_pipe(pipe)
+    variant = loading.from_pipe(getattr(diffusers, name), pipe)
     variant.set_progress_bar_config(disable=True)
     return variant
 

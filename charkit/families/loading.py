@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CharkitError
 from .detect import family_from_keys, safetensors_keys
-from .sources import ModelSource, hub_offline, loading, pretrained_kwargs, resolve_source
+from .sources import ModelSource, hub_offline, loading, pretrained_kwargs, quiet_notices, resolve_source
 from .spec import FamilySpec
 
 
@@ -230,9 +230,15 @@ def pipeline_variant(spec: FamilySpec, pipe, *, controlnet=None, img2img: bool =
         what = "hires (img2img)" + (" with a ControlNet" if controlnet is not None else "")
         raise CharkitError(f"model family {spec.name!r} has no {what} pipeline; drop hires for this scene")
     extra = {"controlnet": controlnet.to(pipe.device)} if controlnet is not None else {}
-    variant = _diffusers_class(name).from_pipe(pipe, **extra)
+    variant = from_pipe(_diffusers_class(name), pipe, **extra)
     variant.set_progress_bar_config(disable=True)
     return variant
+
+
+def from_pipe(cls, pipe, **components):
+    """``cls.from_pipe(pipe, **components)`` (shared components) without diffusers' misleading notices."""
+    with quiet_notices():
+        return cls.from_pipe(pipe, **components)
 
 
 def with_controlnet(spec: FamilySpec, pipe, controlnet, *, allow_pickle_weights: bool = False):

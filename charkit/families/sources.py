@@ -12,6 +12,7 @@ This is the trust boundary for weights. Rules:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -118,13 +119,40 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+#: diffusers notices that are wrong for charkit's calls: 0.42 casts models with .to(dtype) in from_pipe and
+#: load_ip_adapter, and ModelMixin.to then warns of "modules ... kept in float32: []" even when none is named;
+#: charkit registers the IP-Adapter's image encoder itself, so "image_encoder is not loaded" is false
+QUIETED_NOTICES = ("should be kept in float32: []", "image_encoder is not loaded since `image_encoder_folder=None`")
+
+
+class _QuietNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in QUIETED_NOTICES)
+
+
+@contextlib.contextmanager
+def quiet_notices() -> Iterator[None]:
+    """Within the block, diffusers' notices of :data:`QUIETED_NOTICES` are dropped (every other one still shows)."""
+    loggers = [logging.getLogger(n) for n in ("diffusers.models.modeling_utils", "diffusers.loaders.ip_adapter")]
+    quiet = _QuietNotices()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
 @contextlib.contextmanager
 def loading(what: str, source: ModelSource | str) -> Iterator[None]:
     """Turn the errors of a load (not found, not cached, no safetensors, wrong layout, a single file without a
     component) into one-line CharkitErrors naming ``what`` and the fix."""
     ref = source.ref if isinstance(source, ModelSource) else str(source)
     try:
-        yield
+        with quiet_notices():
+            yield
     except CharkitError:
         raise
     except _load_errors() as e:
