@@ -282,7 +282,7 @@ def render_summary(result) -> str:
 def command_line_model(spec, model_config: str | None, board):
     """A ``--model`` as the storyboard would hold it: local paths absolute (they are relative to the working
     folder, not the storyboard), ``--model-config`` attached, and a tiny model's own adapters filled in."""
-    from ..families.tiny_limits import tiny_parts
+    from .models import with_tiny_parts
 
     def local(text: str) -> str:
         p = Path(text).expanduser()
@@ -291,15 +291,7 @@ def command_line_model(spec, model_config: str | None, board):
     update: dict = {"source": local(spec.source)}
     if model_config is not None and spec.config is None:
         update["config"] = local(model_config)
-    parts = tiny_parts(update["source"])
-    if parts:  # a tiny model's ControlNet fits every control type; the storyboard's real adapters never fit it
-        if "controlnet" in parts and not spec.controlnet:
-            used = sorted({s.control.type for s in board.scenes if s.control is not None})
-            update["controlnet"] = {t: str(parts["controlnet"]) for t in used}
-        for name in ("ip_adapter", "image_encoder", "faceid"):
-            if name in parts and getattr(spec, name) is None:
-                update[name] = str(parts[name])
-    return spec.model_copy(update=update)
+    return with_tiny_parts(spec.model_copy(update=update), board)
 
 
 if __name__ == "__main__":  # `accelerate launch -m charkit.render.cli STORYBOARD ...`

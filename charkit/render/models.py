@@ -236,6 +236,24 @@ def require_cached_file(hub_path: str, what: str) -> None:
         ) from None
 
 
+def with_tiny_parts(spec: ModelSpec, board: Storyboard) -> ModelSpec:
+    """``spec`` with a tiny model's own ControlNet / IP-Adapter files (``charkit tiny-model`` writes them beside
+    it) where it names none: the storyboard's real adapters never fit a tiny model. Any other model: as it is."""
+    from ..families.tiny_limits import tiny_parts
+
+    parts = tiny_parts(spec.source)
+    if not parts:
+        return spec
+    update: dict = {}
+    if "controlnet" in parts and not spec.controlnet:  # a tiny model's ControlNet fits every control type
+        used = sorted({s.control.type for s in board.scenes if s.control is not None})
+        update["controlnet"] = {t: str(parts["controlnet"]) for t in used}
+    for name in ("ip_adapter", "image_encoder", "faceid"):
+        if name in parts and getattr(spec, name) is None:
+            update[name] = str(parts[name])
+    return spec.model_copy(update=update)
+
+
 def override_models(board: Storyboard, models: list[ModelSpec]) -> Storyboard:
     """The storyboard rendered on ``models`` instead of its own (``--model``): one model, or a matrix of several.
 
