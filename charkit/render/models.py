@@ -254,6 +254,22 @@ def with_tiny_parts(spec: ModelSpec, board: Storyboard) -> ModelSpec:
     return spec.model_copy(update=update)
 
 
+def recorded_models(records: list, board: Storyboard) -> list[ModelSpec] | None:
+    """The models a folder was rendered on (its manifest's ``models``), as ``--model`` overrides, where they are
+    not the storyboard's own (``charkit render --model``): a tiny model with its own adapters. None otherwise.
+
+    ``records``: the manifest's model entries (``label``, ``family``, ``source``).
+    """
+    declared = [m for m in (board.defaults.model, *(board.models or []), *(s.model for s in board.scenes)) if m]
+
+    def own(rec) -> bool:
+        return any(m.source == rec.source and (m.label or m.family) in (None, rec.label) for m in declared)
+
+    if not records or all(own(r) for r in records):
+        return None
+    return [with_tiny_parts(ModelSpec(source=r.source, label=r.label, family=r.family), board) for r in records]
+
+
 def override_models(board: Storyboard, models: list[ModelSpec]) -> Storyboard:
     """The storyboard rendered on ``models`` instead of its own (``--model``): one model, or a matrix of several.
 

@@ -139,7 +139,7 @@ def render_scene(
     out: str | os.PathLike,
     settings: RenderSettings,
     progress: Progress,
-    models: list[str] | None = None,
+    models: list | None = None,
 ) -> dict:
     """Render one scene into ``out`` (locked takes are kept) and re-score the folder.
 
@@ -208,16 +208,12 @@ def keep_history(render_dir: str | os.PathLike, scene_id: str) -> list[Path]:
     return kept
 
 
-def manifest_models(render_dir: Path, board) -> list[str] | None:
-    """``--model`` overrides that reproduce a folder rendered on other models than the storyboard names."""
-    m = read_stage_file(render_dir / "manifest.json", RenderManifest)
-    own = {s.label or s.family for s in (board.models or [])} | (
-        {board.defaults.model.label or board.defaults.model.family} if board.defaults.model else set()
-    )
-    labels = {e.label for e in m.models}
-    if not m.models or labels <= own or None in own:
-        return None
-    return [f"{e.label}={e.source}" for e in m.models]
+def manifest_models(render_dir: Path, board) -> list | None:
+    """``--model`` overrides that reproduce a folder rendered on other models than the storyboard names
+    (:func:`charkit.render.models.recorded_models`: a tiny model keeps its own adapters)."""
+    from ..render.models import recorded_models
+
+    return recorded_models(read_stage_file(render_dir / "manifest.json", RenderManifest).models, board)
 
 
 # ------------------------------------------------------------------------------------------ lock
