@@ -364,10 +364,10 @@ def check_options(options: RepairOptions) -> RepairOptions:
 
 def load_render_plan(render_dir: Path, manifest: Manifest, options: RepairOptions) -> RenderPlan:
     """The render stage's plan of the storyboard that wrote the folder, on the models the manifest records."""
-    from ..render.models import with_tiny_parts
+    from ..render.models import recorded_models
     from ..render.plan import RenderOptions
     from ..render.plan import check_inputs as check_render
-    from ..render.storyboard import ModelSpec, load_storyboard
+    from ..render.storyboard import load_storyboard
 
     mf = render_dir / MANIFEST
     if not manifest.storyboard:
@@ -386,21 +386,10 @@ def load_render_plan(render_dir: Path, manifest: Manifest, options: RepairOption
         face_models=options.face_models,
         progress=options.progress,
     )
-    rendered_on = [m.model_dump() for m in manifest.models]
-    # rendered with --model instead of the storyboard's own models: plan on those, as render did (a tiny
-    # model's own adapters included), also where the storyboard's models are not even installed
-    specs = [
-        with_tiny_parts(ModelSpec(source=m["source"], label=m["label"], family=m["family"]), board) for m in rendered_on
-    ]
-    try:
-        render_plan = check_render(board, out=render_dir, options=ropts)
-    except CharkitError:
-        if not specs:
-            raise
-        return check_render(board, out=render_dir, models=specs, options=ropts)
-    if specs and rendered_on != [m.describe() for m in render_plan.models]:
-        return check_render(board, out=render_dir, models=specs, options=ropts)
-    return render_plan
+    # rendered with --model instead of the storyboard's own models: plan on those, as render did (a tiny model's
+    # own adapters included), never on storyboard models that may not even be installed
+    models = recorded_models(manifest.models, board)
+    return check_render(board, out=render_dir, models=models, options=ropts)
 
 
 def select_records(manifest: Manifest, options: RepairOptions, where: Path) -> list[ImageRecord]:
