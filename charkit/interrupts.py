@@ -93,6 +93,26 @@ def _handler(signum, frame) -> None:
 
 
 @contextlib.contextmanager
+def quiet_signals() -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM only request a stop, silently: for a server that handles the signals
+    itself (uvicorn stops, then re-raises them to the handlers it found) while jobs in threads stop at their
+    next step. Main thread only; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request(signum, frame) -> None:
+        request_stop(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, request) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
 def handle_interrupts() -> Iterator[None]:
     """Install SIGINT/SIGTERM handlers that request a stop; restore the previous handlers (and clear the flag) after.
 

@@ -236,3 +236,59 @@ def test_sigint_during_repair_stops_in_the_face_being_redrawn_and_keeps_the_imag
     assert last.startswith("charkit: interrupted (SIGINT): 0 of 2 images repaired") and "run the same command" in last
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing half-done
     assert not (out / "originals").exists() and not [p for p in out.rglob("*") if p.name.endswith(".part")]
+
+
+def test_ctrl_c_stops_the_studio_and_the_render_job_it_runs(tiny_models, tmp_path):
+    """Ctrl-C while the studio re-renders a long scene: the job stops within a block, the server exits 0 in
+    seconds, and the scene's earlier image and manifest entry are as they were."""
+    import re
+    import socket
+
+    import httpx
+
+    make_character(tmp_path / "characters", "obama", ["obama.jpg"])
+    board = {
+        "project": "studio-stop",
+        "output": "renders/ep",
+        "defaults": {"model": {"source": str(tiny_models("sd15").root)}, "size": "64x64", "steps": 2},
+        "characters": {"obama": "characters/obama"},
+        "scenes": [{"id": "s01", "prompt": "{obama} man", "seed": 1}],
+    }
+    (tmp_path / "ep.yaml").write_text(yaml.safe_dump(board))
+    r = CliRunner().invoke(cli, ["render", str(tmp_path / "ep.yaml"), "-q"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "renders" / "ep"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    board["scenes"][0].update(steps=500, size="128x128")  # the re-roll now denoises for half a minute
+    (tmp_path / "ep.yaml").write_text(yaml.safe_dump(board))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = start(["studio", ".", "--port", str(port)], tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, headers={"Origin": base}) as client:
+
+        def up() -> bool:
+            try:
+                return client.get("/").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, proc)
+        eid = re.search(r'href="/episodes/(e[0-9a-f]+)"', client.get("/").text).group(1)
+        page = client.get(f"/episodes/{eid}/scenes/s01").text
+        token = re.search(r'csrf-token" content="([^"]+)"', page).group(1)
+        found = re.search(r'name="run" value="(r[0-9a-f]+)"', page)
+        assert found, page
+        run = found.group(1)
+        queued = client.post(
+            f"/episodes/{eid}/scenes/s01/reroll", data={"run": run, "mode": "seed"}, headers={"x-csrf-token": token}
+        )
+        assert queued.status_code == 200, queued.text
+        wait_for(lambda: client.get("/jobs.json").json()["jobs"][0]["progress"] >= 0.15, proc)  # rendering now
+    time.sleep(1.5)
+    seconds, err = stop(proc, signal.SIGINT)
+    assert proc.returncode == 0, err
+    assert seconds < EXIT_WITHIN_S, seconds
+    assert err.strip().splitlines()[-1] == "charkit studio stopped"
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing half-written

@@ -32,9 +32,23 @@ def serve(root, *, host: str = "127.0.0.1", port: int = 8765, token: str | None 
 
     >>> serve("my-project", port=8765)  # doctest: +SKIP
     """
+    import signal
+
     import uvicorn
 
+    from .. import interrupts
     from .app import create_app
 
     app = create_app(root, host=host, port=port, token=token, settings=settings)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    uvicorn_exit = server.handle_exit
+
+    def handle_exit(sig, frame) -> None:
+        # Ctrl-C stops the server and, within one block, the job the worker is running (its finished images
+        # stay); the server's shutdown then waits for that job instead of cutting it off mid-write.
+        interrupts.request_stop(signal.Signals(sig).name)
+        uvicorn_exit(sig, frame)
+
+    server.handle_exit = handle_exit
+    with interrupts.quiet_signals():
+        server.run()

@@ -59,3 +59,4 @@ def studio(root: Path, host: str, port: int, token: str | None, device: str, dty
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
     click.echo(f"charkit studio on {root.resolve()}: {url}{'?token=<your token>' if token else ''} (Ctrl+C stops it)")
     serve(root, host=host, port=port, token=token, settings=settings)
+    click.echo("charkit studio stopped", err=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CharkitError
+from ..interrupts import Interrupted
 
 log = logging.getLogger("charkit.studio")
 
@@ -180,6 +181,10 @@ class JobQueue:
 
             try:
                 result = job.run(progress)
+            except Interrupted as e:  # the studio is stopping (Ctrl-C): the job stopped at a step boundary
+                self._update(
+                    job, state="failed", error=f"stopped ({e.signal_name})", message="stopped", finished=time.time()
+                )
             except Exception as e:  # a job never takes the worker down: it fails with one line
                 if not isinstance(e, CharkitError):
                     log.exception("studio job %s (%s) failed", job.id, job.title)
