@@ -237,6 +237,7 @@ class RunLog:
         self.terminal = logging.StreamHandler()
         self.terminal.setLevel(logging.WARNING)
         self._libraries: list = []
+        self._shown: set[str] = set()  # CharkitWarning lines already printed
 
     def attach_library(self, module) -> None:
         module._configure_library_root_logger()
@@ -292,6 +293,9 @@ class RunLog:
 
         text = " ".join(str(message).split())
         if issubclass(category, CharkitWarning):
+            if text in self._shown:  # one line per distinct warning per command (a stage re-planning says it again)
+                return
+            self._shown.add(text)
             click.echo(f"warning: {text}", err=True)
             self.to_file("charkit", text)
             return

@@ -1105,3 +1105,22 @@ def test_registering_a_lora_keeps_the_comments_and_layout_of_character_toml(tmp_
         "sdxl": "loras/sdxl/best.safetensors",
         "sd15": "loras/sd15/run-1/best.safetensors",
     }
+
+
+def test_a_warning_said_twice_in_one_command_is_one_line(tmp_path, monkeypatch, capsys):
+    """`render --repair` plans the render twice (render, then repair): each warning is still one line."""
+    import warnings
+
+    from charkit.cli_options import run_log
+    from charkit.errors import warn
+
+    monkeypatch.setenv("CHARKIT_LOG_FILE", str(tmp_path / "run.log"))
+    with run_log("render"), warnings.catch_warnings():
+        warnings.simplefilter("always")  # what a reset warnings registry amounts to
+        for _ in range(2):
+            warn("model sd15 is a tiny random model: 3 scenes render at 64x96")
+        warn("skipped optional scene 's02'")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: model sd15 is a tiny random model: 3 scenes render at 64x96",
+        "warning: skipped optional scene 's02'",
+    ]
