@@ -125,3 +125,28 @@ def model_entry(family: str, tiny, *, label: str | None = None, adapters: bool =
 @pytest.fixture
 def render_env(tmp_path, faces_dir) -> RenderEnv:
     return RenderEnv(tmp_path, faces_dir)
+
+
+def render_on_tiny_override(env, tiny, *, steps: int = 2) -> tuple[Path, Path]:
+    """What the README tour does: a storyboard whose own models are not installed (a hub id and its ControlNet
+    that are not cached), with a ControlNet scene, rendered with ``--model <tiny>``: (storyboard, render folder).
+    The character ``obama`` must exist in ``env``."""
+    from charkit.render.cli import command_line_model
+    from charkit.render.lifecycle import render_storyboard
+    from charkit.render.storyboard import ModelSpec, load_storyboard
+
+    layout = str(Path(__file__).resolve().parents[1] / "examples" / "layouts" / "window.jpg")
+    scene = {"id": "s1", "prompt": "photo of {obama} man", "seed": 3, "control": {"type": "canny", "image": layout}}
+    model = {"source": "org/not-installed", "family": "sd15", "controlnet": {"canny": "org/no-cn"}}
+    path = env.storyboard(
+        {
+            "project": "tour",
+            "output": "out",
+            "characters": {"obama": "characters/obama"},
+            "defaults": {"model": model, "size": "64x64", "steps": steps},
+            "scenes": [scene],
+        }
+    )
+    board = load_storyboard(path, model_given=True)
+    result = render_storyboard(board, models=[command_line_model(ModelSpec(source=str(tiny.root)), None, board)])
+    return path, result.out_dir

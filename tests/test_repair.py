@@ -405,31 +405,13 @@ def test_a_folder_rendered_on_a_tiny_model_repairs_without_the_storyboards_model
 ):
     """The README's `render --model models/tiny-sd15`: the storyboard's own models are not installed, and its
     ControlNet scene ran on the tiny model's ControlNet; repair plans on what rendered, never on those."""
-    from charkit.render.cli import command_line_model
-    from charkit.render.storyboard import ModelSpec, load_storyboard
+    from fixtures_render import render_on_tiny_override
 
     tiny = tiny_models("sd15")
     render_env.character("obama", refs=("obama.jpg", "obama3.jpg"), lora={"sd15": tiny_loras("sd15")})
-    layout = str(Path(__file__).resolve().parents[1] / "examples" / "layouts" / "window.jpg")
-    path = render_env.storyboard(
-        {
-            "project": "real-models",
-            "output": "out",
-            "characters": {"obama": "characters/obama"},
-            "defaults": {
-                "model": {"source": "org/not-installed", "family": "sd15", "controlnet": {"canny": "org/no-cn"}},
-                "size": "64x64",
-                "steps": 4,
-            },
-            "scenes": [
-                {"id": "s1", "prompt": "photo of {obama} man", "seed": 3, "control": {"type": "canny", "image": layout}}
-            ],
-        }
-    )
-    board = load_storyboard(path, model_given=True)
-    r = render_storyboard(board, models=[command_line_model(ModelSpec(source=str(tiny.root)), None, board)])
-    swap_scene_image(r.out_dir, "s1", real_portraits("biden.jpg"))
-    plan = check_inputs(r.out_dir, options=RepairOptions(**OPTS))
+    _, out = render_on_tiny_override(render_env, tiny, steps=4)
+    swap_scene_image(out, "s1", real_portraits("biden.jpg"))
+    plan = check_inputs(out, options=RepairOptions(**OPTS))
     assert [i.key for i in plan.pending] == [("s1", "sd15")] and plan.pending[0].model.path == str(tiny.root)
 
 

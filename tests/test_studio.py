@@ -622,36 +622,19 @@ def test_busy_and_locked_scenes_refuse_new_jobs(studio_project):
 def test_reroll_of_a_folder_rendered_on_a_tiny_model_renders_on_it_again(tiny_models, render_env):
     """The README tour renders `--model models/tiny-sd15` a storyboard whose own models are not installed; the
     studio's re-roll plans on what the manifest records (the tiny model and its ControlNet), not on those."""
-    from charkit.render.cli import command_line_model
-    from charkit.render.lifecycle import render_storyboard
-    from charkit.render.storyboard import ModelSpec, load_storyboard
+    from fixtures_render import render_on_tiny_override
+
+    from charkit.render.storyboard import load_storyboard
     from charkit.studio import actions
 
     tiny = tiny_models("sd15")
     render_env.character("obama")
-    layout = str(Path(__file__).resolve().parents[1] / "examples" / "layouts" / "window.jpg")
-    path = render_env.storyboard(
-        {
-            "project": "tour",
-            "output": "out",
-            "characters": {"obama": "characters/obama"},
-            "defaults": {
-                "model": {"source": "org/not-installed", "family": "sd15", "controlnet": {"canny": "org/no-cn"}},
-                "size": "64x64",
-                "steps": 2,
-            },
-            "scenes": [
-                {"id": "s1", "prompt": "photo of {obama} man", "seed": 3, "control": {"type": "canny", "image": layout}}
-            ],
-        }
-    )
-    board = load_storyboard(path, model_given=True)
-    first = render_storyboard(board, models=[command_line_model(ModelSpec(source=str(tiny.root)), None, board)])
-    models = actions.manifest_models(first.out_dir, load_storyboard(path))
+    path, out = render_on_tiny_override(render_env, tiny)
+    models = actions.manifest_models(out, load_storyboard(path))
     assert [(m.source, m.label) for m in models] == [(str(tiny.root), "sd15")] and models[0].controlnet
     quiet = lambda *a: None
     with pytest.raises(CharkitError, match="org/not-installed: not in the local Hugging Face cache"):
-        actions.render_scene(path, "s1", out=first.out_dir, settings=RenderSettings(), progress=quiet)
+        actions.render_scene(path, "s1", out=out, settings=RenderSettings(), progress=quiet)
     edit_scene(path, "s1", seed=4)  # what the re-roll button does
-    done = actions.render_scene(path, "s1", out=first.out_dir, settings=RenderSettings(), progress=quiet, models=models)
+    done = actions.render_scene(path, "s1", out=out, settings=RenderSettings(), progress=quiet, models=models)
     assert done["rendered"] == [("s1", "sd15", 4)]
