@@ -178,9 +178,12 @@ def render(
     from ..devices import resolve_device, resolve_precision
     from ..distributed import process_state
     from .lifecycle import render_storyboard
+    from .plan import RenderOptions, check_options
     from .storyboard import load_storyboard
 
     device = resolve_device(device)
+    if repair and verify:
+        check_options(RenderOptions(verify=True, shard=shard))  # the report comes later, refused as without --repair
     board = load_storyboard(storyboard, model_given=bool(models))  # --model supplies a model it may lack
     state = process_state(device)
     result = render_storyboard(
