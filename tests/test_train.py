@@ -331,6 +331,22 @@ RESUME_PRESET = tiny_preset(
 )
 
 
+def _resume_run(character: Path, tiny_models, out: Path, **kw):
+    """A RESUME_PRESET run of the tiny SD1.5 into ``out`` (``kw``: resume, on_step, log)."""
+    from charkit.train import loop
+
+    return loop.train_lora(
+        character,
+        model=tiny_models("sd15").root,
+        preset=RESUME_PRESET,
+        device="cpu",
+        out=out,
+        progress=False,
+        register=False,
+        **kw,
+    )
+
+
 class Interrupted(Exception):
     pass
 
@@ -338,22 +354,13 @@ class Interrupted(Exception):
 @pytest.fixture(scope="module")
 def reference_run(tiny_models, tmp_path_factory):
     """An uninterrupted 4-step sd15 run (UNet + text-encoder LoRA, dropout on, so the restored RNG matters)."""
-    from charkit.train.loop import train_lora
 
     root = tmp_path_factory.mktemp("reference")
     d = make_character(root / "characters")
     write_dataset(d)
     with pytest.MonkeyPatch.context() as mp:  # module scope runs before conftest's per-test cache isolation
         mp.setenv("CHARKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "charkit-cache"))
-        return train_lora(
-            d,
-            model=tiny_models("sd15").root,
-            preset=RESUME_PRESET,
-            device="cpu",
-            out=root / "run",
-            progress=False,
-            register=False,
-        )
+        return _resume_run(d, tiny_models, root / "run")
 
 
 def _same_lora(a: Path, b: Path, atol=1e-6):
@@ -373,27 +380,9 @@ def test_resume_matches_uninterrupted_run(reference_run, tiny_models, character,
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_lora(
-            character,
-            model=tiny_models("sd15").root,
-            preset=RESUME_PRESET,
-            device="cpu",
-            out=out,
-            progress=False,
-            register=False,
-            on_step=stop_at_3,
-        )
+        _resume_run(character, tiny_models, out, on_step=stop_at_3)
     assert [c.step for c in ckpt.list_checkpoints(out)] == [2]
-    r = train_lora(
-        character,
-        model=tiny_models("sd15").root,
-        preset=RESUME_PRESET,
-        device="cpu",
-        out=out,
-        progress=False,
-        register=False,
-        resume=True,
-    )
+    r = _resume_run(character, tiny_models, out, resume=True)
     assert r.steps == 4 and [s.step for s in r.scores] == [2, 4]
     assert [s for s, _ in r.losses] == [1, 2, 3, 4]
     assert np.allclose([v for _, v in r.losses], [v for _, v in reference_run.losses], atol=1e-6)
@@ -430,18 +419,7 @@ def test_kill9_during_save_keeps_previous_checkpoint(reference_run, tiny_models,
     assert leftovers and (out / "checkpoints" / leftovers[0] / "lora.safetensors").is_file()
     assert [c.step for c in ckpt.list_checkpoints(out)] == [2]  # the half-written step 4 is ignored
 
-    from charkit.train.loop import train_lora
-
-    r = train_lora(
-        character,
-        model=tiny_models("sd15").root,
-        preset=RESUME_PRESET,
-        device="cpu",
-        out=out,
-        progress=False,
-        register=False,
-        resume=True,
-    )
+    r = _resume_run(character, tiny_models, out, resume=True)
     assert r.steps == 4 and not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     _same_lora(r.best, reference_run.best)
 
@@ -470,20 +448,8 @@ def test_kill9_inside_probe_rendering_then_resume(reference_run, tiny_models, ch
     assert [c.step for c in ckpt.list_checkpoints(out)] == [2]  # saved...
     assert sorted(p.name for p in (out / "evals").iterdir()) == ["step-000000.json"]  # ...but never scored
 
-    from charkit.train.loop import train_lora
-
     said = []
-    r = train_lora(
-        character,
-        model=tiny_models("sd15").root,
-        preset=RESUME_PRESET,
-        device="cpu",
-        out=out,
-        progress=False,
-        register=False,
-        resume=True,
-        log=said.append,
-    )
+    r = _resume_run(character, tiny_models, out, resume=True, log=said.append)
     resumed = [m for m in said if m.startswith("resuming")]
     assert resumed and "from step 2 of 4" in resumed[0] and "checkpoint(s) 2 were saved but not scored" in resumed[0]
     assert [s.step for s in r.scores] == [2, 4] and r.choice.step in (2, 4)
@@ -511,15 +477,7 @@ def test_crash_in_the_last_probes_finishes_on_resume(reference_run, tiny_models,
 
     monkeypatch.setattr(loop, "render_probes", crash)
     with pytest.raises(ProbeCrash):
-        loop.train_lora(
-            character,
-            model=tiny_models("sd15").root,
-            preset=RESUME_PRESET,
-            device="cpu",
-            out=out,
-            progress=False,
-            register=False,
-        )
+        _resume_run(character, tiny_models, out)
     assert [c.step for c in ckpt.list_checkpoints(out)] == [2, 4]
     assert not (out / "evals" / "step-000004.json").exists()
     monkeypatch.setattr(loop, "render_probes", real)
