@@ -162,9 +162,16 @@ def quiet_option(**kw):
 
 
 def _set_quiet(ctx, param, value):
-    if value and _RUN is not None:
-        _RUN.set_quiet()
+    if value:
+        quiet_run()
     return value
+
+
+def quiet_run() -> None:
+    """What ``-q`` does, for the command running now: library progress bars and warnings go to the run log only
+    (restored when the command ends)."""
+    if _RUN is not None:
+        _RUN.set_quiet()
 
 
 # -- the per-run log -------------------------------------------------------------------------

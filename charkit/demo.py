@@ -17,7 +17,6 @@ Lifecycle (each step a public function)::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
@@ -335,32 +334,6 @@ def summary_lines(result: DemoResult) -> list[str]:
     return lines
 
 
-@contextlib.contextmanager
-def quiet_libraries():
-    """The demo prints its own story: silence the libraries' per-file progress bars and notices while it runs
-    (restored after, so a caller in the same process keeps its own settings)."""
-    import diffusers
-    import transformers
-
-    libs = [diffusers.utils.logging, transformers.utils.logging]
-    saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libs]
-    env = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    for lib in libs:
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, (level, bars) in zip(libs, saved):
-            lib.set_verbosity(level)
-            lib.enable_progress_bar() if bars else lib.disable_progress_bar()
-        if env is None:
-            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
-        else:
-            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = env
-
-
 @click.command()
 @click.option(
     "--model",
@@ -398,18 +371,20 @@ def demo(model, out, device, dtype, steps, candidates, allow_pickle_weights):
     """
     if candidates < 1:
         raise CharkitError("--candidates must be at least 1")
+    from .cli_options import quiet_run
+
+    quiet_run()  # the demo prints its own story: library bars and notices go to the run log (as with -q)
     started = time.perf_counter()
-    with quiet_libraries():
-        result = run_demo(
-            model=model,
-            out=out,
-            device=device,
-            dtype=dtype,
-            steps=steps,
-            candidates=candidates,
-            allow_pickle_weights=allow_pickle_weights,
-            echo=click.echo,
-        )
+    result = run_demo(
+        model=model,
+        out=out,
+        device=device,
+        dtype=dtype,
+        steps=steps,
+        candidates=candidates,
+        allow_pickle_weights=allow_pickle_weights,
+        echo=click.echo,
+    )
     click.echo("")
     for line in summary_lines(result):
         click.echo(line)
