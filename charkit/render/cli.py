@@ -232,18 +232,15 @@ def repair_after_render(result, state, *, verify: bool, backend: tuple[str, ...]
     precision and face settings (every process takes its share; a ``--shard`` repairs its own scenes only, the
     other shards may still be rendering theirs), then the report when asked (main process)."""
     from ..repair.lifecycle import repair_render_dir
-    from .lifecycle import run_verify
-    from .plan import shard_batches
+    from .lifecycle import other_shards, run_verify
 
     plan = result.plan
     opts = plan.options
     scenes = list(opts.scenes) if opts.scenes else None
     if opts.shard is not None:
-        mine = shard_batches(plan.batches, opts.shard)
-        own = {j.scene.id for i, group in enumerate(plan.batches) if i in mine for j in group}
-        scenes = [
-            s for s in dict.fromkeys(j.scene.id for j in plan.jobs) if s in own and (scenes is None or s in scenes)
-        ]
+        others = other_shards(plan)
+        own = [j.scene.id for j in plan.jobs if j.key not in others and (scenes is None or j.scene.id in scenes)]
+        scenes = list(dict.fromkeys(own))
         if not scenes:
             return None  # an empty shard: nothing of its own to repair
     repaired = repair_render_dir(
